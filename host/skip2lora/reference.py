@@ -40,7 +40,7 @@ class Config:
     method: str = "skip2-lora"
     rank: int = 4
     lr: float = 0.05
-    epochs: int = 40
+    epochs: int = 30
     batch: int = 1
     seed: int = 1
 
@@ -144,8 +144,8 @@ class Tuner:
         self.losses = []
 
     def fit(self, X, y, on_epoch=None):
-        order = list(range(len(X)))
         for epoch in range(self.cfg.epochs):
+            order = list(range(len(X)))  # each epoch shuffles 0..n-1 afresh, as the board does
             self.rng.shuffle(order)
             total = 0.0
             for start in range(0, len(order), self.cfg.batch):

@@ -9,7 +9,7 @@ Split (fixed, seed 0, stratified by nothing but a permutation; every index used 
 Drift is applied only to the finetune and test images, with the scenario's own fixed seed.
 
 Scenarios (what a deployed camera/sensor meets):
-    rotate   the sensor is mounted rotated by 12 degrees
+    rotate   the sensor is mounted rotated by 10 degrees
     noise    additive Gaussian sensor noise, sigma 0.35 of full scale, clipped to [0, 1]
     gain     per-pixel gain and offset drift of the sensor (gain 0.4..1.1, offset 0..0.4)
 """
@@ -38,7 +38,7 @@ class Scenario:
 
 def _rotate(images, rng):
     from scipy.ndimage import rotate
-    return np.stack([rotate(im, 12.0, reshape=False, order=1, mode="constant") for im in images])
+    return np.stack([rotate(im, 10.0, reshape=False, order=1, mode="constant") for im in images])
 
 
 def _noise(images, rng):
@@ -52,7 +52,7 @@ def _gain(images, rng):
 
 
 DRIFTS = {
-    "rotate": (_rotate, "sensor mounted rotated by 12 degrees"),
+    "rotate": (_rotate, "sensor mounted rotated by 10 degrees"),
     "noise": (_noise, "additive Gaussian sensor noise, sigma 0.35 of full scale"),
     "gain": (_gain, "per-pixel sensor gain (0.4..1.1) and offset (0..0.4) drift"),
 }
