@@ -1,0 +1,133 @@
+"""Run firmware code on the host: under the real MicroPython (the official WebAssembly build, run by
+node through tools/mpy_run.mjs) or under CPython, so that one test script can exercise both.
+
+Scripts get `firmware/` importable (`import s2l`) and their stdout back as text; a failing script
+raises ScriptError (MicroPythonError under MicroPython) carrying its stdout, stderr and exit code.
+
+Properties of the WebAssembly MicroPython build worth knowing:
+- no native emitter: `@micropython.native` / `viper` are a SyntaxError there;
+- floats are double precision (boards: single), and each float result is a heap allocation;
+- garbage is never collected while a script runs (only when control returns to JS), so `heap=`,
+  a hard limit, bounds everything the script allocates, garbage included. Without `heap=`, the
+  heap grows on demand, as the build does by default;
+- gc.mem_free() counts 128 MiB of "may still be added" heap, even with `heap=`; gc.mem_alloc() is
+  accurate.
+"""
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+__all__ = ["ScriptError", "MicroPythonError", "CPythonError", "MicroPythonUnavailable", "run_micropython",
+           "run_cpython", "run_firmware_script", "RUNTIMES"]
+
+REPO = Path(__file__).resolve().parents[2]  # host/skip2lora/mpyrun.py -> repo root
+FIRMWARE = REPO / "firmware"
+RUNNER = REPO / "tools" / "mpy_run.mjs"
+MP_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
+RUNTIMES = ("cpython", "micropython")
+DEFAULT_TIMEOUT = 120.0
+
+
+class ScriptError(RuntimeError):
+    """A firmware script failed: non-zero exit (uncaught exception, sys.exit) or timeout."""
+
+    def __init__(self, message, *, stdout="", stderr="", returncode=None):
+        super().__init__(message)
+        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
+
+
+class MicroPythonError(ScriptError):
+    """A script failed under MicroPython; str() includes its stderr (the traceback)."""
+
+
+class CPythonError(ScriptError):
+    """A script failed under CPython; str() includes its stderr (the traceback)."""
+
+
+class MicroPythonUnavailable(RuntimeError):
+    """node or the MicroPython npm package is missing."""
+
+
+def _node():
+    node = shutil.which("node")
+    if node is None:
+        raise MicroPythonUnavailable("node (Node.js >= 18) is not on PATH; install it, then run `make install`")
+    if not MP_PACKAGE.is_file():
+        raise MicroPythonUnavailable(f"the MicroPython WebAssembly package is missing ({MP_PACKAGE}); run `make install`")
+    return node
+
+
+def _is_bytes(content):
+    return isinstance(content, (bytes, bytearray, memoryview))
+
+
+def _run(cmd, script, runtime, error, timeout, **kw):
+    try:
+        p = subprocess.run(cmd, input=script, capture_output=True, text=True, encoding="utf-8",
+                           errors="replace", timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise error(f"{runtime} script timed out after {timeout} s\n{err}", stdout=out, stderr=err) from None
+    if p.returncode != 0:
+        raise error(f"{runtime} script failed (exit code {p.returncode}):\n{p.stderr}",
+                    stdout=p.stdout, stderr=p.stderr, returncode=p.returncode)
+    return p.stdout
+
+
+def run_micropython(script, *, heap=None, files=None, args=(), timeout=DEFAULT_TIMEOUT):
+    """Run `script` (source text, dedented) under the WebAssembly MicroPython; return its stdout.
+
+    heap: GC heap bytes (int, or str like "64k"), a hard limit: MemoryError beyond it. None: start
+    at 1 MiB and grow on demand. files: {path: bytes or host path} to place in MicroPython's
+    filesystem first; relative paths land under "/", the working directory, so a script opening
+    "model.bin" works under both runtimes. args: sys.argv[1:].
+    Raises MicroPythonError on a non-zero exit or timeout, MicroPythonUnavailable without node."""
+    cmd = [_node(), str(RUNNER), "--lib", str(FIRMWARE)]
+    if heap is not None:
+        cmd += ["--heap", str(heap)]
+    with tempfile.TemporaryDirectory(prefix="mpyrun-") as tmp:
+        for i, (dest, content) in enumerate((files or {}).items()):
+            host = Path(tmp) / f"file{i}" if _is_bytes(content) else Path(content)
+            if _is_bytes(content):
+                host.write_bytes(content)
+            cmd += ["--file", f"{host}:{posixpath.join('/', str(dest))}"]
+        cmd += ["-", *map(str, args)]
+        return _run(cmd, textwrap.dedent(script), "MicroPython", MicroPythonError, timeout)
+
+
+def run_cpython(script, *, files=None, args=(), timeout=DEFAULT_TIMEOUT):
+    """Run `script` (dedented) with this interpreter in a subprocess, firmware/ first on sys.path,
+    in a fresh working directory holding `files` (relative paths only); return its stdout."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(FIRMWARE), os.environ.get("PYTHONPATH")])))
+    env["PYTHONIOENCODING"] = "utf-8"
+    with tempfile.TemporaryDirectory(prefix="cpyrun-") as cwd:
+        for dest, content in (files or {}).items():
+            if os.path.isabs(dest):
+                raise ValueError(f"files for CPython must have relative paths, got {str(dest)!r}")
+            target = Path(cwd) / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if _is_bytes(content):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
+        cmd = [sys.executable, "-", *map(str, args)]
+        return _run(cmd, textwrap.dedent(script), "CPython", CPythonError, timeout, cwd=cwd, env=env)
+
+
+def run_firmware_script(script, runtime, **kwargs):
+    """Run `script` under `runtime` ("micropython" or "cpython"); return its stdout.
+
+    Keyword arguments go to run_micropython / run_cpython; `heap` is accepted and ignored under
+    CPython, which has no heap limit."""
+    if runtime == "micropython":
+        return run_micropython(script, **kwargs)
+    if runtime == "cpython":
+        kwargs.pop("heap", None)
+        return run_cpython(script, **kwargs)
+    raise ValueError(f"unknown runtime {runtime!r} (expected one of {RUNTIMES})")

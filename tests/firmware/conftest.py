@@ -1,0 +1,30 @@
+"""Fixtures to run one firmware test script under both CPython and the real MicroPython.
+
+    def test_something(run):
+        out = run('''
+            from s2l import rng
+            print(rng.something())
+        ''')                       # script text (dedented); returns its stdout
+        assert out == "...\\n"
+
+`run(script, heap=..., files=..., args=..., timeout=...)` forwards to
+skip2lora.mpyrun.run_firmware_script; a failing script raises skip2lora.mpyrun.ScriptError
+(MicroPythonError under MicroPython). `heap` applies only under MicroPython.
+"""
+import pytest
+
+from skip2lora.mpyrun import RUNTIMES, run_firmware_script
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request):
+    """"cpython" or "micropython"; tests using it run once per runtime."""
+    return request.param
+
+
+@pytest.fixture
+def run(runtime):
+    """run(script_text, **kwargs) -> stdout, under this test's runtime."""
+    def run(script, **kwargs):
+        return run_firmware_script(script, runtime, **kwargs)
+    return run
