@@ -1,0 +1,20 @@
+# Microsecond ticks and heap use on a board, with CPython stand-ins so the same code runs on the host.
+import gc
+import time
+
+try:
+    ticks_us = time.ticks_us
+    ticks_diff = time.ticks_diff
+except AttributeError:  # CPython
+    def ticks_us():
+        return time.perf_counter_ns() // 1000
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+def mem_alloc():
+    try:
+        return gc.mem_alloc()
+    except AttributeError:  # CPython has no GC heap to report
+        return 0

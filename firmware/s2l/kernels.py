@@ -1,0 +1,85 @@
+# Hot loops of the float path. Matrices are flat array('f'), row-major [rows][cols]; every kernel
+# accumulates into its output (callers zero or preload it). Packed integer matrices are rows of
+# `bits`-bit two's complement values, 8 // bits per byte, first value in the low bits (format v1).
+# On boards the @micropython.native twins in kernels_native.py replace these at import time.
+from array import array
+
+
+def zeros(n, typecode="f"):
+    # portable: MicroPython reads a bytes initialiser as raw memory, CPython refuses it
+    return array(typecode, (0 for _ in range(n)))
+
+
+def mv(m, rows, cols, x, out):
+    # out[r] += sum_c m[r][c] x[c]
+    k = 0
+    for r in range(rows):
+        acc = 0.0
+        for c in range(cols):
+            acc += m[k + c] * x[c]
+        out[r] += acc
+        k += cols
+
+
+def mtv(m, rows, cols, x, out):
+    # out[c] += sum_r m[r][c] x[r]
+    k = 0
+    for r in range(rows):
+        xr = x[r]
+        if xr != 0.0:
+            for c in range(cols):
+                out[c] += m[k + c] * xr
+        k += cols
+
+
+def outer_add(m, rows, cols, u, v):
+    # m[r][c] += u[r] v[c]
+    k = 0
+    for r in range(rows):
+        ur = u[r]
+        if ur != 0.0:
+            for c in range(cols):
+                m[k + c] += ur * v[c]
+        k += cols
+
+
+def sub_scaled(p, g, lr):
+    # p -= lr * g; g = 0
+    for i in range(len(p)):
+        p[i] -= lr * g[i]
+        g[i] = 0.0
+
+
+def unpack_row(packed, start, bits, cols, row):
+    # row[c] = signed value c of the packed row starting at byte `start`
+    if bits == 8:
+        for c in range(cols):
+            q = packed[start + c]
+            row[c] = q - 256 if q > 127 else q
+        return
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    sign = 1 << (bits - 1)
+    for c in range(cols):
+        q = (packed[start + c // per_byte] >> ((c % per_byte) * bits)) & mask
+        row[c] = q - (mask + 1) if q & sign else q
+
+
+def mv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
+    # out[r] += scales[r] * sum_c q[r][c] x[c]; `row` is scratch of `cols` ints
+    for r in range(rows):
+        unpack_row(packed, r * row_bytes, bits, cols, row)
+        acc = 0.0
+        for c in range(cols):
+            acc += row[c] * x[c]
+        out[r] += scales[r] * acc
+
+
+def mtv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
+    # out[c] += sum_r scales[r] q[r][c] x[r]
+    for r in range(rows):
+        s = scales[r] * x[r]
+        if s != 0.0:
+            unpack_row(packed, r * row_bytes, bits, cols, row)
+            for c in range(cols):
+                out[c] += row[c] * s

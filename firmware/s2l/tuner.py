@@ -1,0 +1,329 @@
+# The on-device tuner: the seven fine-tuning methods over a frozen Model, step for step the host's
+# numpy reference (host/skip2lora/reference.py): same adapter init and sample order (XorShift32),
+# per-sample forward, gradients summed over a mini-batch, then one SGD update.
+import math
+
+from s2l import clock, skipcache
+from s2l import kernels as K
+from s2l.rng import XorShift32
+from s2l.skipcache import SkipCache
+
+METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
+PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
+
+
+class TunerError(ValueError):
+    pass
+
+
+class Adapter:
+    """A: n_in x rank, B: rank x n_out (row-major), their gradients, and per-sample scratch."""
+
+    def __init__(self, n_in, n_out, rank, rng):
+        bound = math.sqrt(6.0 / n_in)
+        self.a = K.zeros(n_in * rank)
+        for k in range(n_in * rank):
+            self.a[k] = rng.uniform(-bound, bound)
+        self.b = K.zeros(rank * n_out)
+        self.ga = K.zeros(n_in * rank)
+        self.gb = K.zeros(rank * n_out)
+        self.h = K.zeros(rank)   # A^T x
+        self.gh = K.zeros(rank)  # B g
+        self.n_in, self.n_out, self.rank = n_in, n_out, rank
+
+
+def _relu(v):
+    for k in range(len(v)):
+        if v[k] < 0.0:
+            v[k] = 0.0
+
+
+def _softmax_grad(z, label, scale, g):
+    # g = scale * (softmax(z) - onehot(label)); returns the cross-entropy loss
+    top = max(z)
+    total = 0.0
+    for c in range(len(z)):
+        g[c] = math.exp(z[c] - top)
+        total += g[c]
+    loss = -math.log(g[label] / total + 1e-12)
+    for c in range(len(z)):
+        g[c] = (g[c] / total - (1.0 if c == label else 0.0)) * scale
+    return loss
+
+
+class Tuner:
+    def __init__(self, model, method="skip2-lora", rank=4, lr=0.05, epochs=40, batch=1, seed=1,
+                 cache_mode="float"):
+        if method not in METHODS:
+            raise TunerError("unknown method %r (one of %s)" % (method, ", ".join(METHODS)))
+        for name, value in (("rank", rank), ("epochs", epochs), ("batch", batch)):
+            if value < 1:
+                raise TunerError("%s must be >= 1, got %r" % (name, value))
+        self.model, self.method = model, method
+        self.rank, self.lr, self.epochs, self.batch = rank, lr, epochs, batch
+        self.rng = XorShift32(seed)
+        dims, n = model.dims, model.n_layers
+        self.n_classes = dims[-1]
+        self.family = method.split("-")[0]
+        # which layers carry adapters / trained float weights
+        first = n - 1 if method in ("ft-last", "lora-last") else 0
+        self.first = first
+        self.adapters = [None] * n
+        if self.family == "lora":
+            for i in range(first, n):
+                self.adapters[i] = Adapter(dims[i], dims[i + 1], rank, self.rng)
+        elif self.family in ("skip", "skip2"):
+            for i in range(n):
+                self.adapters[i] = Adapter(dims[i], dims[-1], rank, self.rng)
+        # FT-*: a float copy only of what is trained
+        self.weights = [None] * n
+        self.bias = list(model.bias)
+        self.gw = [None] * n
+        self.gbias = [None] * n
+        if self.family == "ft":
+            for i in range(first, n):
+                self.bias[i] = K.zeros(dims[i + 1])
+                self.bias[i][:] = model.bias[i]
+                self.gbias[i] = K.zeros(dims[i + 1])
+                if method != "ft-bias":
+                    self.weights[i] = model.dequantized(i)
+                    self.gw[i] = K.zeros(dims[i] * dims[i + 1])
+        if cache_mode not in skipcache.MODES:
+            raise TunerError("unknown cache mode %r (one of %s)" % (cache_mode, ", ".join(skipcache.MODES)))
+        self.cache_mode = cache_mode  # also how fine-tune samples are stored
+        self.cache = SkipCache(dims, cache_mode) if method == "skip2-lora" else None
+        self.samples, self.labels = [], bytearray()
+        self.g = K.zeros(self.n_classes)
+        self.macs = dict((p, 0) for p in PHASES)
+        self.us = dict((p, 0) for p in PHASES)
+        self.losses = []
+        self.peak_alloc = clock.mem_alloc()
+
+    # -- samples ---------------------------------------------------------------------------------
+    def check_sample(self, x, label):
+        n_in = self.model.dims[0]
+        if len(x) != n_in:
+            raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
+        for v in x:
+            if v != v or v in (float("inf"), float("-inf")):
+                raise TunerError("sample has a non-finite feature (%r)" % v)
+        if not 0 <= label < self.n_classes:
+            raise TunerError("label %r out of range 0..%d" % (label, self.n_classes - 1))
+
+    def add_sample(self, x, label):
+        self.check_sample(x, label)
+        self.samples.append(skipcache.encode(x, self.cache_mode))
+        self.labels.append(label)
+
+    def sample(self, index):
+        return skipcache.decode(self.samples[index], self.cache_mode)
+
+    # -- forward passes --------------------------------------------------------------------------
+    def _layer(self, i, x):
+        # frozen (or FT float copy) layer i: W x + b, ReLU unless last
+        out = K.zeros(len(self.bias[i]))
+        out[:] = self.bias[i]
+        if self.weights[i] is not None:
+            K.mv(self.weights[i], self.model.dims[i + 1], self.model.dims[i], x, out)
+        else:
+            self.model.mv(i, x, out)
+        self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
+        return out
+
+    def frozen_forward(self, x):
+        """Layer inputs [x_0 .. x_{n-1}] and logits of the (frozen or FT) network, no adapters."""
+        inputs = []
+        n = self.model.n_layers
+        for i in range(n):
+            inputs.append(x)
+            x = self._layer(i, x)
+            if i < n - 1:
+                _relu(x)
+        return inputs, x
+
+    def _lora_forward(self, x):
+        inputs = []
+        n = self.model.n_layers
+        for i in range(n):
+            inputs.append(x)
+            t0 = clock.ticks_us()
+            x = self._layer(i, x)
+            t1 = clock.ticks_us()
+            self.us["frozen_forward"] += clock.ticks_diff(t1, t0)
+            ad = self.adapters[i]
+            if ad is not None:
+                self._adapter_out(ad, inputs[i], x)
+                self.us["adapter_forward"] += clock.ticks_diff(clock.ticks_us(), t1)
+            if i < n - 1:
+                _relu(x)
+        return inputs, x
+
+    def _adapter_out(self, ad, x, out):
+        # h = A^T x; out += B^T h
+        for k in range(ad.rank):
+            ad.h[k] = 0.0
+        K.mtv(ad.a, ad.n_in, ad.rank, x, ad.h)
+        K.mtv(ad.b, ad.rank, ad.n_out, ad.h, out)
+        self.macs["adapter_forward"] += ad.n_in * ad.rank + ad.rank * ad.n_out
+
+    def _skip_frozen(self, index):
+        """Layer inputs and frozen logits of sample `index`, from the skip-cache when it has them."""
+        x0 = self.sample(index)
+        if self.cache is not None:
+            t0 = clock.ticks_us()
+            entry = self.cache.get(index, x0)
+            self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t0)
+            if entry is not None:
+                return entry
+        t0 = clock.ticks_us()
+        entry = self.frozen_forward(x0)
+        self.us["frozen_forward"] += clock.ticks_diff(clock.ticks_us(), t0)
+        if self.cache is not None:
+            t0 = clock.ticks_us()
+            self.cache.put(index, entry[0], entry[1])
+            self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t0)
+        return entry
+
+    def logits(self, x):
+        """Prediction logits for one sample with the current adapters / weights."""
+        if self.family == "lora":
+            return self._lora_forward(x)[1]
+        inputs, z = self.frozen_forward(x)
+        if self.family != "ft":
+            for i, ad in enumerate(self.adapters):
+                self._adapter_out(ad, inputs[i], z)
+        return z
+
+    # -- training --------------------------------------------------------------------------------
+    def _step_skip(self, index, scale):
+        inputs, z0 = self._skip_frozen(index)
+        t0 = clock.ticks_us()
+        z = K.zeros(self.n_classes)
+        z[:] = z0
+        for i, ad in enumerate(self.adapters):
+            self._adapter_out(ad, inputs[i], z)
+        t1 = clock.ticks_us()
+        self.us["adapter_forward"] += clock.ticks_diff(t1, t0)
+        loss = _softmax_grad(z, self.labels[index], scale, self.g)
+        for i, ad in enumerate(self.adapters):
+            self._adapter_backward(ad, inputs[i], self.g)
+        self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
+        return loss
+
+    def _adapter_backward(self, ad, x, g):
+        # gB += h g^T; gh = B g; gA += x gh^T
+        K.outer_add(ad.gb, ad.rank, ad.n_out, ad.h, g)
+        for k in range(ad.rank):
+            ad.gh[k] = 0.0
+        K.mv(ad.b, ad.rank, ad.n_out, g, ad.gh)
+        K.outer_add(ad.ga, ad.n_in, ad.rank, x, ad.gh)
+        self.macs["backward"] += ad.n_in * ad.rank + 2 * ad.rank * ad.n_out
+
+    def _step_lora(self, index, scale):
+        inputs, z = self._lora_forward(self.sample(index))
+        t0 = clock.ticks_us()
+        loss = _softmax_grad(z, self.labels[index], scale, self.g)
+        g, dims = self.g, self.model.dims
+        for i in range(self.model.n_layers - 1, self.first - 1, -1):
+            ad = self.adapters[i]
+            self._adapter_backward(ad, inputs[i], g)
+            if i > self.first:
+                gx = K.zeros(dims[i])
+                self.model.mtv(i, g, gx)
+                K.mv(ad.a, ad.n_in, ad.rank, ad.gh, gx)
+                self.macs["backward"] += dims[i] * dims[i + 1] + ad.rank * ad.n_in
+                g = self._relu_grad(gx, inputs[i])
+        self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t0)
+        return loss
+
+    @staticmethod
+    def _relu_grad(gx, x):
+        for k in range(len(gx)):
+            if x[k] <= 0.0:
+                gx[k] = 0.0
+        return gx
+
+    def _step_ft(self, index, scale):
+        t0 = clock.ticks_us()
+        inputs, z = self.frozen_forward(self.sample(index))
+        t1 = clock.ticks_us()
+        self.us["frozen_forward"] += clock.ticks_diff(t1, t0)
+        loss = _softmax_grad(z, self.labels[index], scale, self.g)
+        g, dims = self.g, self.model.dims
+        for i in range(self.model.n_layers - 1, self.first - 1, -1):
+            if self.gw[i] is not None:
+                K.outer_add(self.gw[i], dims[i + 1], dims[i], g, inputs[i])
+                self.macs["backward"] += dims[i] * dims[i + 1]
+            gb = self.gbias[i]
+            for k in range(len(gb)):
+                gb[k] += g[k]
+            if i > self.first:
+                gx = K.zeros(dims[i])
+                if self.weights[i] is not None:
+                    K.mtv(self.weights[i], dims[i + 1], dims[i], g, gx)
+                else:
+                    self.model.mtv(i, g, gx)
+                self.macs["backward"] += dims[i] * dims[i + 1]
+                g = self._relu_grad(gx, inputs[i])
+        self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
+        return loss
+
+    def _update(self):
+        t0 = clock.ticks_us()
+        for ad in self.adapters:
+            if ad is not None:
+                K.sub_scaled(ad.a, ad.ga, self.lr)
+                K.sub_scaled(ad.b, ad.gb, self.lr)
+        for i in range(self.model.n_layers):
+            if self.gw[i] is not None:
+                K.sub_scaled(self.weights[i], self.gw[i], self.lr)
+            if self.gbias[i] is not None:
+                K.sub_scaled(self.bias[i], self.gbias[i], self.lr)
+        self.us["update"] += clock.ticks_diff(clock.ticks_us(), t0)
+
+    def train_epoch(self):
+        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss."""
+        if not self.samples:
+            raise TunerError("no fine-tune samples stored")
+        step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
+        order = list(range(len(self.samples)))
+        self.rng.shuffle(order)
+        total = 0.0
+        for start in range(0, len(order), self.batch):
+            idx = order[start:start + self.batch]
+            scale = 1.0 / len(idx)
+            for index in idx:
+                total += step(index, scale)
+            self._update()
+            self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
+        loss = total / len(order)
+        self.losses.append(loss)
+        return loss
+
+    def train(self, on_epoch=None):
+        for epoch in range(self.epochs):
+            loss = self.train_epoch()
+            if on_epoch:
+                on_epoch(epoch, loss)
+        return self.losses
+
+    def predict(self, x):
+        z = self.logits(x)
+        best = 0
+        for c in range(1, len(z)):
+            if z[c] > z[best]:
+                best = c
+        return best
+
+    def evaluate(self, samples, labels):
+        """Accuracy and confusion counts (rows: true class, columns: predicted)."""
+        n = self.n_classes
+        counted = dict(self.macs)  # evaluation is not fine-tuning: leave the counters as they were
+        confusion = [[0] * n for _ in range(n)]
+        correct = 0
+        for x, label in zip(samples, labels):
+            p = self.predict(x)
+            confusion[label][p] += 1
+            correct += p == label
+        self.macs = counted
+        return correct / max(1, len(labels)), confusion
