@@ -83,3 +83,11 @@ def mtv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
             unpack_row(packed, r * row_bytes, bits, cols, row)
             for c in range(cols):
                 out[c] += row[c] * s
+
+
+FLAVOUR = "portable"
+try:
+    from s2l.kernels_native import mv, mtv, outer_add, sub_scaled, unpack_row, mv_packed, mtv_packed
+    FLAVOUR = "native"
+except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
+    pass

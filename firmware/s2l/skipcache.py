@@ -1,69 +1,44 @@
-# The skip-cache of Skip2-LoRA, and the encoding of stored per-sample vectors.
-# Frozen layers never change, so each fine-tune sample's layer inputs and frozen logits are kept
-# after the first epoch and read back in later ones. Two storage modes:
-#   "float"    array('f'): exact, 4 bytes a value
-#   "compact"  int8 with one float scale per vector (value = q * scale): 1 byte a value, for RAM
-#              budgets where float does not fit; costs a little accuracy (reported by the bench)
-from array import array
-
+# The skip-cache of Skip2-LoRA. Frozen layers never change, so each fine-tune sample's layer inputs
+# (of layers 1..n-1; layer 0's input is the sample itself) and frozen logits are stored in the
+# first epoch and read back in later ones, which skip the frozen forward pass.
 from s2l import kernels as K
-
-MODES = ("float", "compact")
-
-
-def encode(v, mode):
-    if mode == "float":
-        out = K.zeros(len(v))
-        out[:] = v if isinstance(v, array) else array("f", v)
-        return out
-    top = 0.0
-    for x in v:
-        if abs(x) > top:
-            top = abs(x)
-    scale = top / 127.0 if top > 0.0 else 1.0
-    q = bytearray(len(v))
-    for k in range(len(v)):
-        q[k] = int(round(v[k] / scale)) & 0xFF
-    return (scale, q)
-
-
-def decode(e, mode):
-    if mode == "float":
-        return e
-    scale, q = e
-    out = K.zeros(len(q))
-    for k in range(len(q)):
-        b = q[k]
-        out[k] = (b - 256 if b > 127 else b) * scale
-    return out
-
-
-def nbytes(e, mode):
-    return 4 * len(e) if mode == "float" else 4 + len(e[1])
+from s2l.rowstore import RowStore
 
 
 class SkipCache:
-    """Per sample: inputs of layers 1..n-1 and the frozen logits (layer 0's input is the sample)."""
-
-    def __init__(self, dims, mode="float"):
-        if mode not in MODES:
-            raise ValueError("unknown cache mode %r (one of %s)" % (mode, ", ".join(MODES)))
-        self.mode = mode
-        self.entries = {}
+    def __init__(self, dims, encoding="float", ram_budget=None, spill_path=None):
+        self.rows = RowStore(list(dims[1:]), encoding, ram_budget, spill_path)
+        self.row_of = K.zeros(0, "i")  # sample index -> row, -1 while not cached
         self.hits = 0
-        self.bytes = 0
+
+    def reserve(self, n_samples):
+        """Allocate for n samples up front, so running out of memory happens before training."""
+        if len(self.row_of) < n_samples:
+            self.rows.reserve(n_samples)
+            row_of = K.zeros(n_samples, "i")
+            for i in range(n_samples):
+                row_of[i] = self.row_of[i] if i < len(self.row_of) else -1
+            self.row_of = row_of
 
     def get(self, index, x0):
-        entry = self.entries.get(index)
-        if entry is None:
+        """([x0, x1 .. x_{n-1}], frozen logits) of sample `index`, or None if not cached yet."""
+        row = self.row_of[index]
+        if row < 0:
             return None
         self.hits += 1
-        return [x0] + [decode(e, self.mode) for e in entry[:-1]], decode(entry[-1], self.mode)
+        vectors = self.rows.get(row)
+        return [x0] + vectors[:-1], vectors[-1]
 
     def put(self, index, inputs, logits):
-        entry = [encode(v, self.mode) for v in inputs[1:]] + [encode(logits, self.mode)]
-        self.entries[index] = entry
-        self.bytes += sum(nbytes(e, self.mode) for e in entry)
+        self.row_of[index] = self.rows.append(inputs[1:] + [logits])
+
+    @property
+    def bytes(self):
+        return len(self.rows) * self.rows.row_bytes
+
+    @property
+    def spilled_bytes(self):
+        return self.rows.spilled_bytes
 
     def __len__(self):
-        return len(self.entries)
+        return len(self.rows)

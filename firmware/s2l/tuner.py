@@ -3,13 +3,24 @@
 # per-sample forward, gradients summed over a mini-batch, then one SGD update.
 import math
 
-from s2l import clock, skipcache
+import sys
+
+from s2l import clock
 from s2l import kernels as K
 from s2l.rng import XorShift32
+from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
 
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
+BOARDS = ("rp2", "esp32")
+# On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and
+# cache rows beyond this budget spill to flash; elsewhere float32, exact, with no limit.
+BOARD_CACHE_BUDGET = 64 * 1024
+ON_BOARD = sys.platform in BOARDS
+DEFAULT_CACHE_MODE = "compact" if ON_BOARD else "float"
+DEFAULT_CACHE_BUDGET = BOARD_CACHE_BUDGET if ON_BOARD else None
+SPILL_PATH = "skipcache.bin"
 
 
 class TunerError(ValueError):
@@ -52,8 +63,8 @@ def _softmax_grad(z, label, scale, g):
 
 
 class Tuner:
-    def __init__(self, model, method="skip2-lora", rank=4, lr=0.05, epochs=40, batch=1, seed=1,
-                 cache_mode="float"):
+    def __init__(self, model, method="skip2-lora", rank=4, lr=0.05, epochs=30, batch=1, seed=1,
+                 cache_mode=DEFAULT_CACHE_MODE, cache_budget=DEFAULT_CACHE_BUDGET, spill_path=SPILL_PATH):
         if method not in METHODS:
             raise TunerError("unknown method %r (one of %s)" % (method, ", ".join(METHODS)))
         for name, value in (("rank", rank), ("epochs", epochs), ("batch", batch)):
@@ -88,11 +99,13 @@ class Tuner:
                 if method != "ft-bias":
                     self.weights[i] = model.dequantized(i)
                     self.gw[i] = K.zeros(dims[i] * dims[i + 1])
-        if cache_mode not in skipcache.MODES:
-            raise TunerError("unknown cache mode %r (one of %s)" % (cache_mode, ", ".join(skipcache.MODES)))
+        if cache_mode not in ENCODINGS:
+            raise TunerError("unknown cache mode %r (one of %s)" % (cache_mode, ", ".join(ENCODINGS)))
         self.cache_mode = cache_mode  # also how fine-tune samples are stored
-        self.cache = SkipCache(dims, cache_mode) if method == "skip2-lora" else None
-        self.samples, self.labels = [], bytearray()
+        self.cache = None
+        if method == "skip2-lora":
+            self.cache = SkipCache(dims, cache_mode, cache_budget, spill_path)
+        self.samples, self.labels = RowStore([dims[0]], cache_mode), bytearray()
         self.g = K.zeros(self.n_classes)
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
@@ -112,11 +125,14 @@ class Tuner:
 
     def add_sample(self, x, label):
         self.check_sample(x, label)
-        self.samples.append(skipcache.encode(x, self.cache_mode))
+        try:
+            self.samples.append([x])
+        except MemoryError:
+            raise TunerError("out of memory storing sample %d" % len(self.labels))
         self.labels.append(label)
 
     def sample(self, index):
-        return skipcache.decode(self.samples[index], self.cache_mode)
+        return self.samples.get(index)[0]
 
     # -- forward passes --------------------------------------------------------------------------
     def _layer(self, i, x):
@@ -199,7 +215,8 @@ class Tuner:
         inputs, z0 = self._skip_frozen(index)
         t0 = clock.ticks_us()
         z = K.zeros(self.n_classes)
-        z[:] = z0
+        for c in range(self.n_classes):  # z0 may be a view of the cache: copy, never write into it
+            z[c] = z0[c]
         for i, ad in enumerate(self.adapters):
             self._adapter_out(ad, inputs[i], z)
         t1 = clock.ticks_us()
@@ -283,10 +300,16 @@ class Tuner:
 
     def train_epoch(self):
         """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss."""
-        if not self.samples:
+        if not self.labels:
             raise TunerError("no fine-tune samples stored")
+        if self.cache is not None:
+            try:
+                self.cache.reserve(len(self.labels))
+            except MemoryError as e:
+                raise TunerError("the skip-cache for %d samples does not fit (%s); use cache mode "
+                                 "compact, or a cache budget with a spill file" % (len(self.labels), e))
         step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
-        order = list(range(len(self.samples)))
+        order = list(range(len(self.labels)))
         self.rng.shuffle(order)
         total = 0.0
         for start in range(0, len(order), self.batch):

@@ -98,3 +98,73 @@ def test_skip2_lora_equals_skip_lora_on_the_board(runtime, problem):
     fw = firmware_results(runtime, problem)
     assert fw["skip2-lora"]["params"] == fw["skip-lora"]["params"]
     assert fw["skip2-lora"]["cache_hits"] == 20 * (CONFIG["epochs"] - 1)
+
+
+BAD_INPUT_SCRIPT = """
+import json
+from s2l.model import Model, load
+from s2l.modelfile import ModelError
+from s2l.tuner import Tuner, TunerError
+data = json.load(open("data.json"))
+model_bytes = open("model.s2lm", "rb").read()
+
+def state(t):
+    return json.dumps([[list(ad.a), list(ad.b)] for ad in t.adapters], ) + json.dumps(
+        [len(t.samples), list(t.labels), len(t.cache), t.cache.hits, t.cache.bytes, t.macs, t.us, t.losses])
+
+t = Tuner(Model(model_bytes), "skip2-lora", cache_budget=0, spill_path=None, **data["config"])
+for x, y in zip(data["X"], data["y"]):
+    t.add_sample(x, y)
+errors = []
+before = state(t)
+x = data["X"][0]
+bad = [("short", x[:-1], 0), ("long", x + [0.0], 0), ("nan", [float("nan")] + x[1:], 0),
+       ("inf", x[:-1] + [float("inf")], 0), ("label", x, 4), ("negative label", x, -1)]
+for name, sample, label in bad:
+    try:
+        t.add_sample(sample, label)
+        errors.append([name, None])
+    except TunerError as e:
+        errors.append([name, str(e)])
+try:
+    t.train_epoch()  # the cache may not use RAM (budget 0) and has nowhere to spill
+    errors.append(["cache", None])
+except TunerError as e:
+    errors.append(["cache", str(e)])
+for name, buf in (("truncated", model_bytes[:-9]), ("crc", model_bytes[:-1] + bytes([model_bytes[-1] ^ 1]))):
+    try:
+        Model(buf)
+        errors.append([name, None])
+    except ModelError as e:
+        errors.append([name, str(e)])
+same = state(t) == before
+# the same tuner then trains with a budget that spills to flash, and matches an all-RAM compact run
+results = []
+for budget, spill in ((None, None), (16 * 8, "spill.bin")):
+    t2 = Tuner(Model(model_bytes), "skip2-lora", cache_mode="compact", cache_budget=budget, spill_path=spill,
+               **data["config"])
+    for x, y in zip(data["X"], data["y"]):
+        t2.add_sample(x, y)
+    t2.train()
+    results.append([t2.losses, [list(ad.a) for ad in t2.adapters], t2.cache.hits, t2.cache.spilled_bytes])
+print(json.dumps({"errors": errors, "state_unchanged": same, "compact": results}))
+"""
+
+
+def test_bad_input_is_a_clear_error_and_changes_nothing(runtime, problem):
+    model, _, (X, y), _ = problem
+    data = {"config": CONFIG, "X": X.tolist(), "y": y.tolist()}
+    out = json.loads(run_firmware_script(BAD_INPUT_SCRIPT, runtime,
+                                         files={"model.s2lm": model, "data.json": json.dumps(data).encode()}))
+    errors = dict(out["errors"])
+    assert errors["short"] == "sample has 11 features, the model takes 12"
+    assert errors["long"] == "sample has 13 features, the model takes 12"
+    assert errors["nan"].startswith("sample has a non-finite feature")
+    assert errors["inf"].startswith("sample has a non-finite feature")
+    assert errors["label"] == errors["negative label"].replace("-1", "4") == "label 4 out of range 0..3"
+    assert "skip-cache for 20 samples does not fit" in errors["cache"]
+    assert "truncated" in errors["truncated"] and "CRC" in errors["crc"]
+    assert out["state_unchanged"]
+    (ram_losses, ram_a, ram_hits, ram_spilled), (sp_losses, sp_a, sp_hits, sp_spilled) = out["compact"]
+    assert ram_spilled == 0 and sp_spilled > 0
+    assert (sp_losses, sp_a, sp_hits) == (ram_losses, ram_a, ram_hits)

@@ -1,0 +1,90 @@
+"""The two kernel flavours: the portable one is chosen where there is no native emitter, and the
+board flavour computes exactly what the portable one does (run here through a shim that makes
+@micropython.native / viper plain Python, so that its arithmetic can be compared)."""
+import builtins
+import importlib
+import sys
+import types
+from array import array
+
+import numpy as np
+import pytest
+
+from s2l import kernels as portable
+
+
+@pytest.fixture
+def native(monkeypatch):
+    shim = types.ModuleType("micropython")
+    shim.native = shim.viper = lambda f: f
+    monkeypatch.setitem(sys.modules, "micropython", shim)
+    for name in ("ptr8", "ptr16", "ptr32"):
+        monkeypatch.setattr(builtins, name, object, raising=False)
+    monkeypatch.delitem(sys.modules, "s2l.kernels_native", raising=False)
+    return importlib.import_module("s2l.kernels_native")
+
+
+def floats(rng, n):
+    v = rng.normal(0, 1, n)
+    v[rng.random(n) < 0.3] = 0.0  # zeros take the kernels' skip branches
+    return array("f", v)
+
+
+def pack(q, bits):
+    per_byte = 8 // bits
+    out = bytearray((len(q) + per_byte - 1) // per_byte)
+    for c, v in enumerate(q):
+        out[c // per_byte] |= (int(v) & ((1 << bits) - 1)) << ((c % per_byte) * bits)
+    return out
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_native_flavour_equals_portable(native, bits):
+    rng = np.random.default_rng(bits)
+    rows, cols = 7, 13
+    qmax = (1 << (bits - 1)) - 1
+    q = rng.integers(-qmax, qmax + 1, (rows, cols))
+    q[0, :3] = [-qmax, qmax, 0]  # the extremes of the signed range
+    packed = b"".join(pack(r, bits) for r in q)
+    row_bytes = len(packed) // rows
+    m, x, xr, scales = floats(rng, rows * cols), floats(rng, cols), floats(rng, rows), floats(rng, rows)
+
+    def both(name, *args, out_len, scratch=False):
+        """`name` run by each flavour on fresh outputs preloaded with 0.5: (native, portable)."""
+        results = []
+        for k in (native, portable):
+            out = array("f", [0.5] * out_len)
+            extra = (array("i", [0] * cols),) if scratch else ()
+            getattr(k, name)(*args, out, *extra)
+            results.append(list(out))
+        return results
+
+    got, want = both("mv", m, rows, cols, x, out_len=rows)
+    assert got == want
+    got, want = both("mtv", m, rows, cols, xr, out_len=cols)
+    assert got == want
+    packed_args = (memoryview(packed), row_bytes, bits, scales, rows, cols)
+    got, want = both("mv_packed", *packed_args, x, out_len=rows, scratch=True)
+    assert got == want
+    np.testing.assert_allclose(want, 0.5 + (q * np.asarray(scales)[:, None]) @ np.asarray(x), rtol=1e-5)
+    got, want = both("mtv_packed", *packed_args, xr, out_len=cols, scratch=True)
+    assert got == want
+    updated = []
+    for k in (native, portable):
+        row = array("i", [0] * cols)
+        for r in (0, rows - 1):
+            k.unpack_row(memoryview(packed), r * row_bytes, bits, cols, row)
+            assert list(row) == list(q[r])
+        mm, g = array("f", m), array("f", m)
+        k.outer_add(mm, rows, cols, xr, x)
+        k.sub_scaled(mm, g, 0.25)
+        assert list(g) == [0.0] * len(g)
+        updated.append(list(mm))
+    assert updated[0] == updated[1]
+
+
+def test_each_runtime_falls_back_to_the_portable_flavour(run):
+    assert run("""
+        from s2l import kernels
+        print(kernels.FLAVOUR, kernels.mv.__name__)
+    """).split() == ["portable", "mv"]
