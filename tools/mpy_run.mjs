@@ -5,6 +5,8 @@
 //   run (only once control is back in JS), so a limit bounds all that the run allocates, garbage too.
 // --lib DIR: copy DIR's tree into /lib (on sys.path): --lib firmware gives /lib/s2l/*.py.
 // --file HOST:/PATH: copy a host file into the in-memory filesystem (e.g. a model file).
+// --steps: after the script, drive the generator it left in global `steps`, one next() per call
+//   into MicroPython, so that garbage is collected between steps (never during a call, see above).
 // SCRIPT "-" reads the script from stdin. Exit code: 0, sys.exit's code, or 1 on an uncaught
 // exception, whose traceback goes to stderr.
 import fs from "node:fs";
@@ -20,11 +22,12 @@ const RESERVE = 16 * 1024; // wasm malloc space kept for the JS<->C glue when th
 const GLUE = `
 import sys
 if "/lib" not in sys.path: sys.path.append("/lib")
-def _run(path, name, args):
-    sys.argv.clear(); sys.argv.append(name); sys.argv.extend(args)
+_g = {}
+def _outcome(f):
     try:
-        with open(path) as f: code = compile(f.read(), name, "exec")
-        exec(code, {"__name__": "__main__", "__file__": name})
+        f()
+    except StopIteration:
+        return 0
     except SystemExit as e:
         c = e.args[0] if e.args else None
         if c is None or isinstance(c, (int, bool)): return int(c or 0)
@@ -33,11 +36,21 @@ def _run(path, name, args):
     except BaseException as e:
         sys.print_exception(e, sys.stderr)
         return 1
-    return 0
+    return -1
+def _run(path, name, args):
+    sys.argv.clear(); sys.argv.append(name); sys.argv.extend(args)
+    _g.update({"__name__": "__main__", "__file__": name})
+    def run():
+        with open(path) as f: code = compile(f.read(), name, "exec")
+        exec(code, _g)
+    rc = _outcome(run)
+    return 0 if rc == -1 else rc
+def _step():
+    return _outcome(lambda: next(_g["steps"]))
 `;
 
 function parseArgs(argv) {
-  const o = { heap: null, libs: [], files: [], script: null, args: [] };
+  const o = { heap: null, libs: [], files: [], script: null, args: [], steps: false };
   const size = (s) => {
     const m = /^(\d+)([km]?)$/i.exec(s ?? "");
     if (!m) throw new Error(`bad size: ${s}`);
@@ -46,6 +59,7 @@ function parseArgs(argv) {
   let i = 0;
   for (; i < argv.length && o.script === null; i++) {
     if (argv[i] === "--heap") o.heap = size(argv[++i]);
+    else if (argv[i] === "--steps") o.steps = true;
     else if (argv[i] === "--lib") o.libs.push(argv[++i]);
     else if (argv[i] === "--file") {
       const spec = argv[++i] ?? "", k = spec.lastIndexOf(":");
@@ -53,7 +67,7 @@ function parseArgs(argv) {
       o.files.push([spec.slice(0, k), spec.slice(k + 1)]);
     } else o.script = argv[i];
   }
-  if (o.script === null) throw new Error("usage: mpy_run.mjs [--heap N] [--lib DIR]... [--file H:/P]... SCRIPT|- [args]");
+  if (o.script === null) throw new Error("usage: mpy_run.mjs [--heap N] [--steps] [--lib DIR]... [--file H:/P]... SCRIPT|- [args]");
   if (o.heap !== null && o.heap < 2 * RESERVE) throw new Error(`--heap must be at least ${2 * RESERVE}`);
   o.args = argv.slice(i);
   return o;
@@ -108,7 +122,14 @@ async function main() {
   const lit = JSON.stringify; // JSON strings and arrays are valid Python literals
   mp.runPython(`exec(compile(${lit(GLUE)}, "<mpy_run>", "exec"))`);
   mp.runPython(`_rc = _run(${lit(memScript)}, ${lit(name)}, ${lit(o.args)})`);
-  return mp.globals.get("_rc");
+  let rc = mp.globals.get("_rc");
+  while (o.steps && rc === 0) {
+    mp.runPython("_rc = _step()");
+    rc = mp.globals.get("_rc");
+    if (rc === -1) rc = 0;
+    else break;
+  }
+  return rc;
 }
 
 main().then((rc) => process.exit(rc), (e) => {

@@ -7,7 +7,7 @@ from array import array
 
 def zeros(n, typecode="f"):
     # portable: MicroPython reads a bytes initialiser as raw memory, CPython refuses it
-    return array(typecode, (0 for _ in range(n)))
+    return array(typecode, [0] * n)
 
 
 def mv(m, rows, cols, x, out):
@@ -22,32 +22,64 @@ def mv(m, rows, cols, x, out):
 
 
 def mtv(m, rows, cols, x, out):
-    # out[c] += sum_r m[r][c] x[r]
-    k = 0
-    for r in range(rows):
-        xr = x[r]
-        if xr != 0.0:
-            for c in range(cols):
-                out[c] += m[k + c] * xr
-        k += cols
+    # out[c] += sum_r m[r][c] x[r]. Columns go four at a time, summed in locals: an interpreter
+    # pays for every array load/store and inner loop, and adapters are this shape (n_in x rank)
+    c0 = 0
+    while c0 + 4 <= cols:
+        h0 = h1 = h2 = h3 = 0.0
+        k = c0
+        for r in range(rows):
+            xr = x[r]
+            if xr != 0.0:
+                h0 += m[k] * xr
+                h1 += m[k + 1] * xr
+                h2 += m[k + 2] * xr
+                h3 += m[k + 3] * xr
+            k += cols
+        out[c0] += h0
+        out[c0 + 1] += h1
+        out[c0 + 2] += h2
+        out[c0 + 3] += h3
+        c0 += 4
+    for c in range(c0, cols):
+        acc = 0.0
+        k = c
+        for r in range(rows):
+            acc += m[k] * x[r]
+            k += cols
+        out[c] += acc
 
 
 def outer_add(m, rows, cols, u, v):
-    # m[r][c] += u[r] v[c]
-    k = 0
-    for r in range(rows):
-        ur = u[r]
-        if ur != 0.0:
-            for c in range(cols):
-                m[k + c] += ur * v[c]
-        k += cols
+    # m[r][c] += u[r] v[c], four columns at a time with v's values in locals (as mtv)
+    c0 = 0
+    while c0 + 4 <= cols:
+        v0, v1, v2, v3 = v[c0], v[c0 + 1], v[c0 + 2], v[c0 + 3]
+        k = c0
+        for r in range(rows):
+            ur = u[r]
+            if ur != 0.0:
+                m[k] += ur * v0
+                m[k + 1] += ur * v1
+                m[k + 2] += ur * v2
+                m[k + 3] += ur * v3
+            k += cols
+        c0 += 4
+    for c in range(c0, cols):
+        vc = v[c]
+        k = c
+        for r in range(rows):
+            m[k] += u[r] * vc
+            k += cols
 
 
 def sub_scaled(p, g, lr):
     # p -= lr * g; g = 0
     for i in range(len(p)):
-        p[i] -= lr * g[i]
-        g[i] = 0.0
+        gi = g[i]
+        if gi != 0.0:  # sparse: ReLU zeros and zero inputs leave whole rows of g at zero
+            p[i] -= lr * gi
+            g[i] = 0.0
 
 
 def unpack_row(packed, start, bits, cols, row):

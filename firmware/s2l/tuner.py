@@ -28,16 +28,16 @@ class TunerError(ValueError):
 
 
 class Adapter:
-    """A: n_in x rank, B: rank x n_out (row-major), their gradients, and per-sample scratch."""
+    """A: n_in x rank, B: rank x n_out (row-major), where their gradients go, per-sample scratch."""
 
-    def __init__(self, n_in, n_out, rank, rng):
+    def __init__(self, n_in, n_out, rank, rng, fused):
         bound = math.sqrt(6.0 / n_in)
         self.a = K.zeros(n_in * rank)
         for k in range(n_in * rank):
             self.a[k] = rng.uniform(-bound, bound)
         self.b = K.zeros(rank * n_out)
-        self.ga = K.zeros(n_in * rank)
-        self.gb = K.zeros(rank * n_out)
+        self.ga = self.a if fused else K.zeros(n_in * rank)
+        self.gb = self.b if fused else K.zeros(rank * n_out)
         self.h = K.zeros(rank)   # A^T x
         self.gh = K.zeros(rank)  # B g
         self.n_in, self.n_out, self.rank = n_in, n_out, rank
@@ -73,6 +73,10 @@ class Tuner:
         self.model, self.method = model, method
         self.rank, self.lr, self.epochs, self.batch = rank, lr, epochs, batch
         self.rng = XorShift32(seed)
+        # Batch 1: the SGD step goes straight into the parameters. Backprop is linear in the output
+        # gradient, so seeding it with -lr * dL/dz makes every "gradient" an update: no gradient
+        # buffers (they alias the parameters) and no separate pass over them.
+        self.fused = batch == 1
         dims, n = model.dims, model.n_layers
         self.n_classes = dims[-1]
         self.family = method.split("-")[0]
@@ -82,10 +86,10 @@ class Tuner:
         self.adapters = [None] * n
         if self.family == "lora":
             for i in range(first, n):
-                self.adapters[i] = Adapter(dims[i], dims[i + 1], rank, self.rng)
+                self.adapters[i] = Adapter(dims[i], dims[i + 1], rank, self.rng, self.fused)
         elif self.family in ("skip", "skip2"):
             for i in range(n):
-                self.adapters[i] = Adapter(dims[i], dims[-1], rank, self.rng)
+                self.adapters[i] = Adapter(dims[i], dims[-1], rank, self.rng, self.fused)
         # FT-*: a float copy only of what is trained
         self.weights = [None] * n
         self.bias = list(model.bias)
@@ -95,10 +99,10 @@ class Tuner:
             for i in range(first, n):
                 self.bias[i] = K.zeros(dims[i + 1])
                 self.bias[i][:] = model.bias[i]
-                self.gbias[i] = K.zeros(dims[i + 1])
+                self.gbias[i] = self.bias[i] if self.fused else K.zeros(dims[i + 1])
                 if method != "ft-bias":
                     self.weights[i] = model.dequantized(i)
-                    self.gw[i] = K.zeros(dims[i] * dims[i + 1])
+                    self.gw[i] = self.weights[i] if self.fused else K.zeros(dims[i] * dims[i + 1])
         if cache_mode not in ENCODINGS:
             raise TunerError("unknown cache mode %r (one of %s)" % (cache_mode, ", ".join(ENCODINGS)))
         self.cache_mode = cache_mode  # also how fine-tune samples are stored
@@ -227,12 +231,16 @@ class Tuner:
         self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
         return loss
 
-    def _adapter_backward(self, ad, x, g):
-        # gB += h g^T; gh = B g; gA += x gh^T
-        K.outer_add(ad.gb, ad.rank, ad.n_out, ad.h, g)
+    def _adapter_backward(self, ad, x, g, gx=None):
+        # gh = B g; gx += A gh (LoRA: into the layer below); then gB += h g^T, gA += x gh^T.
+        # A and B are read before they take their gradients, which may be their update (fused).
         for k in range(ad.rank):
             ad.gh[k] = 0.0
         K.mv(ad.b, ad.rank, ad.n_out, g, ad.gh)
+        if gx is not None:
+            K.mv(ad.a, ad.n_in, ad.rank, ad.gh, gx)
+            self.macs["backward"] += ad.rank * ad.n_in
+        K.outer_add(ad.gb, ad.rank, ad.n_out, ad.h, g)
         K.outer_add(ad.ga, ad.n_in, ad.rank, x, ad.gh)
         self.macs["backward"] += ad.n_in * ad.rank + 2 * ad.rank * ad.n_out
 
@@ -243,13 +251,14 @@ class Tuner:
         g, dims = self.g, self.model.dims
         for i in range(self.model.n_layers - 1, self.first - 1, -1):
             ad = self.adapters[i]
-            self._adapter_backward(ad, inputs[i], g)
             if i > self.first:
                 gx = K.zeros(dims[i])
                 self.model.mtv(i, g, gx)
-                K.mv(ad.a, ad.n_in, ad.rank, ad.gh, gx)
-                self.macs["backward"] += dims[i] * dims[i + 1] + ad.rank * ad.n_in
+                self.macs["backward"] += dims[i] * dims[i + 1]
+                self._adapter_backward(ad, inputs[i], g, gx)
                 g = self._relu_grad(gx, inputs[i])
+            else:
+                self._adapter_backward(ad, inputs[i], g)
         self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t0)
         return loss
 
@@ -268,24 +277,28 @@ class Tuner:
         loss = _softmax_grad(z, self.labels[index], scale, self.g)
         g, dims = self.g, self.model.dims
         for i in range(self.model.n_layers - 1, self.first - 1, -1):
-            if self.gw[i] is not None:
-                K.outer_add(self.gw[i], dims[i + 1], dims[i], g, inputs[i])
-                self.macs["backward"] += dims[i] * dims[i + 1]
-            gb = self.gbias[i]
-            for k in range(len(gb)):
-                gb[k] += g[k]
-            if i > self.first:
+            gx = None
+            if i > self.first:  # through W before W takes its gradient (its update, when fused)
                 gx = K.zeros(dims[i])
                 if self.weights[i] is not None:
                     K.mtv(self.weights[i], dims[i + 1], dims[i], g, gx)
                 else:
                     self.model.mtv(i, g, gx)
                 self.macs["backward"] += dims[i] * dims[i + 1]
+            if self.gw[i] is not None:
+                K.outer_add(self.gw[i], dims[i + 1], dims[i], g, inputs[i])
+                self.macs["backward"] += dims[i] * dims[i + 1]
+            gb = self.gbias[i]
+            for k in range(len(gb)):
+                gb[k] += g[k]
+            if gx is not None:
                 g = self._relu_grad(gx, inputs[i])
         self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
         return loss
 
     def _update(self):
+        if self.fused:  # already applied during backward
+            return
         t0 = clock.ticks_us()
         for ad in self.adapters:
             if ad is not None:
@@ -314,11 +327,13 @@ class Tuner:
         total = 0.0
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
-            scale = 1.0 / len(idx)
+            scale = -self.lr if self.fused else 1.0 / len(idx)
             for index in idx:
                 total += step(index, scale)
             self._update()
-            self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
+        # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
+        # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
+        self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
         loss = total / len(order)
         self.losses.append(loss)
         return loss

@@ -5,7 +5,7 @@ import os
 import sys
 
 from . import __version__, reference
-from .pipeline import bench_record, compare_methods, format_table, prepare
+from .pipeline import RUNTIMES, bench_record, compare_methods, format_table, prepare
 from .scenarios import DEFAULT_SCENARIO, DRIFTS
 
 DEFAULT_MODEL = os.path.join("models", "digits-%s.s2lm" % DEFAULT_SCENARIO)
@@ -31,7 +31,7 @@ def _add_common(p):
     defaults = reference.Config()
     p.add_argument("--scenario", default=DEFAULT_SCENARIO, choices=sorted(DRIFTS), help="drift scenario")
     p.add_argument("--bits", type=_bits, help="bits per layer, e.g. 8,4,8 (default: 8 for every layer)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="pretraining, adapter init and sample order")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="adapter init and sample order")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,7 +73,8 @@ def _export(args, prepared):
 
 def _bench(args, prepared):
     config = _config(args)
-    results = compare_methods(prepared, config, args.methods, progress=not args.quiet)
+    results = compare_methods(prepared, config, args.methods, progress=not args.quiet,
+                              runtime=getattr(args, "runtime", "numpy"))
     print(format_table(prepared, results))
     if args.json:
         _write(args.json, json.dumps(bench_record(prepared, config, results), indent=2))
@@ -81,7 +82,7 @@ def _bench(args, prepared):
 
 
 def _prepare(args):
-    return prepare(args.scenario, args.bits, args.seed, progress=not args.quiet)
+    return prepare(args.scenario, args.bits, progress=not args.quiet)  # pretraining: fixed seed 0
 
 
 def cmd_export(args):
@@ -114,7 +115,8 @@ def build_parser():
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
     _add_common(p)
     _add_tuning(p)
-    p.add_argument("--runtime", default="numpy", choices=["numpy"])
+    p.add_argument("--runtime", default="numpy", choices=RUNTIMES,
+                   help="numpy reference, or the firmware's tuner under CPython / the real MicroPython")
     p.add_argument("--json", help="write the results JSON here")
     p.set_defaults(func=cmd_bench)
 

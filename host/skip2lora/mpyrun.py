@@ -66,7 +66,9 @@ def _is_bytes(content):
     return isinstance(content, (bytes, bytearray, memoryview))
 
 
-def _run(cmd, script, runtime, error, timeout, **kw):
+def _run(cmd, script, runtime, error, timeout, on_line=None, **kw):
+    if on_line is not None:
+        return _run_streaming(cmd, script, runtime, error, on_line, **kw)
     try:
         p = subprocess.run(cmd, input=script, capture_output=True, text=True, encoding="utf-8",
                            errors="replace", timeout=timeout, **kw)
@@ -74,23 +76,47 @@ def _run(cmd, script, runtime, error, timeout, **kw):
         out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise error(f"{runtime} script timed out after {timeout} s\n{err}", stdout=out, stderr=err) from None
-    if p.returncode != 0:
-        raise error(f"{runtime} script failed (exit code {p.returncode}):\n{p.stderr}",
-                    stdout=p.stdout, stderr=p.stderr, returncode=p.returncode)
-    return p.stdout
+    return _checked(p.returncode, p.stdout, p.stderr, runtime, error)
 
 
-def run_micropython(script, *, heap=None, files=None, args=(), timeout=DEFAULT_TIMEOUT):
+def _run_streaming(cmd, script, runtime, error, on_line, **kw):
+    # stdout line by line to on_line as the script prints it (progress of long runs); no timeout
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err_file:
+        with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True,
+                              encoding="utf-8", errors="replace", **kw) as p:
+            p.stdin.write(script)
+            p.stdin.close()
+            lines = []
+            for line in p.stdout:
+                lines.append(line)
+                on_line(line)
+            returncode = p.wait()
+        err_file.seek(0)
+        return _checked(returncode, "".join(lines), err_file.read(), runtime, error)
+
+
+def _checked(returncode, stdout, stderr, runtime, error):
+    if returncode != 0:
+        raise error(f"{runtime} script failed (exit code {returncode}):\n{stderr}",
+                    stdout=stdout, stderr=stderr, returncode=returncode)
+    return stdout
+
+
+def run_micropython(script, *, heap=None, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=False, on_line=None):
     """Run `script` (source text, dedented) under the WebAssembly MicroPython; return its stdout.
 
     heap: GC heap bytes (int, or str like "64k"), a hard limit: MemoryError beyond it. None: start
     at 1 MiB and grow on demand. files: {path: bytes or host path} to place in MicroPython's
     filesystem first; relative paths land under "/", the working directory, so a script opening
-    "model.bin" works under both runtimes. args: sys.argv[1:].
+    "model.bin" works under both runtimes. args: sys.argv[1:]. steps: the script leaves a generator
+    in global `steps`, driven one next() per call into MicroPython, so garbage is collected between
+    steps. on_line: called with each line of stdout as it comes (then there is no timeout).
     Raises MicroPythonError on a non-zero exit or timeout, MicroPythonUnavailable without node."""
     cmd = [_node(), str(RUNNER), "--lib", str(FIRMWARE)]
     if heap is not None:
         cmd += ["--heap", str(heap)]
+    if steps:
+        cmd.append("--steps")
     with tempfile.TemporaryDirectory(prefix="mpyrun-") as tmp:
         for i, (dest, content) in enumerate((files or {}).items()):
             host = Path(tmp) / f"file{i}" if _is_bytes(content) else Path(content)
@@ -98,12 +124,14 @@ def run_micropython(script, *, heap=None, files=None, args=(), timeout=DEFAULT_T
                 host.write_bytes(content)
             cmd += ["--file", f"{host}:{posixpath.join('/', str(dest))}"]
         cmd += ["-", *map(str, args)]
-        return _run(cmd, textwrap.dedent(script), "MicroPython", MicroPythonError, timeout)
+        return _run(cmd, textwrap.dedent(script), "MicroPython", MicroPythonError, timeout, on_line)
 
 
-def run_cpython(script, *, files=None, args=(), timeout=DEFAULT_TIMEOUT):
+def run_cpython(script, *, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=False, on_line=None):
     """Run `script` (dedented) with this interpreter in a subprocess, firmware/ first on sys.path,
-    in a fresh working directory holding `files` (relative paths only); return its stdout."""
+    in a fresh working directory holding `files` (relative paths only); return its stdout.
+    steps and on_line as for run_micropython."""
+    script = textwrap.dedent(script) + ("\nfor _ in steps:\n    pass\n" if steps else "")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(FIRMWARE), os.environ.get("PYTHONPATH")])))
     env["PYTHONIOENCODING"] = "utf-8"
     with tempfile.TemporaryDirectory(prefix="cpyrun-") as cwd:
@@ -117,7 +145,7 @@ def run_cpython(script, *, files=None, args=(), timeout=DEFAULT_TIMEOUT):
             else:
                 shutil.copyfile(content, target)
         cmd = [sys.executable, "-", *map(str, args)]
-        return _run(cmd, textwrap.dedent(script), "CPython", CPythonError, timeout, cwd=cwd, env=env)
+        return _run(cmd, script, "CPython", CPythonError, timeout, on_line, cwd=cwd, env=env)
 
 
 def run_firmware_script(script, runtime, **kwargs):

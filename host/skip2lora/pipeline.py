@@ -50,18 +50,46 @@ def prepare(scenario_name, bits=None, seed=0, progress=True):
     return Prepared(scenario, net, qnet, model_bytes, report)
 
 
-def compare_methods(prepared, config, methods=reference.METHODS, progress=True):
-    """Fine-tune with every method under the same hyperparameters; one result dict per method."""
+RUNTIMES = ("numpy", "cpython", "micropython")
+
+
+def compare_methods(prepared, config, methods=reference.METHODS, progress=True, runtime="numpy",
+                    board_row=True):
+    """Fine-tune with every method under the same hyperparameters; one result dict per method.
+
+    runtime "numpy" is the reference; "cpython" / "micropython" run the firmware's tuner. There,
+    with `board_row`, Skip2-LoRA runs a second time as a board would (compact cache, RP2040 budget)
+    to report that mode's heap and accuracy cost."""
+    if runtime == "numpy":
+        results = []
+        for method in tqdm(methods, desc="fine-tune", disable=not progress, leave=False):
+            result, _ = reference.run(prepared.quantized_net, replace(config, method=method),
+                                      prepared.scenario.finetune, prepared.scenario.test)
+            results.append(dict(result, runtime="numpy"))
+        return results
+    if runtime not in RUNTIMES:
+        raise ValueError("unknown runtime %r (one of %s)" % (runtime, ", ".join(RUNTIMES)))
+    from s2l.tuner import BOARD_CACHE_BUDGET
+    from .onboard import run_methods
+    runs = [(list(methods), {})]
+    if board_row and "skip2-lora" in methods:
+        runs.append((["skip2-lora"], {"cache_mode": "compact", "cache_budget": BOARD_CACHE_BUDGET}))
     results = []
-    for method in tqdm(methods, desc="fine-tune", disable=not progress, leave=False):
-        result, _ = reference.run(prepared.quantized_net, replace(config, method=method),
-                                  prepared.scenario.finetune, prepared.scenario.test)
-        results.append(result)
+    with tqdm(total=sum(len(m) for m, _ in runs) * config.epochs, desc="fine-tune (%s)" % runtime,
+              disable=not progress, leave=False) as bar:
+        def on_epoch(method, epoch, epochs, loss):
+            bar.set_postfix(method=method, loss="%.4f" % loss)
+            bar.update()
+        for run_methods_list, cache in runs:
+            results += run_methods(prepared.model_bytes, config, prepared.scenario.finetune,
+                                   prepared.scenario.test, run_methods_list, runtime, on_epoch=on_epoch, **cache)
     return results
 
 
 def time_ratio(results, numerator="skip2-lora", denominator="lora-all"):
-    by_method = {r["method"]: r for r in results}
+    by_method = {}
+    for r in results:  # the first row of a method: the board-mode row comes after
+        by_method.setdefault(r["method"], r)
     if numerator in by_method and denominator in by_method:
         return by_method[numerator]["finetune_seconds"] / by_method[denominator]["finetune_seconds"]
     return None
@@ -75,25 +103,58 @@ def format_table(prepared, results):
             "-".join(map(str, rep["dims"])), rep["bits"], rep["model_bytes"],
             100 * rep["source_accuracy_float"], 100 * rep["source_accuracy_quantized"]),
         "",
-        "%-12s %9s %8s %11s %13s %13s %11s" % ("method", "accuracy", "gain", "fine-tune", "frozen fwd",
+        "%-16s %9s %8s %11s %13s %13s %11s" % ("method", "accuracy", "gain", "fine-tune", "frozen fwd",
                                                   "adapter fwd", "backward"),
-        "%-12s %8.1f%% %8s %11s %13s %13s %11s" % ("(none)", 100 * rep["drifted_accuracy_before"], "",
+        "%-16s %8.1f%% %8s %11s %13s %13s %11s" % ("(none)", 100 * rep["drifted_accuracy_before"], "",
                                                       "", "MACs", "MACs", "MACs"),
     ]
     for r in results:
-        lines.append("%-12s %8.1f%% %+7.1f %10.3fs %13d %13d %11d%s" % (
-            r["method"], 100 * r["accuracy"], 100 * (r["accuracy"] - rep["drifted_accuracy_before"]),
+        lines.append("%-16s %8.1f%% %+7.1f %10.3fs %13d %13d %11d%s" % (
+            _label(r), 100 * r["accuracy"], 100 * (r["accuracy"] - rep["drifted_accuracy_before"]),
             r["finetune_seconds"], r["macs"]["frozen_forward"], r["macs"]["adapter_forward"],
             r["macs"]["backward"], "  (diverged: loss not finite)" if r["diverged"] else ""))
+    if any("peak_heap_bytes" in r for r in results):
+        lines += _firmware_table(results)
     ratio = time_ratio(results)
     if ratio is not None:
-        lines += ["", "fine-tune time Skip2-LoRA / LoRA-All = %.3f (measured in this run)" % ratio]
+        lines += ["", "fine-tune time Skip2-LoRA / LoRA-All = %.3f (measured in this run, %s)" % (
+            ratio, results[0]["runtime"])]
     return "\n".join(lines)
+
+
+def _label(result):
+    # the board-mode row: compact skip-cache under the RP2040 budget
+    return result["method"] + ("/int8" if result.get("cache_mode") == "compact" else "")
+
+
+def _firmware_table(results):
+    phases = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
+    lines = ["", "time per phase, seconds (%s, kernels %s); peak heap and skip-cache, KB" % (
+        results[0]["runtime"], results[0]["kernels"]),
+        "%-16s" % "method" + "".join("%12s" % p.replace("_forward", " fwd") for p in phases)
+        + "%10s %9s %9s" % ("peak heap", "cache", "spilled")]
+    for r in results:
+        lines.append("%-16s" % _label(r) + "".join("%12.3f" % r["phase_seconds"][p] for p in phases)
+                     + "%10s %9.1f %9.1f" % (_heap_kb(r), r["cache_bytes"] / 1024, r["cache_spilled_bytes"] / 1024))
+    skip2 = [r for r in results if r["method"] == "skip2-lora"]
+    exact = [r for r in skip2 if r["cache_mode"] == "float"]
+    board = [r for r in skip2 if r["cache_mode"] == "compact"]
+    if exact and board:
+        lines += ["", "Skip2-LoRA as on an RP2040 (int8 samples and skip-cache): accuracy %.1f%% vs %.1f%% with "
+                  "float32 (%+.1f points), peak heap %s KB" % (
+                      100 * board[0]["accuracy"], 100 * exact[0]["accuracy"],
+                      100 * (board[0]["accuracy"] - exact[0]["accuracy"]), _heap_kb(board[0]))]
+    return lines
+
+
+def _heap_kb(result):
+    # CPython has no MicroPython heap to measure
+    return "n/a" if result["runtime"] == "cpython" else "%.1f" % (result["peak_heap_bytes"] / 1024)
 
 
 def bench_record(prepared, config, results):
     return {
-        "runtime": "numpy", "scenario": prepared.scenario.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "runtime": results[0]["runtime"] if results else None, "scenario": prepared.scenario.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": {"rank": config.rank, "lr": config.lr, "epochs": config.epochs, "batch": config.batch,
                    "seed": config.seed},
         "model": prepared.report, "results": results,

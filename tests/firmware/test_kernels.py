@@ -63,6 +63,8 @@ def test_native_flavour_equals_portable(native, bits):
     assert got == want
     got, want = both("mtv", m, rows, cols, xr, out_len=cols)
     assert got == want
+    M = np.asarray(m, np.float64).reshape(rows, cols)
+    np.testing.assert_allclose(want, 0.5 + M.T @ np.asarray(xr), rtol=1e-5, atol=1e-6)
     packed_args = (memoryview(packed), row_bytes, bits, scales, rows, cols)
     got, want = both("mv_packed", *packed_args, x, out_len=rows, scratch=True)
     assert got == want
@@ -77,6 +79,7 @@ def test_native_flavour_equals_portable(native, bits):
             assert list(row) == list(q[r])
         mm, g = array("f", m), array("f", m)
         k.outer_add(mm, rows, cols, xr, x)
+        np.testing.assert_allclose(np.reshape(mm, (rows, cols)), M + np.outer(xr, x), rtol=1e-5, atol=1e-6)
         k.sub_scaled(mm, g, 0.25)
         assert list(g) == [0.0] * len(g)
         updated.append(list(mm))

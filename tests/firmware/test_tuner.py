@@ -12,6 +12,7 @@ from skip2lora.pipeline import network_from_model
 DIMS = [12, 8, 6, 4]
 BITS = [8, 4, 2]  # mixed widths: every unpacking path is exercised
 CONFIG = dict(rank=2, lr=0.1, epochs=3, batch=4, seed=7)
+BATCHES = [4, 1]  # mini-batches accumulate gradients; batch 1 updates during backward (fused)
 
 SCRIPT = """
 import json
@@ -52,12 +53,16 @@ def problem():
     return fixed_problem()
 
 
-@pytest.fixture(scope="module")
-def reference_results(problem):
+_reference_cache = {}
+
+
+def reference_results(problem, batch):
+    if batch in _reference_cache:
+        return _reference_cache[batch]
     _, net, train, test = problem
-    results = {}
+    results = _reference_cache[batch] = {}
     for method in reference.METHODS:
-        result, tuner = reference.run(net, reference.Config(method, **CONFIG), train, test)
+        result, tuner = reference.run(net, reference.Config(method, **dict(CONFIG, batch=batch)), train, test)
         if isinstance(tuner, reference.FineTune):
             params = [[w.ravel() if method in ("ft-all", "ft-last") and (method == "ft-all" or i == len(DIMS) - 2)
                        else np.zeros(0), b] for i, (w, b) in enumerate(zip(tuner.net.W, tuner.net.b))]
@@ -70,19 +75,21 @@ def reference_results(problem):
 _firmware_cache = {}
 
 
-def firmware_results(runtime, problem):
-    if runtime not in _firmware_cache:
+def firmware_results(runtime, problem, batch=CONFIG["batch"]):
+    if (runtime, batch) not in _firmware_cache:
         model, _, (X, y), (Xt, yt) = problem
-        data = {"config": CONFIG, "X": X.tolist(), "y": y.tolist(), "Xt": Xt.tolist(), "yt": yt.tolist()}
+        data = {"config": dict(CONFIG, batch=batch), "X": X.tolist(), "y": y.tolist(), "Xt": Xt.tolist(),
+                "yt": yt.tolist()}
         out = run_firmware_script(SCRIPT, runtime, files={"model.s2lm": model, "data.json": json.dumps(data).encode()})
-        _firmware_cache[runtime] = json.loads(out)
-    return _firmware_cache[runtime]
+        _firmware_cache[runtime, batch] = json.loads(out)
+    return _firmware_cache[runtime, batch]
 
 
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("method", reference.METHODS)
-def test_firmware_matches_the_reference(runtime, method, problem, reference_results):
-    fw = firmware_results(runtime, problem)[method]
-    ref = reference_results[method]
+def test_firmware_matches_the_reference(runtime, method, batch, problem):
+    fw = firmware_results(runtime, problem, batch)[method]
+    ref = reference_results(problem, batch)[method]
     assert fw["accuracy"] == ref["accuracy"]
     np.testing.assert_allclose(fw["losses"], ref["losses"], rtol=1e-4)
     assert len(fw["params"]) == len(ref["params"])
