@@ -1,0 +1,114 @@
+"""Loaders for user data given by path: the kinds of data the paper uses.
+
+UCI HAR  the unzipped "UCI HAR Dataset" folder as published: <path>/<part>/X_<part>.txt (561
+         whitespace-separated floats per row, e.g. " 2.8858451e-001 -2.0294171e-002 ...") and
+         <path>/<part>/y_<part>.txt (one activity 1..6 per line), part "train" or "test".
+         Labels come back as 0..5, in the order of UCI_HAR_CLASSES.
+features a .csv of numbers, one sample per row, the last column the integer label (a header row
+         of non-numbers is skipped), or a .npz holding X (2-D) and y (1-D integers).
+Every problem raises DataError naming the file and what is wrong.
+"""
+import os
+
+import numpy as np
+
+UCI_HAR_FEATURES = 561
+UCI_HAR_CLASSES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
+
+
+class DataError(ValueError):
+    """A missing or malformed data file; the message names the file and what is wrong."""
+
+
+def _rows(path, sep=None):
+    """Numeric rows of a text file: (line number, [float, ...]) for each non-empty line."""
+    if not os.path.isfile(path):
+        raise DataError("%s: no such file" % path)
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            fields = [v.strip() for v in line.split(sep)] if line.strip() else []
+            if not fields:
+                continue
+            try:
+                rows.append((number, [float(v) for v in fields]))
+            except ValueError:
+                if number == 1 and sep == ",":  # a header row
+                    continue
+                raise DataError("%s, line %d: not a number in %r" % (path, number, line.strip()[:60])) from None
+    if not rows:
+        raise DataError("%s: no data rows" % path)
+    return rows
+
+
+def _matrix(path, rows, width):
+    for number, values in rows:
+        if len(values) != width:
+            raise DataError("%s, line %d: %d columns, expected %d" % (path, number, len(values), width))
+    X = np.array([values for _, values in rows], dtype=np.float64)
+    if not np.isfinite(X).all():
+        number = rows[int(np.argmax(~np.isfinite(X).all(axis=1)))][0]
+        raise DataError("%s, line %d: a value is NaN or infinite" % (path, number))
+    return X
+
+
+def _labels(path, y, n_classes=None):
+    try:
+        y = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("%s: labels must be numbers" % path) from None
+    if not np.isfinite(y).all() or (y != np.round(y)).any() or (y < 0).any():
+        raise DataError("%s: labels must be non-negative integers" % path)
+    if n_classes is not None and (y >= n_classes).any():
+        raise DataError("%s: labels must be below %d" % (path, n_classes))
+    return y.astype(np.int64)
+
+
+def load_uci_har(path, part="train"):
+    """(X float32 [n, 561], y int64 [n] in 0..5) of the UCI HAR `part` ("train" or "test")."""
+    if part not in ("train", "test"):
+        raise ValueError("part must be 'train' or 'test', got %r" % part)
+    if not os.path.isdir(path):
+        raise DataError("%s: no such folder (the unzipped 'UCI HAR Dataset')" % path)
+    x_path = os.path.join(path, part, "X_%s.txt" % part)
+    y_path = os.path.join(path, part, "y_%s.txt" % part)
+    X = _matrix(x_path, _rows(x_path), UCI_HAR_FEATURES)
+    y_rows = _rows(y_path)
+    y = _matrix(y_path, y_rows, 1)[:, 0]
+    if len(y) != len(X):
+        raise DataError("%s: %d labels for the %d rows of %s" % (y_path, len(y), len(X), x_path))
+    if (y < 1).any():
+        raise DataError("%s: activities are numbered 1..6" % y_path)
+    return X.astype(np.float32), _labels(y_path, y - 1, len(UCI_HAR_CLASSES))
+
+
+def load_features(path):
+    """(X float32 [n, d], y int64 [n]) from a .csv (label in the last column) or a .npz (X, y)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".csv":
+        rows = _rows(path, sep=",")
+        width = len(rows[0][1])
+        if width < 2:
+            raise DataError("%s: needs at least one feature column and a label column" % path)
+        data = _matrix(path, rows, width)
+        return data[:, :-1].astype(np.float32), _labels(path, data[:, -1])
+    if ext == ".npz":
+        if not os.path.isfile(path):
+            raise DataError("%s: no such file" % path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in ("X", "y") if k in npz.files}
+        except (OSError, ValueError) as e:
+            raise DataError("%s: not a readable .npz (%s)" % (path, e)) from None
+        for key in ("X", "y"):
+            if key not in arrays:
+                raise DataError("%s: no array %r (it needs X and y)" % (path, key))
+        X, y = arrays["X"], arrays["y"]
+        if X.ndim != 2 or y.ndim != 1:
+            raise DataError("%s: X must be 2-D and y 1-D, got shapes %s and %s" % (path, X.shape, y.shape))
+        if len(X) != len(y):
+            raise DataError("%s: %d rows in X but %d labels in y" % (path, len(X), len(y)))
+        if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
+            raise DataError("%s: X must be finite numbers" % path)
+        return X.astype(np.float32), _labels(path, y)
+    raise DataError("%s: unsupported file type %r (use .csv or .npz)" % (path, ext or "no extension"))

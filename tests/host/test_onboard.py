@@ -1,0 +1,28 @@
+"""The firmware tuner on the default scenario, as the benchmark runs it (short: two epochs)."""
+import pytest
+
+from s2l.tuner import BOARD_CACHE_BUDGET
+from skip2lora import reference
+from skip2lora.onboard import run_methods
+from skip2lora.pipeline import prepare
+
+RP2040_HEAP_TARGET = 120 * 1024
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare("rotate", progress=False)
+
+
+def test_rp2040_mode_holds_the_whole_finetune_set_in_120_kb(prepared):
+    finetune, test = prepared.scenario.finetune, prepared.scenario.test
+    epochs = []
+    [r] = run_methods(prepared.model_bytes, reference.Config(epochs=2), finetune, test, ["skip2-lora"],
+                      "micropython", cache_mode="compact", cache_budget=BOARD_CACHE_BUDGET,
+                      on_epoch=lambda *a: epochs.append(a[:3]))
+    n = len(finetune[1])
+    assert epochs == [("skip2-lora", 1, 2), ("skip2-lora", 2, 2)]
+    assert r["cache_mode"] == "compact" and r["cache_hits"] == n and r["cache_spilled_bytes"] == 0
+    assert r["cache_bytes"] == n * (64 + 64 + 10 + 3 * 4)  # int8 values + a float scale per vector
+    assert 0 < r["peak_heap_bytes"] <= RP2040_HEAP_TARGET
+    assert r["phase_seconds"]["frozen_forward"] > 0 and r["macs"]["frozen_forward"] == n * 8832
