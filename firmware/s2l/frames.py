@@ -1,0 +1,137 @@
+# The serial protocol's wire format: the one definition, used by the board and by the host.
+#
+#   wire   START (0x7E) | escaped body
+#   body   u8 type | u16 seq | u16 length | payload[length] | u32 CRC32 of type..payload
+#
+# All integers little-endian. Inside the body, START, ESC and 0x03 travel as ESC, byte ^ 0x20: a
+# frame never holds a raw 0x03, so a board can keep Ctrl-C (0x03) armed for mpremote, and START
+# only ever begins a frame, so a receiver resyncs on it after garbage or a truncated frame.
+import binascii
+import struct
+
+PROTOCOL_VERSION = 1
+START = 0x7E
+ESC = 0x1B
+CTRL_C = 0x03
+_ESCAPED = (START, ESC, CTRL_C)
+MAX_PAYLOAD = 1024
+_HEADER = "<BHH"
+HEADER_SIZE = 5
+CRC_SIZE = 4
+
+# requests (host -> board)
+HELLO = 0x01
+MODEL_BEGIN = 0x02  # JSON {"size", "crc"}
+MODEL_CHUNK = 0x03  # u32 offset | bytes
+MODEL_END = 0x04
+CONFIG = 0x05       # JSON {"method", "rank", "lr", "epochs", "batch", "seed", "cache_mode"}
+SAMPLES = 0x06      # see SAMPLES_HEADER
+TRAIN = 0x07        # JSON {"epochs"} (optional)
+EVAL = 0x08
+STATS = 0x09
+SAVE = 0x0A
+LOAD = 0x0B
+RESET = 0x0C
+# replies (board -> host)
+OK = 0x80           # JSON
+PROGRESS = 0x81     # JSON {"epoch", "epochs", "loss", "ms"}
+DONE = 0x82         # JSON, training finished
+ERROR = 0xEE        # u16 code | UTF-8 message
+REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET)
+
+# SAMPLES: u8 kind | u8 encoding | u16 count | u16 n_features, then per sample u8 label and
+# n_features float32 (ENC_FLOAT32), or a float32 scale and n_features int8 (ENC_INT8, x = q * scale)
+SAMPLES_HEADER = "<BBHH"
+SAMPLES_HEADER_SIZE = 6
+KIND_FINETUNE = 0
+KIND_TEST = 1
+ENC_FLOAT32 = 0
+ENC_INT8 = 1
+
+# error codes
+E_CRC = 1           # a frame failed its CRC (its seq may be garbage)
+E_OVERSIZE = 2      # length above MAX_PAYLOAD
+E_UNKNOWN = 3       # unknown frame type
+E_PAYLOAD = 4       # payload of the wrong size or form
+E_STATE = 5         # command not valid now (e.g. SAMPLES before MODEL and CONFIG)
+E_MODEL = 6         # model file failed validation
+E_TUNER = 7         # bad config or sample
+E_MEMORY = 8        # out of memory
+E_STORAGE = 9       # flash file missing or unreadable
+E_BUSY = 10         # training in progress
+E_INTERNAL = 99
+
+
+def sample_size(encoding, n_features):
+    return 1 + (4 * n_features if encoding == ENC_FLOAT32 else 4 + n_features)
+
+
+def escape(body):
+    out = bytearray()
+    for b in body:
+        if b in _ESCAPED:
+            out.append(ESC)
+            out.append(b ^ 0x20)
+        else:
+            out.append(b)
+    return out
+
+
+def encode(ftype, seq, payload=b""):
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+    body = struct.pack(_HEADER, ftype, seq & 0xFFFF, len(payload)) + bytes(payload)
+    body += struct.pack("<I", binascii.crc32(body) & 0xFFFFFFFF)
+    return bytes([START]) + bytes(escape(body))
+
+
+def error_payload(code, message):
+    return struct.pack("<H", code) + message.encode()
+
+
+class Decoder:
+    """Bytes in, events out: ("frame", type, seq, payload) or ("error", code, message, seq).
+
+    Never raises on garbage: bytes outside a frame are skipped, and a START byte inside a frame
+    abandons it and begins a new one (the sender restarted)."""
+
+    def __init__(self):
+        self.body = None  # unescaped bytes of the frame being read; None between frames
+        self.escaped = False
+
+    def feed(self, data):
+        events = []
+        for b in data:
+            if b == START:
+                self.body, self.escaped = bytearray(), False
+                continue
+            if self.body is None:  # garbage between frames
+                continue
+            if self.escaped:
+                b ^= 0x20
+                self.escaped = False
+            elif b == ESC:
+                self.escaped = True
+                continue
+            self.body.append(b)
+            event = self._frame_done()
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _frame_done(self):
+        body = self.body
+        if len(body) < HEADER_SIZE:
+            return None
+        ftype, seq, length = struct.unpack_from(_HEADER, body, 0)
+        if length > MAX_PAYLOAD:
+            self.body = None
+            return ("error", E_OVERSIZE, "frame length %d exceeds %d" % (length, MAX_PAYLOAD), seq)
+        if len(body) < HEADER_SIZE + length + CRC_SIZE:
+            return None
+        self.body = None
+        end = HEADER_SIZE + length
+        crc = struct.unpack_from("<I", body, end)[0]
+        if binascii.crc32(bytes(body[:end])) & 0xFFFFFFFF != crc:
+            return ("error", E_CRC, "frame failed its CRC", seq)
+        return ("frame", ftype, seq, bytes(body[HEADER_SIZE:end]))

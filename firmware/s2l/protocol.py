@@ -1,0 +1,293 @@
+# The protocol core: bytes in, bytes out, no I/O but its own files on flash. The board's main.py
+# and the host's emulator both drive it: feed() with what arrived, write what it returns, and
+# call work() while busy (training runs one epoch per call, so the board stays responsive and
+# the WebAssembly interpreter can collect garbage between calls). Every failure is an ERROR frame;
+# nothing raises out of feed() or work().
+import binascii
+import gc
+import json
+import os
+import struct
+import sys
+
+from s2l import VERSION, adapterfile, clock
+from s2l import frames as F
+from s2l.model import Model
+from s2l.modelfile import ModelError
+from s2l.rowstore import RowStore
+from s2l.tuner import Tuner, TunerError
+
+MODEL_FILE = "model.s2lm"
+ADAPTER_FILE = "adapter.s2la"
+CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode")
+
+
+class ProtocolError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def _json(payload):
+    try:
+        value = json.loads(payload) if payload else {}
+    except ValueError:
+        raise ProtocolError(F.E_PAYLOAD, "payload is not JSON")
+    if not isinstance(value, dict):
+        raise ProtocolError(F.E_PAYLOAD, "payload must be a JSON object")
+    return value
+
+
+def write_atomic(path, data):
+    # a power cut leaves the old file or the new one, never half of one
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    os.rename(tmp, path)
+
+
+class Core:
+    def __init__(self, storage_dir="."):
+        self.dir = storage_dir
+        self.decoder = F.Decoder()
+        self.model = None
+        self.tuner = None
+        self.config = None
+        self.upload = None  # (buffer, expected CRC) during a model upload
+        self.test = None
+        self.test_labels = bytearray()
+        self.epochs_left = 0
+        self.last = None  # (seq, type, payload, reply) of the last request: a retry gets the reply again
+        self.handlers = {
+            F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
+            F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
+            F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
+            F.LOAD: self.load, F.RESET: self.reset,
+        }
+        try:
+            self.model = Model(self._read(MODEL_FILE))
+        except (OSError, ModelError):
+            pass  # no model stored yet, or a bad one: wait for an upload
+
+    @property
+    def busy(self):
+        return self.epochs_left > 0
+
+    def _path(self, name):
+        return self.dir + "/" + name
+
+    def _read(self, name):
+        with open(self._path(name), "rb") as f:
+            return f.read()
+
+    # -- bytes in, bytes out -----------------------------------------------------------------------
+    def feed(self, data):
+        out = bytearray()
+        for event in self.decoder.feed(data):
+            if event[0] == "error":
+                out += F.encode(F.ERROR, event[3], F.error_payload(event[1], event[2]))
+                continue
+            _, ftype, seq, payload = event
+            if self.last is not None and self.last[:3] == (seq, ftype, payload):
+                out += self.last[3]  # a retry: same answer, not done twice
+                continue
+            reply = self._handle(ftype, seq, payload)
+            self.last = (seq, ftype, payload, reply)
+            out += reply
+        return bytes(out)
+
+    def _handle(self, ftype, seq, payload):
+        try:
+            handler = self.handlers.get(ftype)
+            if handler is None:
+                raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET):
+                raise ProtocolError(F.E_BUSY, "training in progress")
+            return F.encode(F.OK, seq, json.dumps(handler(payload) or {}).encode())
+        except ProtocolError as e:
+            code, message = e.code, str(e)
+        except TunerError as e:
+            code, message = F.E_TUNER, str(e)
+        except ModelError as e:
+            code, message = F.E_MODEL, str(e)
+        except adapterfile.AdapterError as e:
+            code, message = F.E_STORAGE, str(e)
+        except MemoryError:
+            code, message = F.E_MEMORY, "out of memory"
+        except Exception as e:  # the board keeps serving whatever happened
+            code, message = F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
+        return F.encode(F.ERROR, seq, F.error_payload(code, message))
+
+    def work(self):
+        """One epoch of pending training; its PROGRESS frame (and DONE after the last), or b""."""
+        if not self.busy:
+            return b""
+        t0 = clock.ticks_us()
+        try:
+            loss = self.tuner.train_epoch()
+        except Exception as e:
+            self.epochs_left = 0
+            return F.encode(F.ERROR, 0, F.error_payload(F.E_TUNER, "training stopped: %s" % e))
+        self.epochs_left -= 1
+        epoch = len(self.tuner.losses)
+        out = F.encode(F.PROGRESS, epoch & 0xFFFF, json.dumps({
+            "epoch": epoch, "loss": loss, "ms": clock.ticks_diff(clock.ticks_us(), t0) // 1000,
+            "left": self.epochs_left}).encode())
+        if not self.busy:
+            out += F.encode(F.DONE, epoch & 0xFFFF, json.dumps({"epochs": epoch, "loss": loss}).encode())
+        return out
+
+    # -- commands ----------------------------------------------------------------------------------
+    def hello(self, payload):
+        model = None
+        if self.model is not None:
+            model = {"dims": self.model.dims, "bits": self.model.bits}
+        free = gc.mem_free() if hasattr(gc, "mem_free") else None
+        return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
+                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD}
+
+    def model_begin(self, payload):
+        args = _json(payload)
+        size, crc = args.get("size"), args.get("crc")
+        if not isinstance(size, int) or not isinstance(crc, int) or not 0 < size <= 256 * 1024:
+            raise ProtocolError(F.E_PAYLOAD, "MODEL_BEGIN needs an int size (1..262144) and crc")
+        self.upload = None
+        gc.collect()
+        self.upload = (bytearray(size), crc)
+        return {"size": size}
+
+    def model_chunk(self, payload):
+        if self.upload is None:
+            raise ProtocolError(F.E_STATE, "MODEL_CHUNK before MODEL_BEGIN")
+        if len(payload) < 4:
+            raise ProtocolError(F.E_PAYLOAD, "MODEL_CHUNK needs a u32 offset")
+        offset = struct.unpack_from("<I", payload, 0)[0]
+        buf = self.upload[0]
+        if offset + len(payload) - 4 > len(buf):
+            raise ProtocolError(F.E_PAYLOAD, "chunk at %d runs past the model's %d bytes" % (offset, len(buf)))
+        buf[offset:offset + len(payload) - 4] = payload[4:]
+        return {"offset": offset}
+
+    def model_end(self, payload):
+        if self.upload is None:
+            raise ProtocolError(F.E_STATE, "MODEL_END before MODEL_BEGIN")
+        buf, crc = self.upload
+        self.upload = None
+        if binascii.crc32(buf) & 0xFFFFFFFF != crc:
+            raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
+        model = Model(bytes(buf))  # validate before anything is replaced
+        write_atomic(self._path(MODEL_FILE), buf)
+        self.model, self.tuner, self.config = model, None, None
+        self._drop_samples()
+        return {"dims": model.dims, "bits": model.bits}
+
+    def configure(self, payload):
+        if self.model is None:
+            raise ProtocolError(F.E_STATE, "CONFIG before a model is loaded")
+        args = _json(payload)
+        unknown = [k for k in args if k not in CONFIG_KEYS]
+        if unknown:
+            raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
+        self.tuner = None  # free the old tuner's memory before the new one takes its own
+        gc.collect()
+        self.tuner = Tuner(self.model, **args)
+        self.config = args
+        self._drop_samples()
+        return {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode}
+
+    def _drop_samples(self):
+        self.test = None
+        self.test_labels = bytearray()
+
+    def samples(self, payload):
+        if self.tuner is None:
+            raise ProtocolError(F.E_STATE, "SAMPLES before MODEL and CONFIG")
+        if len(payload) < F.SAMPLES_HEADER_SIZE:
+            raise ProtocolError(F.E_PAYLOAD, "SAMPLES header is %d bytes" % F.SAMPLES_HEADER_SIZE)
+        kind, encoding, count, n = struct.unpack_from(F.SAMPLES_HEADER, payload, 0)
+        if kind not in (F.KIND_FINETUNE, F.KIND_TEST) or encoding not in (F.ENC_FLOAT32, F.ENC_INT8):
+            raise ProtocolError(F.E_PAYLOAD, "unknown sample kind %d or encoding %d" % (kind, encoding))
+        size = F.sample_size(encoding, n)
+        if len(payload) != F.SAMPLES_HEADER_SIZE + count * size:
+            raise ProtocolError(F.E_PAYLOAD, "%d samples of %d features need %d bytes, got %d" % (
+                count, n, F.SAMPLES_HEADER_SIZE + count * size, len(payload)))
+        batch = [self._decode_sample(payload, F.SAMPLES_HEADER_SIZE + k * size, encoding, n) for k in range(count)]
+        for x, label in batch:  # all or nothing: check every sample before storing one
+            self.tuner.check_sample(x, label)
+        if kind == F.KIND_FINETUNE:
+            for x, label in batch:
+                self.tuner.add_sample(x, label)
+            stored = len(self.tuner.labels)
+        else:
+            if self.test is None:
+                self.test = RowStore([self.model.dims[0]], self.tuner.cache_mode)
+            for x, label in batch:
+                self.test.append([x])
+                self.test_labels.append(label)
+            stored = len(self.test_labels)
+        return {"kind": kind, "stored": stored}
+
+    @staticmethod
+    def _decode_sample(payload, at, encoding, n):
+        label = payload[at]
+        if encoding == F.ENC_FLOAT32:
+            return struct.unpack_from("<%df" % n, payload, at + 1), label
+        scale = struct.unpack_from("<f", payload, at + 1)[0]
+        x = [0.0] * n
+        for k in range(n):
+            q = payload[at + 5 + k]
+            x[k] = (q - 256 if q > 127 else q) * scale
+        return x, label
+
+    def train(self, payload):
+        if self.tuner is None or not self.tuner.labels:
+            raise ProtocolError(F.E_STATE, "TRAIN with no fine-tune samples")
+        epochs = _json(payload).get("epochs", self.tuner.epochs)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ProtocolError(F.E_PAYLOAD, "epochs must be a positive int")
+        self.epochs_left = epochs
+        return {"epochs": epochs, "samples": len(self.tuner.labels)}
+
+    def evaluate(self, payload):
+        if self.tuner is None or not self.test_labels:
+            raise ProtocolError(F.E_STATE, "EVAL with no test samples")
+        test = self.test
+        accuracy, confusion = self.tuner.evaluate((test.get(i)[0] for i in range(len(test))), self.test_labels)
+        return {"accuracy": accuracy, "confusion": confusion, "samples": len(self.test_labels)}
+
+    def stats(self, payload):
+        if self.tuner is None:
+            raise ProtocolError(F.E_STATE, "STATS before CONFIG")
+        t, cache = self.tuner, self.tuner.cache
+        return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses), "losses": t.losses,
+                "samples": len(t.labels), "test_samples": len(self.test_labels),
+                "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
+                "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode}
+
+    def save(self, payload):
+        if self.tuner is None:
+            raise ProtocolError(F.E_STATE, "SAVE before CONFIG")
+        data = adapterfile.encode(adapterfile.parameters(self.tuner))
+        write_atomic(self._path(ADAPTER_FILE), data)
+        return {"bytes": len(data)}
+
+    def load(self, payload):
+        if self.tuner is None:
+            raise ProtocolError(F.E_STATE, "LOAD before CONFIG")
+        try:
+            data = self._read(ADAPTER_FILE)
+        except OSError:
+            raise ProtocolError(F.E_STORAGE, "no saved adapter on flash")
+        adapterfile.restore(self.tuner, data)
+        return {"bytes": len(data)}
+
+    def reset(self, payload):
+        self.epochs_left = 0
+        self.tuner, self.config, self.upload = None, None, None
+        self._drop_samples()
+        gc.collect()
+        return {}

@@ -1,0 +1,154 @@
+"""The protocol core under both runtimes: a full session, and every kind of bad input answered
+with an ERROR frame after which the next valid command works."""
+import binascii
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from s2l import frames as F
+from skip2lora import reference
+
+from .test_tuner import CONFIG, fixed_problem
+
+SCRIPT = """
+import json
+from s2l import frames as F
+from s2l.protocol import Core
+core = Core(".")
+decoder = F.Decoder()
+replies = []
+def collect(data):
+    for e in decoder.feed(data):
+        if e[0] == "error":
+            replies.append(["decode-error", e[1]])
+        elif e[1] == F.ERROR:
+            replies.append(["ERROR", e[2], e[3][0] | e[3][1] << 8, e[3][2:].decode()])
+        else:
+            replies.append([e[1], e[2], json.loads(e[3])])
+for line in open("requests.txt"):
+    if line.startswith("WORK"):
+        while core.busy:
+            collect(core.work())
+    else:
+        collect(core.feed(bytes.fromhex(line.strip())))
+print(json.dumps(replies))
+"""
+
+
+def samples_payload(X, y, kind, encoding=F.ENC_FLOAT32):
+    out = struct.pack(F.SAMPLES_HEADER, kind, encoding, len(y), X.shape[1])
+    for x, label in zip(X, y):
+        if encoding == F.ENC_FLOAT32:
+            out += struct.pack("<B%df" % len(x), label, *x)
+        else:
+            scale = float(np.abs(x).max() / 127) or 1.0
+            out += struct.pack("<Bf", label, scale) + np.round(x / np.float32(scale)).astype(np.int8).tobytes()
+    return out
+
+
+class Session:
+    def __init__(self):
+        self.lines, self.seq = [], 0
+
+    def send(self, ftype, payload=b"", seq=None):
+        if seq is None:
+            self.seq += 1
+        self.lines.append(F.encode(ftype, self.seq if seq is None else seq, payload).hex())
+        return self
+
+    def raw(self, data):
+        self.lines.append(bytes(data).hex())
+
+    def json(self, ftype, **fields):
+        return self.send(ftype, json.dumps(fields).encode())
+
+    def upload(self, model, chunk=300):
+        self.json(F.MODEL_BEGIN, size=len(model), crc=binascii.crc32(model))
+        for at in range(0, len(model), chunk):
+            self.send(F.MODEL_CHUNK, struct.pack("<I", at) + model[at:at + chunk])
+        return self.send(F.MODEL_END)
+
+    def run(self, runtime):
+        from skip2lora.mpyrun import run_firmware_script
+        text = "\n".join(self.lines + ["WORK"]) + "\n"
+        return json.loads(run_firmware_script(SCRIPT, runtime, files={"requests.txt": text.encode()}))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return fixed_problem()
+
+
+def test_a_full_session_matches_the_reference(runtime, problem):
+    model, net, (X, y), (Xt, yt) = problem
+    s = Session().send(F.HELLO)
+    s.upload(model).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.send(F.SAMPLES, samples_payload(X[:12], y[:12], F.KIND_FINETUNE))
+    s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE))
+    s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE), seq=s.seq)  # a retry: not stored twice
+    s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
+    s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
+    s.send(F.TRAIN)
+    s.lines.append("WORK")
+    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.send(F.LOAD).send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
+    s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
+    replies = s.run(runtime)
+    by_seq = {}
+    for r in replies:
+        by_seq.setdefault(r[1], []).append(r)
+    hello = by_seq[1][0][2]
+    assert hello["protocol"] == F.PROTOCOL_VERSION and hello["model"] is None
+    assert all(r[0] == F.OK for r in replies if r[0] not in (F.PROGRESS, F.DONE)), replies
+    stored = [r[2]["stored"] for r in replies if r[0] == F.OK and "stored" in r[2]]
+    assert stored == [12, 20, 20, 15, 30, 15, 30]  # the retried batch answered again, not stored again
+    progress = [r[2] for r in replies if r[0] == F.PROGRESS]
+    assert [p["epoch"] for p in progress] == [1, 2, 3] and any(r[0] == F.DONE for r in replies)
+    want, _ = reference.run(net, reference.Config("skip2-lora", **CONFIG), (X, y), (Xt, yt))
+    evals = [r[2] for r in replies if r[0] == F.OK and "confusion" in r[2]]
+    assert evals[0]["accuracy"] == want["accuracy"]
+    assert sum(map(sum, evals[0]["confusion"])) == 30
+    assert evals[1]["accuracy"] == want["accuracy"]  # the saved adapter, loaded into a fresh tuner
+    np.testing.assert_allclose([p["loss"] for p in progress], want["losses"], rtol=1e-4)
+    stats = [r[2] for r in replies if r[0] == F.OK and "macs" in r[2]][0]
+    assert stats["cache_hits"] == 20 * 2 and stats["macs"]["backward"] == want["macs"]["backward"]
+
+
+def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
+    model, _, (X, y), _ = problem
+    s = Session()
+    s.send(F.SAMPLES, samples_payload(X[:2], y[:2], F.KIND_FINETUNE))   # SAMPLES before MODEL
+    s.send(F.TRAIN)                                                    # TRAIN with nothing
+    s.send(0x55)                                                       # unknown command
+    bad = bytearray(F.encode(F.HELLO, 99))
+    bad[-1] ^= 1
+    s.raw(bad)                                                         # bad CRC
+    s.raw(F.encode(F.HELLO, 98)[:5] + b"garbage")                      # truncated, then garbage
+    broken = bytearray(model)
+    broken[20] ^= 0xFF
+    s.json(F.MODEL_BEGIN, size=len(model), crc=binascii.crc32(broken))
+    s.send(F.MODEL_CHUNK, struct.pack("<I", 0) + bytes(broken[:900]))
+    s.send(F.MODEL_CHUNK, struct.pack("<I", 900) + bytes(broken[900:]))
+    s.send(F.MODEL_END)                                                # model fails validation
+    s.upload(model).json(F.CONFIG, method="skip2-lora", rank=0)        # bad config
+    s.json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.send(F.SAMPLES, samples_payload(X[:2], y[:2], F.KIND_FINETUNE)[:-3])  # wrong size
+    labels = y[:3].copy()
+    labels[2] = 9
+    s.send(F.SAMPLES, samples_payload(X[:3], labels, F.KIND_FINETUNE))  # a bad label: none stored
+    s.send(F.SAMPLES, samples_payload(X[:3], y[:3], F.KIND_FINETUNE, F.ENC_INT8))
+    s.send(F.TRAIN)
+    s.send(F.HELLO)
+    replies = s.run(runtime)
+    errors = [r[2:] for r in replies if r[0] == "ERROR"]
+    codes = [code for code, _ in errors]
+    assert codes[:3] == [F.E_STATE, F.E_STATE, F.E_UNKNOWN]
+    assert ["ERROR", 99, F.E_CRC, "frame failed its CRC"] in replies
+    assert F.E_MODEL in codes and F.E_TUNER in codes and F.E_PAYLOAD in codes
+    assert any("label 9 out of range" in m for _, m in errors)
+    assert [r[2]["stored"] for r in replies if r[0] == F.OK and "stored" in r[2]] == [3]
+    hello = [r for r in replies if r[0] == F.OK and "protocol" in r[2]]
+    assert hello[-1][2]["model"]["dims"] == [12, 8, 6, 4]
+    assert [r[0] for r in replies].count(F.PROGRESS) == CONFIG["epochs"]
