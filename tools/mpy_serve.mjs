@@ -1,0 +1,56 @@
+// A board behind pipes, for the emulator: the firmware's protocol core under the real MicroPython
+// (the official WebAssembly build), one call into it per message so garbage is collected between.
+//   node tools/mpy_serve.mjs FIRMWARE_DIR
+// stdin:  messages "F" u32 n <n bytes> (feed) or "W" u32 0 (work: one unit of pending training)
+// stdout: u8 busy | u32 n | <n reply bytes>, one per message. Files live in MEMFS (lost at exit).
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const MP_JS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules",
+  "@micropython", "micropython-webassembly-pyscript", "micropython.mjs");
+
+function copyTree(FS, hostDir, memDir) {
+  FS.mkdirTree(memDir);
+  for (const e of fs.readdirSync(hostDir, { withFileTypes: true })) {
+    if (e.name === "__pycache__") continue;
+    const h = path.join(hostDir, e.name), m = `${memDir}/${e.name}`;
+    if (e.isDirectory()) copyTree(FS, h, m);
+    else if (e.isFile()) FS.writeFile(m, fs.readFileSync(h));
+  }
+}
+
+function readExactly(n) {
+  const buf = Buffer.alloc(n);
+  for (let got = 0; got < n;) {
+    let k;
+    try { k = fs.readSync(0, buf, got, n - got, null); } catch (e) { if (e.code === "EAGAIN") continue; throw e; }
+    if (k === 0) return null;
+    got += k;
+  }
+  return buf;
+}
+
+const { loadMicroPython } = await import(pathToFileURL(MP_JS).href);
+const mp = await loadMicroPython({ heapsize: 1024 * 1024, linebuffer: false,
+  stdout: (b) => fs.writeSync(2, b), stderr: (b) => fs.writeSync(2, b) });
+copyTree(mp.FS, process.argv[2], "/lib");
+mp.FS.mkdirTree("/flash");
+mp.runPython(`
+import sys
+sys.path.append("/lib")
+from s2l.protocol import Core
+core = Core("/flash")
+`);
+for (;;) {
+  const head = readExactly(5);
+  if (head === null) break;
+  const n = head.readUInt32LE(1), data = n ? readExactly(n) : Buffer.alloc(0);
+  const call = head[0] === 0x46 ? `core.feed(bytes.fromhex("${data.toString("hex")}"))` : "core.work()";
+  mp.runPython(`_out = ${call}.hex()\n_busy = 1 if core.busy else 0`);
+  const out = Buffer.from(mp.globals.get("_out"), "hex");
+  const reply = Buffer.alloc(5);
+  reply[0] = mp.globals.get("_busy");
+  reply.writeUInt32LE(out.length, 1);
+  fs.writeSync(1, Buffer.concat([reply, out]));
+}
