@@ -1,0 +1,35 @@
+"""Flashing (compile + mpremote steps) and the `run` command against the emulator."""
+import json
+
+from skip2lora import cli
+
+
+def test_flash_dry_run_compiles_and_prints_the_mpremote_steps(capsys, tmp_path):
+    model = tmp_path / "m.s2lm"
+    model.write_bytes(b"model")
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--arch", "xtensawin", "--dry-run", "--model", str(model)])
+    steps = capsys.readouterr().out.splitlines()
+    assert [s.split()[:4] for s in steps] == [["mpremote", "connect", "/dev/ttyACM7", "fs"]] * 3 + [
+        ["mpremote", "connect", "/dev/ttyACM7", "soft-reset"]]
+    assert steps[0].endswith("/lib :") and steps[1].endswith(":main.py") and steps[2].endswith(":model.s2lm")
+
+
+def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "run.json"
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--epochs", "2", "--quiet", "--json", str(out),
+                  "--model", str(tmp_path / "model.s2lm")])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert (tmp_path / "model.s2lm").exists()  # exported first, since it was missing
+    assert result["epochs"] == 2 and len(result["losses"]) == 2
+    assert result["accuracy"] > result["accuracy_before"]
+    assert result["link"]["payload_share"] >= 0.90
+    assert "samples/s at 115200 baud" in printed and "%.1f%% payload" % (100 * result["link"]["payload_share"]) in printed
+
+
+def test_run_against_a_silent_port_is_a_clear_error(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit, match="error: cannot open /dev/no-such-board"):
+        cli.main(["run", "--port", "/dev/no-such-board", "--quiet", "--model", str(tmp_path / "m.s2lm")])
