@@ -11,10 +11,7 @@
 // exception, whose traceback goes to stderr.
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-
-const MP_JS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules",
-  "@micropython", "micropython-webassembly-pyscript", "micropython.mjs");
+import { copyTree, importMicroPython } from "./mpy_memfs.mjs";
 const RESERVE = 16 * 1024; // wasm malloc space kept for the JS<->C glue when the heap is capped
 
 // Python glue, compiled as "<mpy_run>" so that its frame stands apart in tracebacks: runs the script
@@ -73,17 +70,6 @@ function parseArgs(argv) {
   return o;
 }
 
-// Copy a host directory tree into MEMFS (CPython's __pycache__ is of no use to MicroPython).
-function copyTree(FS, hostDir, memDir) {
-  FS.mkdirTree(memDir);
-  for (const e of fs.readdirSync(hostDir, { withFileTypes: true })) {
-    if (e.name === "__pycache__") continue;
-    const h = path.join(hostDir, e.name), m = `${memDir}/${e.name}`;
-    if (e.isDirectory()) copyTree(FS, h, m);
-    else if (e.isFile()) FS.writeFile(m, fs.readFileSync(h));
-  }
-}
-
 // The build adds heap areas on demand, malloc'd from wasm memory (which grows up to 2 GiB). To cap
 // the heap: forbid memory growth, then malloc away all free wasm memory but a small reserve, so no
 // new heap area fits and MicroPython raises MemoryError instead.
@@ -108,7 +94,7 @@ async function main() {
   // Streaming stdin plugs in here too: loadMicroPython's `stdin` option takes a () => byte|null
   // callback (e.g. over a blocking fs.readSync(0, ...)); the script then must not come from stdin.
   const io = { stdout: (b) => fs.writeSync(1, b), stderr: (b) => fs.writeSync(2, b) };
-  const { loadMicroPython } = await import(pathToFileURL(MP_JS).href);
+  const { loadMicroPython } = await importMicroPython();
   const mp = await loadMicroPython({ heapsize: o.heap ?? 1024 * 1024, linebuffer: false, ...io });
   if (o.heap !== null) capHeap(mp._module);
   for (const lib of o.libs) copyTree(mp.FS, lib, "/lib");

@@ -4,21 +4,7 @@
 // stdin:  messages "F" u32 n <n bytes> (feed) or "W" u32 0 (work: one unit of pending training)
 // stdout: u8 busy | u32 n | <n reply bytes>, one per message. Files live in MEMFS (lost at exit).
 import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-
-const MP_JS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules",
-  "@micropython", "micropython-webassembly-pyscript", "micropython.mjs");
-
-function copyTree(FS, hostDir, memDir) {
-  FS.mkdirTree(memDir);
-  for (const e of fs.readdirSync(hostDir, { withFileTypes: true })) {
-    if (e.name === "__pycache__") continue;
-    const h = path.join(hostDir, e.name), m = `${memDir}/${e.name}`;
-    if (e.isDirectory()) copyTree(FS, h, m);
-    else if (e.isFile()) FS.writeFile(m, fs.readFileSync(h));
-  }
-}
+import { copyTree, importMicroPython } from "./mpy_memfs.mjs";
 
 function readExactly(n) {
   const buf = Buffer.alloc(n);
@@ -31,7 +17,7 @@ function readExactly(n) {
   return buf;
 }
 
-const { loadMicroPython } = await import(pathToFileURL(MP_JS).href);
+const { loadMicroPython } = await importMicroPython();
 const mp = await loadMicroPython({ heapsize: 1024 * 1024, linebuffer: false,
   stdout: (b) => fs.writeSync(2, b), stderr: (b) => fs.writeSync(2, b) });
 copyTree(mp.FS, process.argv[2], "/lib");
