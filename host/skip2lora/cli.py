@@ -8,10 +8,14 @@ from s2l import frames as F
 
 from . import __version__, reference
 from .client import BoardError, LinkError
-from .pipeline import RUNTIMES, bench_record, compare_methods, format_table, prepare
-from .scenarios import DEFAULT_SCENARIO, DRIFTS
+from .pipeline import FAN_DATA, RUNTIMES, SCENARIOS, bench_record, compare_methods, format_table, load_scenario, prepare
+from .scenarios import DEFAULT_SCENARIO
 
-DEFAULT_MODEL = os.path.join("models", "digits-%s.s2lm" % DEFAULT_SCENARIO)
+
+
+def default_model(scenario):
+    name = scenario if scenario.startswith("fan-") else "digits-" + scenario
+    return os.path.join("models", name + ".s2lm")
 
 
 def _bits(text):
@@ -32,7 +36,8 @@ def _methods(text):
 
 def _add_common(p):
     defaults = reference.Config()
-    p.add_argument("--scenario", default=DEFAULT_SCENARIO, choices=sorted(DRIFTS), help="drift scenario")
+    p.add_argument("--scenario", "--dataset", default=DEFAULT_SCENARIO, choices=SCENARIOS, help="drift scenario")
+    p.add_argument("--data", help="folder of the cooling-fan dataset (default: %s)" % FAN_DATA)
     p.add_argument("--bits", type=_bits, help="bits per layer, e.g. 8,4,8 (default: 8 for every layer)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="adapter init and sample order")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -91,7 +96,7 @@ def _bench(args, prepared):
 
 
 def _prepare(args):
-    return prepare(args.scenario, args.bits, progress=not args.quiet)  # pretraining: fixed seed 0
+    return prepare(args.scenario, args.bits, progress=not args.quiet, data_path=args.data)  # pretraining: seed 0
 
 
 def cmd_export(args):
@@ -147,9 +152,8 @@ def _run_on_board(args, port, model_bytes, scenario):
 
 
 def cmd_run(args):
-    from .scenarios import load_digits_scenario
     if os.path.exists(args.model):
-        model_bytes, scenario = open(args.model, "rb").read(), load_digits_scenario(args.scenario)
+        model_bytes, scenario = open(args.model, "rb").read(), load_scenario(args.scenario, args.data)
     else:
         prepared = _prepare(args)
         _export(argparse.Namespace(output=args.model), prepared)
@@ -192,7 +196,7 @@ def build_parser():
 
     p = sub.add_parser("export", help="pretrain on the source domain and write the quantized model file")
     _add_common(p)
-    p.add_argument("--output", "-o", default=DEFAULT_MODEL)
+    p.add_argument("--output", "-o", help="model file (default: models/<scenario>.s2lm)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
@@ -207,13 +211,13 @@ def build_parser():
     _add_common(p)
     _add_tuning(p)
     _add_board(p)
-    p.add_argument("--output", "-o", default=DEFAULT_MODEL)
+    p.add_argument("--output", "-o", help="model file (default: models/<scenario>.s2lm)")
     p.add_argument("--json", help="write the results JSON here")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="stream a scenario to a board (or emulator), fine-tune there, report")
     p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ...")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model file (exported first if missing)")
+    p.add_argument("--model", help="model file, exported first if missing (default: models/<scenario>.s2lm)")
     _add_common(p)
     _add_tuning(p)
     _add_board(p)
@@ -227,7 +231,7 @@ def build_parser():
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")
     p.add_argument("--port", required=True)
     p.add_argument("--arch", default="armv6m", choices=["armv6m", "xtensawin"], help="RP2040 / ESP32")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model file to install too (if it exists)")
+    p.add_argument("--model", default=default_model(DEFAULT_SCENARIO), help="model file to install too (if it exists)")
     p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only")
     p.set_defaults(func=cmd_flash)
     return parser
@@ -235,6 +239,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for name in ("output", "model"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, default_model(args.scenario))
     try:
         args.func(args)
     except (ValueError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line

@@ -2,6 +2,7 @@
 fine-tune the quantized model with each method of the numpy reference on the drifted domain."""
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -9,7 +10,12 @@ from tqdm import tqdm
 from . import reference
 from .modelfile import quantization_report, quantize, read_model, write_model
 from .pretrain import pretrain
-from .scenarios import load_digits_scenario
+from .fan import FAN_SCENARIOS, load_fan_scenario
+from .scenarios import DRIFTS, load_digits_scenario
+
+# where the cooling-fan dataset is by default: beside the project, as on this machine and in CI
+FAN_DATA = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cooling-fan")
+SCENARIOS = sorted(DRIFTS) + sorted(FAN_SCENARIOS)
 
 
 @dataclass
@@ -30,9 +36,16 @@ def network_from_model(model_bytes):
     return reference.Network([(layer.dequantized(), layer.bias) for layer in read_model(model_bytes)])
 
 
-def prepare(scenario_name, bits=None, seed=0, progress=True):
+def load_scenario(name, data_path=None):
+    """A digits scenario (embedded), or a cooling-fan one from `data_path` (default FAN_DATA)."""
+    if name in FAN_SCENARIOS:
+        return load_fan_scenario(name, data_path or FAN_DATA)
+    return load_digits_scenario(name)
+
+
+def prepare(scenario_name, bits=None, seed=0, progress=True, data_path=None):
     """Pretrain (deterministic for `seed`) and export; `bits` per layer, 8 everywhere by default."""
-    scenario = load_digits_scenario(scenario_name)
+    scenario = load_scenario(scenario_name, data_path)
     net = pretrain(*scenario.pretrain, len(scenario.classes), seed=seed, progress=progress)
     bits = list(bits or [8] * len(net.W))
     if len(bits) != len(net.W):
