@@ -189,6 +189,16 @@ def cmd_flash(args):
                 sys.exit("error: mpremote step failed: %s" % " ".join(step[2:]))
 
 
+def cmd_report(args):
+    from . import report
+    records = report.load(args.results)
+    table = report.markdown_table(records)
+    print(table)
+    _write(os.path.join(args.out, "table.md"), table + "\n")
+    for path in report.plots(records, args.out):
+        print("wrote %s" % path)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="skip2lora", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -224,6 +234,11 @@ def build_parser():
     p.add_argument("--json", help="write the results JSON here")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("report", help="markdown table and PNG plots from bench results JSON")
+    p.add_argument("results", nargs="+", help="results JSON files written by bench --json")
+    p.add_argument("--out", default=os.path.join("out", "report"), help="folder for table.md and the PNGs")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=["micropython", "cpython"])
     p.set_defaults(func=cmd_emulate)
@@ -244,7 +259,7 @@ def main(argv=None):
             setattr(args, name, default_model(args.scenario))
     try:
         args.func(args)
-    except (ValueError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
+    except (ValueError, OSError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
         sys.exit("error: %s" % exc)
 
 

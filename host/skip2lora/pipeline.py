@@ -77,7 +77,7 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
         results = []
         for method in tqdm(methods, desc="fine-tune", disable=not progress, leave=False):
             result, _ = reference.run(prepared.quantized_net, replace(config, method=method),
-                                      prepared.scenario.finetune, prepared.scenario.test)
+                                      prepared.scenario.finetune, prepared.scenario.test, curve=True)
             results.append(dict(result, runtime="numpy"))
         return results
     if runtime not in RUNTIMES:

@@ -298,13 +298,23 @@ def make_tuner(net, config):
     return family[config.method.split("-")[0]](net, config)
 
 
-def run(net, config, train, test, on_epoch=None):
-    """Fine-tune with one method; return its accuracy, seconds, MACs and losses as a dict."""
+def run(net, config, train, test, on_epoch=None, curve=False):
+    """Fine-tune with one method; return its accuracy, seconds, MACs and losses as a dict. With
+    `curve`, also the test accuracy after each epoch (its evaluation time is not counted)."""
     tuner = make_tuner(net, config)
+    accuracies, evaluating = [], [0.0]
+
+    def epoch_done(epoch, loss):
+        if curve:
+            t = time.perf_counter()
+            accuracies.append(tuner.accuracy(*test))
+            evaluating[0] += time.perf_counter() - t
+        if on_epoch:
+            on_epoch(epoch, loss)
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned about
-        tuner.fit(*train, on_epoch=on_epoch)
-        seconds = time.perf_counter() - t0
+        tuner.fit(*train, on_epoch=epoch_done)
+        seconds = time.perf_counter() - t0 - evaluating[0]
         accuracy = tuner.accuracy(*test)
     result = {
         "method": config.method, "rank": config.rank, "lr": config.lr, "epochs": config.epochs,
@@ -314,6 +324,8 @@ def run(net, config, train, test, on_epoch=None):
         "macs": dict(tuner.meter.macs), "phase_seconds": dict(tuner.meter.seconds),
         "losses": tuner.losses,
     }
+    if curve:
+        result["accuracy_per_epoch"] = accuracies
     if isinstance(tuner, SkipLoRA) and tuner.cache is not None:
         result.update(cache_hits=tuner.cache_hits, cache_bytes=tuner.cache_bytes)
     return result, tuner
