@@ -10,6 +10,7 @@ from s2l.protocol import Core
 def serve():
     core = Core()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = getattr(stdin, "raw", stdin)  # CPython buffers ahead of poll(); boards do not
     poll = select.poll()
     poll.register(sys.stdin, select.POLLIN)
     while True:
