@@ -1,0 +1,83 @@
+# Integer kernels of the board's fast path (integer Skip2-LoRA), portable flavour. The viper twins
+# in ikernels_viper.py compute the same integers; on boards they replace these at import time.
+#
+# Types: vectors are array('h') (int16) holding values in int8 or int12 range as the caller keeps
+# them; matrices (adapters) array('h'); sums array('i') (int32). The ranges keep every sum inside
+# int32, where viper's machine words would wrap: n terms of |a * b| <= 32767 * 2047 need n <= 32,
+# of 32767 * 127 (int8-range vectors) n <= 512.
+# Rounding: rshift(v, s) = floor((v + 2^(s-1)) / 2^s), half up, as an arithmetic shift does it.
+
+INT16_MAX = 32767
+
+
+def rshift(v, s):
+    return (v + (1 << (s - 1))) >> s if s > 0 else v << -s
+
+
+def dot_packed(packed, start, bits, cols, x):
+    # sum_c q[c] x[c] over one packed row of `bits`-bit weights (format v1) starting at byte `start`
+    acc = 0
+    if bits == 8:
+        for c in range(cols):
+            q = packed[start + c]
+            acc += (q - 256 if q > 127 else q) * x[c]
+        return acc
+    shift = 1 if bits == 4 else 2  # log2(values per byte)
+    mask = (1 << bits) - 1
+    sign = 1 << (bits - 1)
+    lane = (1 << shift) - 1
+    for c in range(cols):
+        q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+        acc += (q - mask - 1 if q & sign else q) * x[c]
+    return acc
+
+
+def requantize(v, n, shift, limit, relu, out):
+    # out[i] = clamp(rshift(v[i], shift), -limit or 0, limit)
+    low = 0 if relu else -limit
+    for i in range(n):
+        q = rshift(v[i], shift)
+        out[i] = low if q < low else (limit if q > limit else q)
+
+
+def max_abs(v, n):
+    top = 0
+    for i in range(n):
+        a = v[i] if v[i] >= 0 else -v[i]
+        if a > top:
+            top = a
+    return top
+
+
+def mtv(m, rows, cols, x, out):
+    # out[c] += sum_r m[r][c] x[r]; rows with x[r] == 0 cost nothing
+    k = 0
+    for r in range(rows):
+        xr = x[r]
+        if xr:
+            for c in range(cols):
+                out[c] += m[k + c] * xr
+        k += cols
+
+
+def mv(m, rows, cols, x, out):
+    # out[r] += sum_c m[r][c] x[c]
+    k = 0
+    for r in range(rows):
+        acc = 0
+        for c in range(cols):
+            acc += m[k + c] * x[c]
+        out[r] += acc
+        k += cols
+
+
+def outer_update(m, rows, cols, u, v, shift):
+    # m[r][c] = sat16(m[r][c] + rshift(u[r] v[c], shift)): an SGD step of fixed-point weights
+    k = 0
+    for r in range(rows):
+        ur = u[r]
+        if ur:
+            for c in range(cols):
+                w = m[k + c] + rshift(ur * v[c], shift)
+                m[k + c] = INT16_MAX if w > INT16_MAX else (-INT16_MAX if w < -INT16_MAX else w)
+        k += cols
