@@ -1,5 +1,5 @@
-# What fine-tuning learned, as a file on flash: the adapters (A, B of each), or for FT-* methods
-# the float weights and biases they train. Layout, little-endian:
+# What fine-tuning learned, as a file on flash: the adapters (A, B of each; int16 values on the
+# integer path, exact as float32), or for FT-* methods the float weights and biases they train. Layout, little-endian:
 #   "S2LA" | u8 version | u8 n_arrays | u16 0 | u32 length[n_arrays] | f32 values... | u32 CRC32
 import binascii
 import struct
@@ -17,7 +17,7 @@ def parameters(tuner):
     arrays = []
     for ad in tuner.adapters:
         if ad is not None:
-            arrays += [ad.a, ad.b]
+            arrays += [ad.qa, ad.qb] if tuner.path == "int" else [ad.a, ad.b]
     if tuner.family == "ft":
         for i in range(tuner.first, len(tuner.bias)):
             if tuner.weights[i] is not None:
@@ -51,6 +51,7 @@ def restore(tuner, data):
     at = 8 + 4 * n
     for a in arrays:
         values = struct.unpack_from("<%df" % len(a), data, at)
+        whole = len(a) and isinstance(a[0], int)  # the integer path's int16 adapters
         for k in range(len(a)):
-            a[k] = values[k]
+            a[k] = int(values[k]) if whole else values[k]
         at += 4 * len(a)

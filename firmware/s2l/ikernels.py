@@ -81,3 +81,11 @@ def outer_update(m, rows, cols, u, v, shift):
                 w = m[k + c] + rshift(ur * v[c], shift)
                 m[k + c] = INT16_MAX if w > INT16_MAX else (-INT16_MAX if w < -INT16_MAX else w)
         k += cols
+
+
+FLAVOUR = "portable"
+try:
+    from s2l.ikernels_viper import dot_packed, requantize, max_abs, mtv, mv, outer_update
+    FLAVOUR = "viper"
+except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
+    pass

@@ -15,7 +15,7 @@ from array import array
 
 from s2l import clock
 from s2l import ikernels as I
-from s2l.tuner import Tuner, TunerError, _softmax_grad
+from s2l.tuner import ON_BOARD, Tuner, TunerError, _softmax_grad
 
 INT8 = 127
 INT12 = 2047
@@ -125,17 +125,21 @@ class IntSkipCache:
     def __len__(self):
         return self.rows.n
 
+    def close(self):
+        pass  # all in RAM: no spill file to close
+
 
 class IntSkip2Tuner(Tuner):
     """Skip2-LoRA with the float Tuner's interface, initialisation and sample order (the same
     adapters, rounded to int16), computed in integers. Batch 1: each step updates the adapters."""
 
-    def __init__(self, model, rank=4, lr=0.05, epochs=30, batch=1, seed=1, **ignored):
+    def __init__(self, model, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None, **storage):
+        # samples and cache are int8 on this path: a float cache mode or budget does not apply
         if batch != 1:
             raise TunerError("the integer path trains with batch 1 (got %d)" % batch)
         Tuner.__init__(self, model, "skip2-lora", rank, lr, epochs, 1, seed, cache_mode="float")
-        dims, n = model.dims, model.n_layers
         self.path = "int"
+        dims, n = model.dims, model.n_layers
         self.cache_mode = "int8"
         self.cache = IntSkipCache(dims)
         self.samples = IntRows([dims[0]])
@@ -283,3 +287,20 @@ class IntSkip2Tuner(Tuner):
         """The adapters as floats (A, B per layer), e.g. to compare with the float path."""
         return [([q * 2.0 ** -fa for q in ad.qa], [q * 2.0 ** -FB for q in ad.qb])
                 for ad, fa in zip(self.adapters, self.fa)]
+
+
+PATHS = ("float", "int")
+
+
+def new_tuner(model, method="skip2-lora", path=None, **config):
+    """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
+    board (where it is the fast path), the float one elsewhere (where it is the reference)."""
+    if path is None:
+        path = "int" if ON_BOARD and method == "skip2-lora" else "float"
+    if path not in PATHS:
+        raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
+    if path == "float":
+        return Tuner(model, method, **config)
+    if method != "skip2-lora":
+        raise TunerError("the integer path runs skip2-lora only, not %r" % method)
+    return IntSkip2Tuner(model, **config)

@@ -15,11 +15,12 @@ from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
 from s2l.rowstore import RowStore
-from s2l.tuner import Tuner, TunerError
+from s2l.inttuner import new_tuner
+from s2l.tuner import TunerError
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
-CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode")
+CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path")
 
 
 class ProtocolError(Exception):
@@ -194,10 +195,10 @@ class Core:
             raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
         self.tuner = None  # free the old tuner's memory before the new one takes its own
         gc.collect()
-        self.tuner = Tuner(self.model, **args)
+        self.tuner = new_tuner(self.model, **args)
         self.config = args
         self._drop_samples()
-        return {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode}
+        return {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
 
     def _drop_samples(self):
         self.test = None
@@ -266,7 +267,7 @@ class Core:
         return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses),
                 "samples": len(t.labels), "test_samples": len(self.test_labels),
                 "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
-                "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode}
+                "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode, "path": t.path}
 
     def save(self, payload):
         if self.tuner is None:

@@ -42,3 +42,6 @@ class SkipCache:
 
     def __len__(self):
         return len(self.rows)
+
+    def close(self):
+        self.rows.close()

@@ -71,6 +71,7 @@ class Tuner:
             if value < 1:
                 raise TunerError("%s must be >= 1, got %r" % (name, value))
         self.model, self.method = model, method
+        self.path = "float"
         self.rank, self.lr, self.epochs, self.batch = rank, lr, epochs, batch
         self.rng = XorShift32(seed)
         # Batch 1: the SGD step goes straight into the parameters. Backprop is linear in the output

@@ -30,18 +30,18 @@ def run(method):
     base = mem_alloc()  # a step starts after a collection: this heap is live
     from s2l import kernels
     from s2l.model import load
-    from s2l.tuner import Tuner
-    tuner = Tuner(load("model.s2lm"), method, **job["tuner"])
+    from s2l.inttuner import new_tuner
+    tuner = new_tuner(load("model.s2lm"), method, **job["tuner"])
     for x, label in samples("finetune.txt"):
         tuner.add_sample(x, label)
     peak = 0
-    seconds = 0.0
+    epoch_seconds = []
     for epoch in range(tuner.epochs):
         yield
         peak = max(peak, mem_alloc() - base)
         t0 = ticks_us()
         loss = tuner.train_epoch()
-        seconds += ticks_diff(ticks_us(), t0) / 1e6
+        epoch_seconds.append(ticks_diff(ticks_us(), t0) / 1e6)
         print("P " + json.dumps([method, epoch + 1, tuner.epochs, loss]))
     yield
     peak = max(peak, mem_alloc() - base)
@@ -52,14 +52,15 @@ def run(method):
         total += 1
     cache = tuner.cache
     print("R " + json.dumps({
-        "method": method, "accuracy": correct / total, "finetune_seconds": seconds,
+        "method": method, "path": tuner.path, "accuracy": correct / total,
+        "finetune_seconds": sum(epoch_seconds), "epoch_seconds": epoch_seconds,
         "losses": tuner.losses, "diverged": not (tuner.losses[-1] < float("inf")),
         "macs": macs, "phase_seconds": dict((k, v / 1e6) for k, v in us.items()),
         "peak_heap_bytes": peak, "cache_mode": tuner.cache_mode, "kernels": kernels.FLAVOUR,
         "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
         "cache_spilled_bytes": cache.spilled_bytes if cache else 0}))
     if cache:
-        cache.rows.close()
+        cache.close()
 
 def all_methods():
     for method in job["methods"]:
@@ -77,18 +78,21 @@ def _sample_lines(X, y):
 
 
 def run_methods(model_bytes, config, finetune, test, methods, runtime, cache_mode=None, cache_budget=None,
-                on_epoch=None):
+                path=None, on_epoch=None):
     """Fine-tune with each method on `runtime` ("cpython" or "micropython"); a result dict each.
 
     config: a reference.Config (rank, lr, epochs, batch, seed). cache_mode / cache_budget: the
     tuner's skip-cache storage ("float" or "compact"; RAM bytes before spilling to flash); None
-    keeps the firmware's defaults. on_epoch(method, epoch, epochs, loss) reports progress."""
+    keeps the firmware's defaults. path: "float" or "int" (the integer Skip2-LoRA); None: the
+    firmware's default. on_epoch(method, epoch, epochs, loss) reports progress."""
     tuner = {"rank": config.rank, "lr": config.lr, "epochs": config.epochs, "batch": config.batch,
              "seed": config.seed}
     if cache_mode is not None:
         tuner["cache_mode"] = cache_mode
     if cache_budget is not None:
         tuner["cache_budget"] = cache_budget
+    if path is not None:
+        tuner["path"] = path
     job = {"methods": list(methods), "tuner": tuner}
     results = []
 

@@ -1,13 +1,14 @@
 """The firmware installs with `mpremote mip install`: its package.json lists every firmware file."""
 import json
+import runpy
 from pathlib import Path
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "mip_package.py"
 
 
-def test_package_json_lists_every_firmware_file_with_relative_urls():
-    package = json.loads((FIRMWARE / "package.json").read_text())
-    files = sorted(str(p.relative_to(FIRMWARE)) for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
-    assert sorted(dest for dest, _ in package["urls"]) == files
-    assert all(dest == url for dest, url in package["urls"])  # relative to package.json
-    assert package["version"] == __import__("s2l").VERSION
+def test_package_json_is_up_to_date_with_the_firmware_files():
+    tool = runpy.run_path(str(TOOL))
+    written = json.loads((tool["FIRMWARE"] / "package.json").read_text())
+    assert written == tool["manifest"](), "run: python tools/mip_package.py"
+    assert ["main.py", "main.py"] in written["urls"] and ["s2l/tuner.py", "s2l/tuner.py"] in written["urls"]
+    assert written["version"] == __import__("s2l").VERSION

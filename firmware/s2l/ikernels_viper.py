@@ -1,0 +1,123 @@
+# The viper twins of ikernels.py: the same integers out for the same integers in, as pointer
+# loops over the arrays' memory. ptr8/ptr16 loads are unsigned in viper, so signed values are
+# sign-extended by hand; ptr32 loads are signed machine words. Imported by ikernels.py on boards;
+# elsewhere (no native emitter) the import fails and the portable flavour stays.
+import micropython
+
+
+@micropython.viper
+def dot_packed(packed: ptr8, start: int, bits: int, cols: int, x: ptr16) -> int:
+    acc = 0
+    if bits == 8:
+        for c in range(cols):
+            q = packed[start + c]
+            if q > 127:
+                q -= 256
+            v = x[c]
+            if v > 32767:
+                v -= 65536
+            acc += q * v
+        return acc
+    shift = 1 if bits == 4 else 2
+    mask = (1 << bits) - 1
+    sign = 1 << (bits - 1)
+    lane = (1 << shift) - 1
+    for c in range(cols):
+        q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+        if q & sign:
+            q -= mask + 1
+        v = x[c]
+        if v > 32767:
+            v -= 65536
+        acc += q * v
+    return acc
+
+
+@micropython.viper
+def requantize(v: ptr32, n: int, shift: int, limit: int, relu: int, out: ptr16):
+    low = 0 if relu else 0 - limit
+    for i in range(n):
+        q = v[i]
+        if shift > 0:
+            q = (q + (1 << (shift - 1))) >> shift
+        else:
+            q = q << (0 - shift)
+        if q < low:
+            q = low
+        if q > limit:
+            q = limit
+        out[i] = q
+
+
+@micropython.viper
+def max_abs(v: ptr32, n: int) -> int:
+    top = 0
+    for i in range(n):
+        a = v[i]
+        if a < 0:
+            a = 0 - a
+        if a > top:
+            top = a
+    return top
+
+
+@micropython.viper
+def mtv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
+    k = 0
+    for r in range(rows):
+        xr = x[r]
+        if xr > 32767:
+            xr -= 65536
+        if xr:
+            for c in range(cols):
+                w = m[k + c]
+                if w > 32767:
+                    w -= 65536
+                out[c] += w * xr
+        k += cols
+
+
+@micropython.viper
+def mv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
+    k = 0
+    for r in range(rows):
+        acc = 0
+        for c in range(cols):
+            w = m[k + c]
+            if w > 32767:
+                w -= 65536
+            xc = x[c]
+            if xc > 32767:
+                xc -= 65536
+            acc += w * xc
+        out[r] += acc
+        k += cols
+
+
+@micropython.viper
+def outer_update(m: ptr16, rows: int, cols: int, u: ptr16, v: ptr16, shift: int):
+    k = 0
+    for r in range(rows):
+        ur = u[r]
+        if ur > 32767:
+            ur -= 65536
+        if ur:
+            for c in range(cols):
+                vc = v[c]
+                if vc > 32767:
+                    vc -= 65536
+                d = ur * vc
+                if shift > 0:
+                    d = (d + (1 << (shift - 1))) >> shift
+                else:
+                    d = d << (0 - shift)
+                w = m[k + c]
+                if w > 32767:
+                    w -= 65536
+                w += d
+                if w > 32767:
+                    w = 32767
+                if w < -32767:
+                    w = -32767
+                m[k + c] = w
+        k += cols

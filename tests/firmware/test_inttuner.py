@@ -1,0 +1,45 @@
+"""The integer Skip2-LoRA: the same integers under CPython and the real MicroPython, the path chosen
+by argument, and clear errors where the integer path does not apply."""
+import json
+
+from skip2lora.mpyrun import run_firmware_script
+
+from .test_tuner import CONFIG, fixed_problem
+
+SCRIPT = """
+import json
+from s2l.model import load
+from s2l.inttuner import new_tuner
+from s2l.tuner import TunerError
+data = json.load(open("data.json"))
+config = dict(data["config"], batch=1)
+t = new_tuner(load("model.s2lm"), "skip2-lora", path="int", **config)
+for x, y in zip(data["X"], data["y"]):
+    t.add_sample(x, y)
+t.train()
+acc, _ = t.evaluate(data["Xt"], data["yt"])
+errors = []
+for kw in ({"path": "int", "method": "lora-all"}, {"path": "int", "batch": 4}, {"path": "fixed"}):
+    try:
+        new_tuner(load("model.s2lm"), **dict({"method": "skip2-lora"}, **kw))
+    except TunerError as e:
+        errors.append(str(e))
+print(json.dumps({"path": t.path, "default": new_tuner(load("model.s2lm")).path, "accuracy": acc,
+                  "losses": t.losses, "adapters": [[list(ad.qa), list(ad.qb)] for ad in t.adapters],
+                  "hits": t.cache.hits, "cache_bytes": t.cache.bytes, "errors": errors}))
+"""
+
+
+def test_integer_path_is_bit_exact_across_runtimes():
+    model, _, (X, y), (Xt, yt) = fixed_problem()
+    data = {"config": CONFIG, "X": X.tolist(), "y": y.tolist(), "Xt": Xt.tolist(), "yt": yt.tolist()}
+    files = {"model.s2lm": model, "data.json": json.dumps(data).encode()}
+    cpython, micropython = (json.loads(run_firmware_script(SCRIPT, rt, files=files)) for rt in ("cpython", "micropython"))
+    assert cpython == micropython
+    assert cpython["path"] == "int" and cpython["default"] == "float"  # off a board the float path
+    assert cpython["hits"] == 20 * (CONFIG["epochs"] - 1)
+    assert cpython["cache_bytes"] == 20 * ((1 + 8) + (1 + 6) + (1 + 2 * 4))  # int8 inputs + int16 logits
+    assert any(v for ad in cpython["adapters"] for v in ad[1])  # B learned something
+    assert cpython["errors"] == ["the integer path runs skip2-lora only, not 'lora-all'",
+                                 "the integer path trains with batch 1 (got 4)",
+                                 "unknown path 'fixed' (one of float, int)"]

@@ -1,0 +1,24 @@
+"""The integer Skip2-LoRA against the float one, on the default scenario and on fan-env: same
+seed, epochs and rank; the integer path must stay within 0.5 points of the float path."""
+from pathlib import Path
+
+import pytest
+
+from skip2lora import reference
+from skip2lora.onboard import run_methods
+from skip2lora.pipeline import FAN_DATA, prepare
+
+SCENARIOS = ["rotate", pytest.param("fan-env", marks=pytest.mark.skipif(
+    not Path(FAN_DATA).is_dir(), reason="the cooling-fan dataset is not at ../shared/data"))]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_integer_path_is_within_half_a_point_of_the_float_path(scenario):
+    prepared = prepare(scenario, progress=False)
+    s, config = prepared.scenario, reference.Config()
+    [fl] = run_methods(prepared.model_bytes, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="float")
+    [it] = run_methods(prepared.model_bytes, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="int")
+    assert (fl["path"], it["path"]) == ("float", "int")
+    assert abs(it["accuracy"] - fl["accuracy"]) <= 0.005
+    assert it["accuracy"] - prepared.report["drifted_accuracy_before"] >= 0.10
+    assert it["macs"] == fl["macs"] and it["cache_hits"] == fl["cache_hits"]
