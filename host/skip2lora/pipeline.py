@@ -71,8 +71,9 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
     """Fine-tune with every method under the same hyperparameters; one result dict per method.
 
     runtime "numpy" is the reference; "cpython" / "micropython" run the firmware's tuner. There,
-    with `board_row`, Skip2-LoRA runs a second time as a board would (compact cache, RP2040 budget)
-    to report that mode's heap and accuracy cost."""
+    with `board_row`, Skip2-LoRA runs twice more as a board would: on the float path with the
+    compact cache and the RP2040 budget (that mode's heap and accuracy cost), and on the integer
+    path (its MACs, accuracy and time against the float path)."""
     if runtime == "numpy":
         results = []
         for method in tqdm(methods, desc="fine-tune", disable=not progress, leave=False):
@@ -87,6 +88,7 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
     runs = [(list(methods), {})]
     if board_row and "skip2-lora" in methods:
         runs.append((["skip2-lora"], {"cache_mode": "compact", "cache_budget": BOARD_CACHE_BUDGET}))
+        runs.append((["skip2-lora"], {"path": "int"}))
     results = []
     with tqdm(total=sum(len(m) for m, _ in runs) * config.epochs, desc="fine-tune (%s)" % runtime,
               disable=not progress, leave=False) as bar:
@@ -116,13 +118,13 @@ def format_table(prepared, results):
             "-".join(map(str, rep["dims"])), rep["bits"], rep["model_bytes"],
             100 * rep["source_accuracy_float"], 100 * rep["source_accuracy_quantized"]),
         "",
-        "%-16s %9s %8s %11s %13s %13s %11s" % ("method", "accuracy", "gain", "fine-tune", "frozen fwd",
+        "%-19s %9s %8s %11s %13s %13s %11s" % ("method", "accuracy", "gain", "fine-tune", "frozen fwd",
                                                   "adapter fwd", "backward"),
-        "%-16s %8.1f%% %8s %11s %13s %13s %11s" % ("(none)", 100 * rep["drifted_accuracy_before"], "",
+        "%-19s %8.1f%% %8s %11s %13s %13s %11s" % ("(none)", 100 * rep["drifted_accuracy_before"], "",
                                                       "", "MACs", "MACs", "MACs"),
     ]
     for r in results:
-        lines.append("%-16s %8.1f%% %+7.1f %10.3fs %13d %13d %11d%s" % (
+        lines.append("%-19s %8.1f%% %+7.1f %10.3fs %13d %13d %11d%s" % (
             _label(r), 100 * r["accuracy"], 100 * (r["accuracy"] - rep["drifted_accuracy_before"]),
             r["finetune_seconds"], r["macs"]["frozen_forward"], r["macs"]["adapter_forward"],
             r["macs"]["backward"], "  (diverged: loss not finite)" if r["diverged"] else ""))
@@ -136,7 +138,9 @@ def format_table(prepared, results):
 
 
 def _label(result):
-    # the board-mode row: compact skip-cache under the RP2040 budget
+    # the board-mode rows: compact skip-cache under the RP2040 budget; the integer path
+    if result.get("path") == "int":
+        return result["method"] + "/integer"
     return result["method"] + ("/int8" if result.get("cache_mode") == "compact" else "")
 
 
@@ -144,19 +148,27 @@ def _firmware_table(results):
     phases = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
     lines = ["", "time per phase, seconds (%s, kernels %s); peak heap and skip-cache, KB" % (
         results[0]["runtime"], results[0]["kernels"]),
-        "%-16s" % "method" + "".join("%12s" % p.replace("_forward", " fwd") for p in phases)
+        "%-19s" % "method" + "".join("%12s" % p.replace("_forward", " fwd") for p in phases)
         + "%10s %9s %9s" % ("peak heap", "cache", "spilled")]
     for r in results:
-        lines.append("%-16s" % _label(r) + "".join("%12.3f" % r["phase_seconds"][p] for p in phases)
+        lines.append("%-19s" % _label(r) + "".join("%12.3f" % r["phase_seconds"][p] for p in phases)
                      + "%10s %9.1f %9.1f" % (_heap_kb(r), r["cache_bytes"] / 1024, r["cache_spilled_bytes"] / 1024))
     skip2 = [r for r in results if r["method"] == "skip2-lora"]
-    exact = [r for r in skip2 if r["cache_mode"] == "float"]
+    exact = [r for r in skip2 if r["cache_mode"] == "float" and r["path"] == "float"]
     board = [r for r in skip2 if r["cache_mode"] == "compact"]
+    integer = [r for r in skip2 if r["path"] == "int"]
     if exact and board:
         lines += ["", "Skip2-LoRA as on an RP2040 (int8 samples and skip-cache): accuracy %.1f%% vs %.1f%% with "
                   "float32 (%+.1f points), peak heap %s KB" % (
                       100 * board[0]["accuracy"], 100 * exact[0]["accuracy"],
                       100 * (board[0]["accuracy"] - exact[0]["accuracy"]), _heap_kb(board[0]))]
+    if exact and integer:
+        fl, it = exact[0], integer[0]
+        lines += ["Skip2-LoRA on the integer path: accuracy %.1f%% vs %.1f%% float (%+.1f points); time integer / "
+                  "float: epoch 1 (frozen forward, filling the cache) %.2f, a cached epoch %.2f, all %.2f" % (
+                      100 * it["accuracy"], 100 * fl["accuracy"], 100 * (it["accuracy"] - fl["accuracy"]),
+                      it["epoch_seconds"][0] / fl["epoch_seconds"][0],
+                      it["epoch_seconds"][-1] / fl["epoch_seconds"][-1], it["finetune_seconds"] / fl["finetune_seconds"])]
     return lines
 
 
