@@ -15,7 +15,7 @@ from array import array
 
 from s2l import clock
 from s2l import ikernels as I
-from s2l.tuner import ON_BOARD, Tuner, TunerError, _softmax_grad
+from s2l.tuner import Tuner, TunerError, _softmax_grad
 
 INT8 = 127
 INT12 = 2047
@@ -283,24 +283,3 @@ class IntSkip2Tuner(Tuner):
         ez = self._frozen_forward(-1)
         return self._adapters_forward(ez)
 
-    def float_adapters(self):
-        """The adapters as floats (A, B per layer), e.g. to compare with the float path."""
-        return [([q * 2.0 ** -fa for q in ad.qa], [q * 2.0 ** -FB for q in ad.qb])
-                for ad, fa in zip(self.adapters, self.fa)]
-
-
-PATHS = ("float", "int")
-
-
-def new_tuner(model, method="skip2-lora", path=None, **config):
-    """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
-    board (where it is the fast path), the float one elsewhere (where it is the reference)."""
-    if path is None:
-        path = "int" if ON_BOARD and method == "skip2-lora" else "float"
-    if path not in PATHS:
-        raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
-    if path == "float":
-        return Tuner(model, method, **config)
-    if method != "skip2-lora":
-        raise TunerError("the integer path runs skip2-lora only, not %r" % method)
-    return IntSkip2Tuner(model, **config)

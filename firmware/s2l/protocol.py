@@ -15,8 +15,7 @@ from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
 from s2l.rowstore import RowStore
-from s2l.inttuner import new_tuner
-from s2l.tuner import TunerError
+from s2l.tuner import TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"

@@ -366,3 +366,22 @@ class Tuner:
             correct += p == label
         self.macs = counted
         return correct / max(1, len(labels)), confusion
+
+
+PATHS = ("float", "int")
+
+
+def new_tuner(model, method="skip2-lora", path=None, **config):
+    """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
+    board (where it is the fast path), the float one elsewhere (where it is the reference). The
+    integer modules are imported only when used: their code costs heap."""
+    if path is None:
+        path = "int" if ON_BOARD and method == "skip2-lora" else "float"
+    if path not in PATHS:
+        raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
+    if path == "float":
+        return Tuner(model, method, **config)
+    if method != "skip2-lora":
+        raise TunerError("the integer path runs skip2-lora only, not %r" % method)
+    from s2l.inttuner import IntSkip2Tuner
+    return IntSkip2Tuner(model, **config)

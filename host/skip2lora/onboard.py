@@ -30,7 +30,7 @@ def run(method):
     base = mem_alloc()  # a step starts after a collection: this heap is live
     from s2l import kernels
     from s2l.model import load
-    from s2l.inttuner import new_tuner
+    from s2l.tuner import new_tuner
     tuner = new_tuner(load("model.s2lm"), method, **job["tuner"])
     for x, label in samples("finetune.txt"):
         tuner.add_sample(x, label)

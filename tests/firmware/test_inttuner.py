@@ -9,7 +9,7 @@ from .test_tuner import CONFIG, fixed_problem
 SCRIPT = """
 import json
 from s2l.model import load
-from s2l.inttuner import new_tuner
+from s2l.tuner import new_tuner
 from s2l.tuner import TunerError
 data = json.load(open("data.json"))
 config = dict(data["config"], batch=1)
