@@ -14,22 +14,26 @@ def rshift(v, s):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << -s
 
 
-def dot_packed(packed, start, bits, cols, x):
-    # sum_c q[c] x[c] over one packed row of `bits`-bit weights (format v1) starting at byte `start`
-    acc = 0
-    if bits == 8:
-        for c in range(cols):
-            q = packed[start + c]
-            acc += (q - 256 if q > 127 else q) * x[c]
-        return acc
-    shift = 1 if bits == 4 else 2  # log2(values per byte)
+def mv_packed(packed, row_bytes, bits, rows, cols, x, acc):
+    # acc[r] = sum_c q[r][c] x[c]: packed `bits`-bit weights (format v1) times an int8-range vector
+    shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte)
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
     lane = (1 << shift) - 1
-    for c in range(cols):
-        q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-        acc += (q - mask - 1 if q & sign else q) * x[c]
-    return acc
+    for r in range(rows):
+        start = r * row_bytes
+        total = 0
+        for c in range(cols):
+            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+            total += (q - mask - 1 if q & sign else q) * x[c]
+        acc[r] = total
+
+
+def scale_bias(acc, n, pre, mult, bias, bias_shift):
+    # acc[r] = rshift(acc[r], pre) * mult[r] + rshift(bias[r], bias_shift): a frozen layer's
+    # per-channel scale and bias, in integers (|rshift(acc, pre)| <= 2^15, |mult| <= 2^14)
+    for r in range(n):
+        acc[r] = rshift(acc[r], pre) * mult[r] + rshift(bias[r], bias_shift)
 
 
 def requantize(v, n, shift, limit, relu, out):
@@ -85,7 +89,7 @@ def outer_update(m, rows, cols, u, v, shift):
 
 FLAVOUR = "portable"
 try:
-    from s2l.ikernels_viper import dot_packed, requantize, max_abs, mtv, mv, outer_update
+    from s2l.ikernels_viper import mv_packed, scale_bias, requantize, max_abs, mtv, mv, outer_update
     FLAVOUR = "viper"
 except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
     pass

@@ -6,31 +6,35 @@ import micropython
 
 
 @micropython.viper
-def dot_packed(packed: ptr8, start: int, bits: int, cols: int, x: ptr16) -> int:
-    acc = 0
-    if bits == 8:
-        for c in range(cols):
-            q = packed[start + c]
-            if q > 127:
-                q -= 256
-            v = x[c]
-            if v > 32767:
-                v -= 65536
-            acc += q * v
-        return acc
-    shift = 1 if bits == 4 else 2
+def mv_packed(packed: ptr8, row_bytes: int, bits: int, rows: int, cols: int, x: ptr16, acc: ptr32):
+    shift = 0 if bits == 8 else (1 if bits == 4 else 2)
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
     lane = (1 << shift) - 1
-    for c in range(cols):
-        q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-        if q & sign:
-            q -= mask + 1
-        v = x[c]
-        if v > 32767:
-            v -= 65536
-        acc += q * v
-    return acc
+    for r in range(rows):
+        start = r * row_bytes
+        total = 0
+        for c in range(cols):
+            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+            if q & sign:
+                q -= mask + 1
+            v = x[c]
+            if v > 32767:
+                v -= 65536
+            total += q * v
+        acc[r] = total
+
+
+@micropython.viper
+def scale_bias(acc: ptr32, n: int, pre: int, mult: ptr32, bias: ptr32, bias_shift: int):
+    for r in range(n):
+        a = acc[r]
+        if pre > 0:
+            a = (a + (1 << (pre - 1))) >> pre
+        b = bias[r]
+        if bias_shift > 0:
+            b = (b + (1 << (bias_shift - 1))) >> bias_shift
+        acc[r] = a * mult[r] + b
 
 
 @micropython.viper

@@ -32,16 +32,21 @@ def _bitlen(v):
 
 def _quantize(x, limit, out):
     """out = x * 2^e rounded, with the largest e such that max|x| * 2^e <= limit; returns e."""
-    top = 0.0
-    for v in x:
-        if abs(v) > top:
-            top = abs(v)
-    e = 0 if top == 0.0 else int(math.floor(math.log(limit / top) / math.log(2)))
+    e = _exponent(x, limit)
     scale = 2.0 ** e
     for k in range(len(x)):
         q = int(math.floor(x[k] * scale + 0.5))
         out[k] = limit if q > limit else (-limit if q < -limit else q)
     return e
+
+
+def _exponent(values, limit, zero=0):
+    """The largest e with max|values| * 2^e <= limit (`zero` when all are zero)."""
+    top = 0.0
+    for v in values:
+        if abs(v) > top:
+            top = abs(v)
+    return zero if top == 0.0 else int(math.floor(math.log(limit / top) / math.log(2)))
 
 
 def _fit(v, n, limit, relu, out):
@@ -143,13 +148,16 @@ class IntSkip2Tuner(Tuner):
         self.cache_mode = "int8"
         self.cache = IntSkipCache(dims)
         self.samples = IntRows([dims[0]])
-        # frozen layers: integer multipliers M = round(scale * 2^K) (|M| <= 2^14) and the bias
-        self.mult, self.mult_exp = [], []
+        # frozen layers: per-channel scales as integer multipliers M = round(scale * 2^K), |M| <= 2^14,
+        # and biases as int32 at exponent KB, |bias| <= 2^29
+        self.mult, self.mult_exp, self.bias_q, self.bias_exp = [], [], [], []
         for i in range(n):
-            top = max(abs(s) for s in model.scales[i]) or 1.0
-            k = int(math.floor(math.log(16384.0 / top) / math.log(2)))
+            k = _exponent(model.scales[i], 16384.0)
             self.mult.append(array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]))
             self.mult_exp.append(k)
+            kb = _exponent(model.bias[i], 2.0 ** 29, zero=64)  # zero biases never limit the exponent
+            self.bias_q.append(array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]]))
+            self.bias_exp.append(kb)
         # adapters: A from the float init at FA (its bound uses a quarter of int16), B zero at FB
         self.fa = []
         for ad in self.adapters:
@@ -162,15 +170,13 @@ class IntSkip2Tuner(Tuner):
             ad.hq, ad.hacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
             ad.ghq, ad.ghacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
             self.fa.append(fa)
-        widest = max(dims)
-        self.acc = array("i", [0] * widest)
+        self.acc = array("i", [0] * max(dims))
         self.xs = [array("h", [0] * d) for d in dims[:-1]]  # a sample's layer inputs
         self.exps = array("b", [0] * n)
         self.z0 = array("h", [0] * dims[-1])
         self.zacc = array("i", [0] * dims[-1])
         self.gq = array("h", [0] * dims[-1])
         self.zf = [0.0] * dims[-1]
-        self.row = array("i", [0] * widest)
 
     # -- samples: int8 with an exponent, as the cache holds them --------------------------------------
     def add_sample(self, x, label):
@@ -188,20 +194,14 @@ class IntSkip2Tuner(Tuner):
         """out (int `limit` range) = layer i of x (exponent e); returns out's exponent."""
         model, acc = self.model, self.acc
         n_in, n_out = model.dims[i], model.dims[i + 1]
-        packed, rb, bits = model.packed(i), model.row_bytes[i], model.bits[i]
-        for r in range(n_out):
-            acc[r] = I.dot_packed(packed, r * rb, bits, n_in, x)
+        I.mv_packed(model.packed(i), model.row_bytes[i], model.bits[i], n_out, n_in, x, acc)
         self.macs["frozen_forward"] += n_in * n_out
-        # acc * M: keep |acc| <= 2^15 so the product stays under 2^29; then add the bias there
-        pre = max(0, _bitlen(I.max_abs(acc, n_out)) - 15)
-        exp = self.mult_exp[i] + e - pre
-        top_bias = max(abs(b) for b in model.bias[i]) * 2.0 ** exp
-        if top_bias >= 2.0 ** 29:
-            more = _bitlen(int(top_bias)) - 29
-            pre, exp = pre + more, exp - more
-        mult, bias, scale = self.mult[i], model.bias[i], 2.0 ** exp
-        for r in range(n_out):
-            acc[r] = I.rshift(acc[r], pre) * mult[r] + int(math.floor(bias[r] * scale + 0.5))
+        # acc * M at exponent K + e - pre: |acc >> pre| <= 2^15 keeps the product under 2^29, and
+        # pre also keeps that exponent at or below the bias's, so the bias only shifts right
+        exp = self.mult_exp[i] + e
+        pre = max(0, _bitlen(I.max_abs(acc, n_out)) - 15, exp - self.bias_exp[i])
+        exp -= pre
+        I.scale_bias(acc, n_out, pre, self.mult[i], self.bias_q[i], self.bias_exp[i] - exp)
         return exp - _fit(acc, n_out, limit, relu, out)
 
     def _frozen_forward(self, index):

@@ -55,8 +55,15 @@ def cases(seed):
         qmax = (1 << (bits - 1)) - 1
         w = rng.integers(-qmax, qmax + 1, (4, 13))
         w[0, :2] = [-qmax, qmax]
-        xs = rng.integers(-2047, 2048, 13)
-        out["cases"].append(["dot", bits, pack(w[2], bits).hex(), xs.tolist(), int(w[2] @ xs)])
+        xs = rng.integers(-127, 128, 13)
+        packed = b"".join(pack(row, bits) for row in w)
+        out["cases"].append(["mv_packed", bits, packed.hex(), 4, 13, xs.tolist(), (w @ xs).tolist()])
+    pre_acc = rng.integers(-(1 << 22), 1 << 22, 8)
+    mult = rng.integers(-(1 << 14), (1 << 14) + 1, 8)
+    bias = rng.integers(-(1 << 29), 1 << 29, 8)
+    for pre, bias_shift in ((7, 3), (8, 0), (9, 20)):  # pre keeps |acc >> pre| <= 2^15, as the tuner does
+        ref = np_rshift(pre_acc, pre) * mult + np_rshift(bias, bias_shift)
+        out["cases"].append(["scale_bias", pre_acc.tolist(), pre, mult.tolist(), bias.tolist(), bias_shift, ref.tolist()])
     for shift, limit, relu in ((1, 127, False), (0, 2047, True), (-2, 2047, False), (22, 127, False), (27, 2047, True)):
         ref = np.clip(np_rshift(acc, shift), 0 if relu else -limit, limit)
         out["cases"].append(["requantize", acc.tolist(), shift, limit, relu, ref.tolist()])
@@ -77,9 +84,16 @@ from array import array
 from s2l import ikernels as I
 def run(I, case):
     kind = case[0]
-    if kind == "dot":
-        _, bits, packed, x, _ = case
-        return I.dot_packed(bytes.fromhex(packed), 0, bits, len(x), array("h", x))
+    if kind == "mv_packed":
+        _, bits, packed, rows, cols, x, _ = case
+        out = array("i", [0] * rows)
+        I.mv_packed(bytes.fromhex(packed), len(packed) // 2 // rows, bits, rows, cols, array("h", x), out)
+        return list(out)
+    if kind == "scale_bias":
+        _, acc, pre, mult, bias, bias_shift, _ = case
+        out = array("i", acc)
+        I.scale_bias(out, len(acc), pre, array("i", mult), array("i", bias), bias_shift)
+        return list(out)
     if kind == "requantize":
         _, acc, shift, limit, relu, _ = case
         out = array("h", [0] * len(acc))
