@@ -10,7 +10,7 @@ import os
 import struct
 import sys
 
-from s2l import VERSION, adapterfile, clock
+from s2l import VERSION, adapterfile, clock, kernels
 from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
@@ -148,7 +148,7 @@ class Core:
             model = {"dims": self.model.dims, "bits": self.model.bits}
         free = gc.mem_free() if hasattr(gc, "mem_free") else None
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
-                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD}
+                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD, "kernels": kernels.FLAVOUR}
 
     def model_begin(self, payload):
         args = _json(payload)

@@ -79,6 +79,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         "finetune_seconds_wall": train_seconds, "phase_seconds": {k: v / 1e6 for k, v in stats["us"].items()},
         "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"],
         "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"], "cache_mode": stats["cache_mode"],
+        "path": stats["path"],
         "peak_alloc": stats["peak_alloc"],
         "link": {"finetune_samples": len(y), "sample_payload_bytes": sample_bytes, "wire_bytes": wire_bytes,
                  "payload_share": sample_bytes / wire_bytes, "stream_seconds": stream_seconds,

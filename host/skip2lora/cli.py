@@ -88,7 +88,7 @@ def _export(args, prepared):
 def _bench(args, prepared):
     config = _config(args)
     results = compare_methods(prepared, config, args.methods, progress=not args.quiet,
-                              runtime=getattr(args, "runtime", "numpy"))
+                              runtime=getattr(args, "runtime", "numpy"), port=getattr(args, "port", None))
     print(format_table(prepared, results))
     if args.json:
         _write(args.json, json.dumps(bench_record(prepared, config, results), indent=2))
@@ -213,7 +213,9 @@ def build_parser():
     _add_common(p)
     _add_tuning(p)
     p.add_argument("--runtime", default="numpy", choices=RUNTIMES,
-                   help="numpy reference, or the firmware's tuner under CPython / the real MicroPython")
+                   help="numpy reference; the firmware's tuner under CPython / the real MicroPython; "
+                        "or a board or the emulator over serial (--port)")
+    p.add_argument("--port", help="with --runtime serial: pyserial URL of the board or emulator")
     p.add_argument("--json", help="write the results JSON here")
     p.set_defaults(func=cmd_bench)
 

@@ -63,17 +63,19 @@ def prepare(scenario_name, bits=None, seed=0, progress=True, data_path=None):
     return Prepared(scenario, net, qnet, model_bytes, report)
 
 
-RUNTIMES = ("numpy", "cpython", "micropython")
+RUNTIMES = ("numpy", "cpython", "micropython", "serial")
 
 
 def compare_methods(prepared, config, methods=reference.METHODS, progress=True, runtime="numpy",
-                    board_row=True):
+                    board_row=True, port=None):
     """Fine-tune with every method under the same hyperparameters; one result dict per method.
 
     runtime "numpy" is the reference; "cpython" / "micropython" run the firmware's tuner. There,
     with `board_row`, Skip2-LoRA runs twice more as a board would: on the float path with the
     compact cache and the RP2040 budget (that mode's heap and accuracy cost), and on the integer
-    path (its MACs, accuracy and time against the float path)."""
+    path (its MACs, accuracy and time against the float path). "serial": a board or the emulator at
+    pyserial URL `port`, each method streamed and trained there (float32 samples, so that accuracy
+    compares with the reference)."""
     if runtime == "numpy":
         results = []
         for method in tqdm(methods, desc="fine-tune", disable=not progress, leave=False):
@@ -83,6 +85,8 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
         return results
     if runtime not in RUNTIMES:
         raise ValueError("unknown runtime %r (one of %s)" % (runtime, ", ".join(RUNTIMES)))
+    if runtime == "serial":
+        return _over_serial(prepared, config, methods, port, progress)
     from s2l.tuner import BOARD_CACHE_BUDGET
     from .onboard import run_methods
     runs = [(list(methods), {})]
@@ -98,6 +102,28 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
         for run_methods_list, cache in runs:
             results += run_methods(prepared.model_bytes, config, prepared.scenario.finetune,
                                    prepared.scenario.test, run_methods_list, runtime, on_epoch=on_epoch, **cache)
+    return results
+
+
+def _over_serial(prepared, config, methods, port, progress):
+    from s2l import frames as F
+
+    from .board import run_job
+    if not port:
+        raise ValueError("--runtime serial needs --port (a board, or the path `skip2lora emulate` prints)")
+    results = []
+    for method in tqdm(methods, desc="fine-tune (serial)", disable=not progress, leave=False):
+        fields = {"method": method, "rank": config.rank, "lr": config.lr, "epochs": config.epochs,
+                  "batch": config.batch, "seed": config.seed}
+        run = run_job(port, prepared.model_bytes, prepared.scenario, fields, F.ENC_FLOAT32)
+        results.append(dict(fields, runtime="serial", path=run["path"], accuracy=run["accuracy"],
+                            finetune_seconds=sum(run["phase_seconds"].values()),
+                            finetune_seconds_wall=run["finetune_seconds_wall"],
+                            phase_seconds=run["phase_seconds"], macs=run["macs"], losses=run["losses"],
+                            diverged=not all(l < float("inf") for l in run["losses"]),
+                            peak_heap_bytes=run["peak_alloc"], cache_mode=run["cache_mode"],
+                            cache_hits=run["cache_hits"], cache_bytes=run["cache_bytes"], cache_spilled_bytes=0,
+                            kernels=run["board"]["kernels"], board=run["board"]))
     return results
 
 

@@ -33,3 +33,18 @@ def test_run_against_a_silent_port_is_a_clear_error(tmp_path):
     import pytest
     with pytest.raises(SystemExit, match="error: cannot open /dev/no-such-board"):
         cli.main(["run", "--port", "/dev/no-such-board", "--quiet", "--model", str(tmp_path / "m.s2lm")])
+
+
+def test_bench_over_serial_matches_the_reference(tmp_path, capsys):
+    from skip2lora.emulator import Emulator
+    out, ref = tmp_path / "serial.json", tmp_path / "numpy.json"
+    args = ["--epochs", "2", "--quiet", "--methods", "lora-all,skip2-lora"]
+    with Emulator("cpython") as emu:
+        cli.main(["bench", "--runtime", "serial", "--port", emu.port, "--json", str(out)] + args)
+    cli.main(["bench", "--runtime", "numpy", "--json", str(ref)] + args)
+    serial, numpy = json.loads(out.read_text()), json.loads(ref.read_text())
+    assert serial["runtime"] == "serial" and serial["skip2_over_lora_all_time"] > 0
+    for got, want in zip(serial["results"], numpy["results"]):
+        assert got["method"] == want["method"] and got["accuracy"] == want["accuracy"]
+        assert got["macs"]["backward"] == want["macs"]["backward"]
+    assert "fine-tune time Skip2-LoRA / LoRA-All" in capsys.readouterr().out
