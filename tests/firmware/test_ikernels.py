@@ -1,11 +1,7 @@
 """Integer kernels: the portable twin against a numpy integer reference (random inputs plus the
 rounding and saturation edges), the viper twin against the portable one (through a shim that
 makes viper plain Python), and the portable twin under the real MicroPython."""
-import builtins
-import importlib
 import json
-import sys
-import types
 from array import array
 
 import numpy as np
@@ -15,14 +11,8 @@ from s2l import ikernels as portable
 
 
 @pytest.fixture
-def viper(monkeypatch):
-    shim = types.ModuleType("micropython")
-    shim.native = shim.viper = lambda f: f
-    monkeypatch.setitem(sys.modules, "micropython", shim)
-    for name in ("ptr8", "ptr16", "ptr32"):
-        monkeypatch.setattr(builtins, name, object, raising=False)
-    monkeypatch.delitem(sys.modules, "s2l.ikernels_viper", raising=False)
-    return importlib.import_module("s2l.ikernels_viper")
+def viper(board_flavour):
+    return board_flavour("s2l.ikernels_viper")
 
 
 def np_rshift(v, s):

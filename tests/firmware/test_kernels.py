@@ -1,10 +1,6 @@
 """The two kernel flavours: the portable one is chosen where there is no native emitter, and the
 board flavour computes exactly what the portable one does (run here through a shim that makes
 @micropython.native / viper plain Python, so that its arithmetic can be compared)."""
-import builtins
-import importlib
-import sys
-import types
 from array import array
 
 import numpy as np
@@ -14,14 +10,8 @@ from s2l import kernels as portable
 
 
 @pytest.fixture
-def native(monkeypatch):
-    shim = types.ModuleType("micropython")
-    shim.native = shim.viper = lambda f: f
-    monkeypatch.setitem(sys.modules, "micropython", shim)
-    for name in ("ptr8", "ptr16", "ptr32"):
-        monkeypatch.setattr(builtins, name, object, raising=False)
-    monkeypatch.delitem(sys.modules, "s2l.kernels_native", raising=False)
-    return importlib.import_module("s2l.kernels_native")
+def native(board_flavour):
+    return board_flavour("s2l.kernels_native")
 
 
 def floats(rng, n):
