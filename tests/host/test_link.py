@@ -89,3 +89,10 @@ def test_a_corrupted_reply_is_retried_and_the_board_does_not_act_twice(emulator,
 def _one_sample(X, y):
     return struct.pack(F.SAMPLES_HEADER, F.KIND_FINETUNE, F.ENC_FLOAT32, 1, X.shape[1]) + struct.pack(
         "<B%df" % X.shape[1], int(y[0]), *X[0])
+
+
+def test_a_board_speaking_another_protocol_version_is_a_clear_link_error(monkeypatch):
+    monkeypatch.setattr(Client, "request", lambda self, ftype, *a, **k: {"protocol": 99})
+    with Client("loop://") as board:
+        with pytest.raises(LinkError, match="the board speaks protocol 99, this host 1: update the firmware"):
+            board.hello()
