@@ -169,12 +169,13 @@ class IntSkip2Tuner(Tuner):
             ad.qa, ad.qb = qa, array("h", [0] * len(ad.b))
             ad.hq, ad.hacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
             ad.ghq, ad.ghacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
+            ad.zacc = array("i", [0] * dims[-1])
             self.fa.append(fa)
         self.acc = array("i", [0] * max(dims))
         self.xs = [array("h", [0] * d) for d in dims[:-1]]  # a sample's layer inputs
         self.exps = array("b", [0] * n)
         self.z0 = array("h", [0] * dims[-1])
-        self.zacc = array("i", [0] * dims[-1])
+        self.zsum = [0] * dims[-1]
         self.gq = array("h", [0] * dims[-1])
         self.zf = [0.0] * dims[-1]
 
@@ -238,22 +239,30 @@ class IntSkip2Tuner(Tuner):
 
     # -- adapters ----------------------------------------------------------------------------------
     def _adapters_forward(self, ez):
-        """Float logits (per class: the frozen ones plus every adapter's), adapters' h kept."""
-        z, nc = self.zf, self.n_classes
-        for c in range(nc):
-            z[c] = self.z0[c] * 2.0 ** -ez
+        """The logits as floats for the softmax: frozen ones plus every adapter's, summed in
+        integers at the coarsest of their exponents (10 conversions a sample, not 10 per adapter)."""
+        nc = self.n_classes
+        low = ez
         for i, ad in enumerate(self.adapters):
             for k in range(ad.rank):
                 ad.hacc[k] = 0
             I.mtv(ad.qa, ad.n_in, ad.rank, self.xs[i], ad.hacc)
             ad.he = self.fa[i] + self.exps[i] - _fit(ad.hacc, ad.rank, INT12, False, ad.hq)
             for c in range(nc):
-                self.zacc[c] = 0
-            I.mtv(ad.qb, ad.rank, nc, ad.hq, self.zacc)
-            scale = 2.0 ** -(FB + ad.he)
-            for c in range(nc):
-                z[c] += self.zacc[c] * scale
+                ad.zacc[c] = 0
+            I.mtv(ad.qb, ad.rank, nc, ad.hq, ad.zacc)
+            low = min(low, FB + ad.he)
             self.macs["adapter_forward"] += ad.n_in * ad.rank + ad.rank * nc
+        zsum = self.zsum
+        for c in range(nc):
+            zsum[c] = I.rshift(self.z0[c], ez - low)
+        for ad in self.adapters:
+            shift = FB + ad.he - low
+            for c in range(nc):
+                zsum[c] += I.rshift(ad.zacc[c], shift)
+        z, scale = self.zf, 2.0 ** -low
+        for c in range(nc):
+            z[c] = zsum[c] * scale
         return z
 
     def _step_skip(self, index, scale):
