@@ -38,23 +38,7 @@ def scale_bias(acc: ptr32, n: int, pre: int, mult: ptr32, bias: ptr32, bias_shif
 
 
 @micropython.viper
-def requantize(v: ptr32, n: int, shift: int, limit: int, relu: int, out: ptr16):
-    low = 0 if relu else 0 - limit
-    for i in range(n):
-        q = v[i]
-        if shift > 0:
-            q = (q + (1 << (shift - 1))) >> shift
-        else:
-            q = q << (0 - shift)
-        if q < low:
-            q = low
-        if q > limit:
-            q = limit
-        out[i] = q
-
-
-@micropython.viper
-def max_abs(v: ptr32, n: int) -> int:
+def top_bits(v: ptr32, n: int) -> int:
     top = 0
     for i in range(n):
         a = v[i]
@@ -62,11 +46,44 @@ def max_abs(v: ptr32, n: int) -> int:
             a = 0 - a
         if a > top:
             top = a
-    return top
+    bits = 0
+    while top:
+        top >>= 1
+        bits += 1
+    return bits
+
+
+@micropython.viper
+def fit(v: ptr32, n: int, limit: int, relu: int, out: ptr16) -> int:
+    top = 0
+    for i in range(n):
+        a = v[i]
+        if a < 0:
+            a = 0 - a
+        if a > top:
+            top = a
+    s = 0
+    t = top
+    while t > limit:  # t = rshift(top, s)
+        s += 1
+        t = (top + (1 << (s - 1))) >> s
+    low = 0 if relu else 0 - limit
+    for i in range(n):
+        q = v[i]
+        if s > 0:
+            q = (q + (1 << (s - 1))) >> s
+        if q < low:
+            q = low
+        if q > limit:
+            q = limit
+        out[i] = q
+    return s
 
 
 @micropython.viper
 def mtv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
+    for c in range(cols):
+        out[c] = 0
     k = 0
     for r in range(rows):
         xr = x[r]
@@ -94,7 +111,7 @@ def mv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
             if xc > 32767:
                 xc -= 65536
             acc += w * xc
-        out[r] += acc
+        out[r] = acc
         k += cols
 
 
@@ -125,3 +142,78 @@ def outer_update(m: ptr16, rows: int, cols: int, u: ptr16, v: ptr16, shift: int)
                     w = -32767
                 m[k + c] = w
         k += cols
+
+
+@micropython.viper
+def unpack8(src: ptr8, at: int, n: int, out: ptr16):
+    for k in range(n):
+        q = src[at + k]
+        if q > 127:
+            q -= 256
+        out[k] = q
+
+
+@micropython.viper
+def pack8(v: ptr16, n: int, dst: ptr8, at: int):
+    for k in range(n):
+        dst[at + k] = v[k] & 0xFF
+
+
+@micropython.viper
+def widen(src: ptr16, at: int, n: int, shift: int, dst: ptr32):
+    for k in range(n):
+        q = src[at + k]
+        if q > 32767:
+            q -= 65536
+        if shift > 30:
+            q = 0
+        elif shift > 0:
+            q = (q + (1 << (shift - 1))) >> shift
+        dst[k] = q
+
+
+@micropython.viper
+def add_rshift(src: ptr32, n: int, shift: int, dst: ptr32):
+    if shift <= 30:
+        for k in range(n):
+            q = src[k]
+            if shift > 0:
+                q = (q + (1 << (shift - 1))) >> shift
+            dst[k] += q
+
+
+@micropython.viper
+def softmax_exp(z: ptr32, n: int, zexp: int, coarse: ptr16, fine: ptr16, p: ptr32) -> int:
+    top = z[0]
+    for c in range(1, n):
+        if z[c] > top:
+            top = z[c]
+    total = 0
+    for c in range(n):
+        d = top - z[c]
+        if zexp >= 10:
+            if zexp > 10:
+                d = (d + (1 << (zexp - 11))) >> (zexp - 10)
+        elif d > (16384 >> (10 - zexp)):
+            d = 16384
+        else:
+            d = d << (10 - zexp)
+        if d > 16384:
+            d = 16384
+        u = (d * 5909 + 2048) >> 12
+        q = 0
+        if u < 16384:
+            s = 15 + (u >> 10)
+            q = (coarse[(u >> 5) & 31] * fine[u & 31] + (1 << (s - 1))) >> s
+        p[c] = q
+        total += q
+    return total
+
+
+@micropython.viper
+def softmax_grad(p: ptr32, n: int, label: int, recip: int, lr_mult: int, out: ptr32):
+    for c in range(n):
+        g = 0 - ((p[c] * recip + 8192) >> 14)
+        if c == label:
+            g += 32768
+        out[c] = g * lr_mult

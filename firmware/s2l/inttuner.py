@@ -1,13 +1,15 @@
 # Skip2-LoRA in integers: the board's fast path. A plain-MicroPython float is a heap object and an
-# RP2040 has no FPU, while viper integer loops run ~50x faster (DESIGN.md), so every
-# multiply-accumulate here is integer; floats appear only per vector or per class (exponents, the
-# output bias, the softmax and loss).
+# RP2040 has no FPU, while viper integer loops run ~50x faster (DESIGN.md), so a training step is
+# integer kernel calls (ikernels.py) from the skip-cache to the adapters' update, softmax included;
+# floats appear only per sample as it arrives (its exponent), per layer at set-up, and in the loss.
 #
 # Number formats (block floating point with power-of-two exponents: value = q * 2^-e):
 #   samples, cached layer inputs   int8 range (|q| <= 127), one exponent per vector
 #   adapter activations h, gradients  int12 range (|q| <= 2047), one exponent per vector
 #   frozen logits (cached)         int12 range, one exponent
 #   adapters A, B                  int16, fixed exponents FA, FB per tensor
+#   logits for the softmax         int32, summed at the coarsest exponent of their parts
+#   softmax                        Q15 (exp by table), its gradient times lr (an int16 multiplier)
 # Rounding is to nearest (half up); weights saturate at +-32767. The ranges keep every kernel sum
 # inside int32 (see ikernels.py).
 import math
@@ -15,19 +17,11 @@ from array import array
 
 from s2l import clock
 from s2l import ikernels as I
-from s2l.tuner import Tuner, TunerError, _softmax_grad
+from s2l.tuner import Tuner, TunerError
 
 INT8 = 127
 INT12 = 2047
 FB = 12  # B starts at zero and stays within +-8: 1/4096 resolution
-
-
-def _bitlen(v):
-    n = 0
-    while v:
-        v >>= 1
-        n += 1
-    return n
 
 
 def _quantize(x, limit, out):
@@ -49,66 +43,60 @@ def _exponent(values, limit, zero=0):
     return zero if top == 0.0 else int(math.floor(math.log(limit / top) / math.log(2)))
 
 
-def _fit(v, n, limit, relu, out):
-    """Requantize int sums v into `limit` range: returns the shift taken (exponent drops by it)."""
-    top = I.max_abs(v, n)
-    shift = max(0, _bitlen(top) - _bitlen(limit))
-    if shift and I.rshift(top, shift) > limit:
-        shift += 1
-    I.requantize(v, n, shift, limit, relu, out)
-    return shift
+def _signed8(b):
+    return b - 256 if b > 127 else b
 
 
 class IntRows:
     """Rows of int8-range vectors, each with its exponent, and optionally one int16 vector (the
-    frozen logits) at the end; packed in one bytearray that grows by whole rows."""
+    frozen logits) with its exponent: values in one bytearray, exponents in another, the int16
+    vectors in an array('h'), each growing by whole rows."""
 
     def __init__(self, widths, wide=0):
         self.widths, self.wide = widths, wide
-        self.row_bytes = sum(1 + w for w in widths) + (1 + 2 * wide if wide else 0)
-        self.buf = bytearray()
+        self.stride = sum(widths)
+        self.n_exps = len(widths) + (1 if wide else 0)
+        self.vals, self.exps, self.wides = bytearray(), bytearray(), array("h")
         self.n = 0
 
     def reserve(self, rows):
-        need = rows * self.row_bytes - len(self.buf)
+        # MemoryError here, before a row is half-written; a partial reserve is only spare room
+        for buf, width in ((self.vals, self.stride), (self.exps, self.n_exps)):
+            need = rows * width - len(buf)
+            if need > 0:
+                buf.extend(bytes(need))
+        need = rows * self.wide - len(self.wides)
         if need > 0:
-            self.buf.extend(bytes(need))  # MemoryError here, before a row is half-written
+            self.wides.extend(array("h", bytearray(2 * need)))
 
-    def append(self, vectors, exps, wide=None, wide_exp=0):
+    def append(self, vectors, exps, first, wide=None, wide_exp=0):
+        """Store vectors[j] (exponent exps[first + j]) and the wide vector; returns the row."""
         self.reserve(self.n + 1)
-        buf, at = self.buf, self.n * self.row_bytes
-        for v, e in zip(vectors, exps):
-            buf[at] = e & 0xFF
-            for k in range(len(v)):
-                buf[at + 1 + k] = v[k] & 0xFF
-            at += 1 + len(v)
+        at, e = self.n * self.stride, self.n * self.n_exps
+        for j in range(len(vectors)):
+            I.pack8(vectors[j], self.widths[j], self.vals, at)
+            self.exps[e + j] = exps[first + j] & 0xFF
+            at += self.widths[j]
         if self.wide:
-            buf[at] = wide_exp & 0xFF
+            self.exps[e + len(vectors)] = wide_exp & 0xFF
             for k in range(self.wide):
-                buf[at + 1 + 2 * k] = wide[k] & 0xFF
-                buf[at + 2 + 2 * k] = (wide[k] >> 8) & 0xFF
+                self.wides[self.n * self.wide + k] = wide[k]
         self.n += 1
         return self.n - 1
 
-    def get(self, row, vectors, exps, wide=None):
-        """Decode a row into int16 arrays; returns the wide vector's exponent (0 if none)."""
-        buf, at = self.buf, row * self.row_bytes
-        for j, v in enumerate(vectors):
-            exps[j] = buf[at] - 256 if buf[at] > 127 else buf[at]
-            for k in range(len(v)):
-                q = buf[at + 1 + k]
-                v[k] = q - 256 if q > 127 else q
-            at += 1 + len(v)
-        if not self.wide:
-            return 0
-        for k in range(self.wide):
-            q = buf[at + 1 + 2 * k] | (buf[at + 2 + 2 * k] << 8)
-            wide[k] = q - 65536 if q > 32767 else q
-        return buf[at] - 256 if buf[at] > 127 else buf[at]
+    def get(self, row, vectors, exps, first):
+        """Decode a row's vectors into int16 arrays, their exponents into exps[first:]; returns
+        the wide vector's exponent (0 if none); the wide vector stays at self.wides[row * wide:]."""
+        at, e = row * self.stride, row * self.n_exps
+        for j in range(len(vectors)):
+            I.unpack8(self.vals, at, self.widths[j], vectors[j])
+            exps[first + j] = _signed8(self.exps[e + j])
+            at += self.widths[j]
+        return _signed8(self.exps[e + len(vectors)]) if self.wide else 0
 
     @property
     def bytes(self):
-        return self.n * self.row_bytes
+        return self.n * (self.stride + self.n_exps + 2 * self.wide)
 
 
 class IntSkipCache:
@@ -158,6 +146,9 @@ class IntSkip2Tuner(Tuner):
             kb = _exponent(model.bias[i], 2.0 ** 29, zero=64)  # zero biases never limit the exponent
             self.bias_q.append(array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]]))
             self.bias_exp.append(kb)
+        # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
+        self.lr_exp = _exponent([lr], 16383.0)
+        self.lr_mult = int(math.floor(lr * 2 ** self.lr_exp + 0.5))
         # adapters: A from the float init at FA (its bound uses a quarter of int16), B zero at FB
         self.fa = []
         for ad in self.adapters:
@@ -171,13 +162,17 @@ class IntSkip2Tuner(Tuner):
             ad.ghq, ad.ghacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
             ad.zacc = array("i", [0] * dims[-1])
             self.fa.append(fa)
+        nc = dims[-1]
         self.acc = array("i", [0] * max(dims))
         self.xs = [array("h", [0] * d) for d in dims[:-1]]  # a sample's layer inputs
+        self.input, self.hidden = self.xs[:1], self.xs[1:]  # what the samples and the cache hold
         self.exps = array("b", [0] * n)
-        self.z0 = array("h", [0] * dims[-1])
-        self.zsum = [0] * dims[-1]
-        self.gq = array("h", [0] * dims[-1])
-        self.zf = [0.0] * dims[-1]
+        self.z0 = array("h", [0] * nc)
+        self.zsum, self.p, self.gacc = array("i", [0] * nc), array("i", [0] * nc), array("i", [0] * nc)
+        self.gq = array("h", [0] * nc)
+        # MACs per step, counted once: the adapter forward and backward do the same work each step
+        self.macs_forward = sum(ad.n_in * ad.rank + ad.rank * nc for ad in self.adapters)
+        self.macs_backward = sum(ad.n_in * ad.rank + 2 * ad.rank * nc for ad in self.adapters)
 
     # -- samples: int8 with an exponent, as the cache holds them --------------------------------------
     def add_sample(self, x, label):
@@ -185,7 +180,7 @@ class IntSkip2Tuner(Tuner):
         q = array("h", [0] * len(x))
         e = _quantize(x, INT8, q)
         try:
-            self.samples.append([q], [e])
+            self.samples.append([q], [e], 0)
         except MemoryError:
             raise TunerError("out of memory storing sample %d" % len(self.labels))
         self.labels.append(label)
@@ -200,13 +195,13 @@ class IntSkip2Tuner(Tuner):
         # acc * M at exponent K + e - pre: |acc >> pre| <= 2^15 keeps the product under 2^29, and
         # pre also keeps that exponent at or below the bias's, so the bias only shifts right
         exp = self.mult_exp[i] + e
-        pre = max(0, _bitlen(I.max_abs(acc, n_out)) - 15, exp - self.bias_exp[i])
+        pre = max(0, I.top_bits(acc, n_out) - 15, exp - self.bias_exp[i])
         exp -= pre
         I.scale_bias(acc, n_out, pre, self.mult[i], self.bias_q[i], self.bias_exp[i] - exp)
-        return exp - _fit(acc, n_out, limit, relu, out)
+        return exp - I.fit(acc, n_out, limit, relu, out)
 
-    def _frozen_forward(self, index):
-        """Fill self.xs (layer inputs) / self.exps and self.z0 for sample `index`; returns z0's exponent."""
+    def _frozen_forward(self):
+        """From self.xs[0] / self.exps[0], fill the other layer inputs and self.z0; returns z0's exponent."""
         n = self.model.n_layers
         e = self.exps[0]
         for i in range(n - 1):
@@ -215,80 +210,71 @@ class IntSkip2Tuner(Tuner):
         return self._frozen_layer(n - 1, self.xs[n - 1], e, self.z0, INT12, False)
 
     def _inputs(self, index):
-        """Layer inputs and frozen logits of sample `index`: from the skip-cache after epoch 1."""
-        exp0 = array("b", [0])
-        self.samples.get(index, self.xs[:1], exp0)
-        self.exps[0] = exp0[0]
+        """Layer inputs of sample `index` into self.xs, from the skip-cache after epoch 1; returns
+        the frozen logits as (exponent, int16 array, offset)."""
+        self.samples.get(index, self.input, self.exps, 0)
         cache = self.cache
         row = cache.row_of[index]
         t0 = clock.ticks_us()
         if row >= 0:
             cache.hits += 1
-            rest = array("b", [0] * (len(self.xs) - 1))
-            ez = cache.rows.get(row, self.xs[1:], rest, self.z0)
-            for j in range(len(rest)):
-                self.exps[j + 1] = rest[j]
+            ez = cache.rows.get(row, self.hidden, self.exps, 1)
             self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t0)
-            return ez
-        ez = self._frozen_forward(index)
+            return ez, cache.rows.wides, row * cache.rows.wide
+        ez = self._frozen_forward()
         t1 = clock.ticks_us()
         self.us["frozen_forward"] += clock.ticks_diff(t1, t0)
-        cache.row_of[index] = cache.rows.append(self.xs[1:], self.exps[1:], self.z0, ez)
+        cache.row_of[index] = cache.rows.append(self.hidden, self.exps, 1, self.z0, ez)
         self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t1)
-        return ez
+        return ez, self.z0, 0
 
     # -- adapters ----------------------------------------------------------------------------------
-    def _adapters_forward(self, ez):
-        """The logits as floats for the softmax: frozen ones plus every adapter's, summed in
-        integers at the coarsest of their exponents (10 conversions a sample, not 10 per adapter)."""
+    def _adapters_forward(self, ez, z0, at):
+        """self.zsum = the frozen logits (z0[at:], exponent ez) plus every adapter's, summed in
+        integers at the coarsest of their exponents, which is returned."""
         nc = self.n_classes
         low = ez
-        for i, ad in enumerate(self.adapters):
-            for k in range(ad.rank):
-                ad.hacc[k] = 0
+        for i in range(len(self.adapters)):
+            ad = self.adapters[i]
             I.mtv(ad.qa, ad.n_in, ad.rank, self.xs[i], ad.hacc)
-            ad.he = self.fa[i] + self.exps[i] - _fit(ad.hacc, ad.rank, INT12, False, ad.hq)
-            for c in range(nc):
-                ad.zacc[c] = 0
+            ad.he = self.fa[i] + self.exps[i] - I.fit(ad.hacc, ad.rank, INT12, 0, ad.hq)
             I.mtv(ad.qb, ad.rank, nc, ad.hq, ad.zacc)
-            low = min(low, FB + ad.he)
-            self.macs["adapter_forward"] += ad.n_in * ad.rank + ad.rank * nc
-        zsum = self.zsum
-        for c in range(nc):
-            zsum[c] = I.rshift(self.z0[c], ez - low)
+            if FB + ad.he < low:
+                low = FB + ad.he
+        if not -4 <= low <= 30:  # the softmax kernel's range: logits within about +-2^20 and not all ~0
+            raise TunerError("logits out of the integer path's range (exponent %d)" % low)
+        I.widen(z0, at, nc, ez - low, self.zsum)
         for ad in self.adapters:
-            shift = FB + ad.he - low
-            for c in range(nc):
-                zsum[c] += I.rshift(ad.zacc[c], shift)
-        z, scale = self.zf, 2.0 ** -low
-        for c in range(nc):
-            z[c] = zsum[c] * scale
-        return z
+            I.add_rshift(ad.zacc, nc, FB + ad.he - low, self.zsum)
+        self.macs["adapter_forward"] += self.macs_forward
+        return low
 
     def _step_skip(self, index, scale):
-        ez = self._inputs(index)
+        # scale is -lr (batch 1, fused): applied here as the integer lr_mult
+        ez, z0, at = self._inputs(index)
         t0 = clock.ticks_us()
-        z = self._adapters_forward(ez)
+        low = self._adapters_forward(ez, z0, at)
         t1 = clock.ticks_us()
         self.us["adapter_forward"] += clock.ticks_diff(t1, t0)
-        g = self.g
-        loss = _softmax_grad(z, self.labels[index], scale, g)  # scale = -lr: g is the update
-        eg = _quantize(g, INT12, self.gq)
-        nc = self.n_classes
-        for i, ad in enumerate(self.adapters):
+        nc, label = self.n_classes, self.labels[index]
+        total = I.softmax_exp(self.zsum, nc, low, I.EXP2_COARSE, I.EXP2_FINE, self.p)
+        I.softmax_grad(self.p, nc, label, (1 << 29) // total, self.lr_mult, self.gacc)
+        eg = 15 + self.lr_exp - I.fit(self.gacc, nc, INT12, 0, self.gq)  # gq: the step on the logits
+        for i in range(len(self.adapters)):
+            ad = self.adapters[i]
             # gh = B g with B before its update; then B += h g^T, A += x gh^T, in B's and A's units
-            for k in range(ad.rank):
-                ad.ghacc[k] = 0
             I.mv(ad.qb, ad.rank, nc, self.gq, ad.ghacc)
-            egh = FB + eg - _fit(ad.ghacc, ad.rank, INT12, False, ad.ghq)
+            egh = FB + eg - I.fit(ad.ghacc, ad.rank, INT12, 0, ad.ghq)
             I.outer_update(ad.qb, ad.rank, nc, ad.hq, self.gq, ad.he + eg - FB)
             I.outer_update(ad.qa, ad.n_in, ad.rank, self.xs[i], ad.ghq, self.exps[i] + egh - self.fa[i])
-            self.macs["backward"] += ad.n_in * ad.rank + 2 * ad.rank * nc
+        self.macs["backward"] += self.macs_backward
         self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
-        return loss
+        # the cross-entropy, -log(p[label] / total); a label whose p rounds to 0 counts as 1/32767
+        return math.log(total / max(self.p[label], 1))
 
     def logits(self, x):
         self.exps[0] = _quantize(x, INT8, self.xs[0])
-        ez = self._frozen_forward(-1)
-        return self._adapters_forward(ez)
-
+        ez = self._frozen_forward()
+        low = self._adapters_forward(ez, self.z0, 0)
+        scale = 2.0 ** -low
+        return [self.zsum[c] * scale for c in range(self.n_classes)]

@@ -43,3 +43,36 @@ def test_integer_path_is_bit_exact_across_runtimes():
     assert cpython["errors"] == ["the integer path runs skip2-lora only, not 'lora-all'",
                                  "the integer path trains with batch 1 (got 4)",
                                  "unknown path 'fixed' (one of float, int)"]
+
+
+ALLOCATIONS = """
+import gc, json
+from s2l.model import load
+from s2l.tuner import new_tuner
+data = json.load(open("data.json"))
+out = {}
+for path in ("int", "float"):
+    t = new_tuner(load("model.s2lm"), "skip2-lora", path=path, **dict(data["config"], batch=1))
+    for x, y in zip(data["X"], data["y"]):
+        t.add_sample(x, y)
+    t.train_epoch()  # fills the skip-cache
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    for index in range(10):
+        t._step_skip(index, -t.lr)
+    out[path] = (gc.mem_alloc() - before) // 10
+    gc.enable()
+print(json.dumps(out))
+"""
+
+
+def test_a_cached_integer_step_allocates_almost_nothing_under_micropython():
+    # On a board every float is a heap object: a step that allocates nothing but its loss does no
+    # float arithmetic. The float path's count shows that the measurement sees floats.
+    model, _, (X, y), _ = fixed_problem()
+    data = {"config": CONFIG, "X": X.tolist(), "y": y.tolist()}
+    files = {"model.s2lm": model, "data.json": json.dumps(data).encode()}
+    per_step = json.loads(run_firmware_script(ALLOCATIONS, "micropython", files=files))
+    assert per_step["int"] <= 128, per_step
+    assert per_step["float"] >= 10 * per_step["int"] + 1000, per_step
