@@ -223,8 +223,8 @@ class Core:
                 self.tuner.add_sample(x, label)
             stored = len(self.tuner.labels)
         else:
-            if self.test is None:
-                self.test = RowStore([self.model.dims[0]], self.tuner.cache_mode)
+            if self.test is None:  # held as compactly as the tuner holds its own samples
+                self.test = RowStore([self.model.dims[0]], "float" if self.tuner.cache_mode == "float" else "compact")
             for x, label in batch:
                 self.test.append([x])
                 self.test_labels.append(label)

@@ -42,13 +42,14 @@ def flash_steps(port, lib, model_path):
     return steps
 
 
-def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None):
+def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None, limit=None):
     """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
-    done, total, info) reports streaming ("upload", "finetune", "test") and training ("train")."""
+    done, total, info) reports streaming ("upload", "finetune", "test") and training ("train").
+    limit: stream only the first `limit` fine-tune samples."""
     report = progress or (lambda *a: None)
-    X, y = scenario.finetune
+    X, y = (v[:limit] for v in scenario.finetune)
     Xt, yt = scenario.test
     with Client(url, baudrate=baudrate) as board:
         hello = board.hello()
@@ -63,21 +64,27 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         board.send_samples(Xt, yt, F.KIND_TEST, encoding, on_frame=lambda k, n: report("test", k, n, None))
         before = board.evaluate()
         t0 = time.monotonic()
-        losses = []
+        losses, epoch_ms = [], []
 
         def on_progress(p):
             losses.append(p["loss"])
+            epoch_ms.append(p["ms"])
             report("train", p["epoch"], p["epoch"] + p["left"], p)
         board.train(on_progress=on_progress)
         train_seconds = time.monotonic() - t0
         after = board.evaluate()
         stats = board.stats()
     per_sample = wire_bytes / len(y)
+    phases = {k: v / 1e6 for k, v in stats["us"].items()}
     return {
         "board": hello, "config": config, "scenario": scenario.name, "method": config.get("method"),
         "accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "confusion": after["confusion"],
-        "finetune_seconds_wall": train_seconds, "phase_seconds": {k: v / 1e6 for k, v in stats["us"].items()},
-        "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"],
+        "finetune_seconds_wall": train_seconds, "phase_seconds": phases,
+        "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"], "epoch_ms": epoch_ms,
+        "speed": {  # per sample, as the board timed it
+            "frozen_forward_ms": 1000 * phases["frozen_forward"] / len(y),
+            "cached_step_ms": sum(epoch_ms[1:]) / (len(epoch_ms) - 1) / len(y) if len(epoch_ms) > 1 else None,
+            "finetune_seconds": sum(epoch_ms) / 1000},
         "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"], "cache_mode": stats["cache_mode"],
         "path": stats["path"],
         "peak_alloc": stats["peak_alloc"],
@@ -89,7 +96,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
 
 
 def format_run(result):
-    link = result["link"]
+    link, speed = result["link"], result["speed"]
     phases = result["phase_seconds"]
     lines = [
         "board: %s, firmware %s, protocol %s" % (result["board"]["platform"], result["board"]["firmware"],
@@ -100,6 +107,11 @@ def format_run(result):
         "fine-tune %.2f s wall; on the board: %s" % (result["finetune_seconds_wall"], ", ".join(
             "%s %.2f s" % (k.replace("_", " "), v) for k, v in phases.items())),
         "skip-cache: %d hits, %.1f KB (%s)" % (result["cache_hits"], result["cache_bytes"] / 1024, result["cache_mode"]),
+        "speed on the board (%s path): frozen forward %.1f ms a sample; a cached training step %s; "
+        "%d samples x %d epochs in %.2f s" % (
+            result["path"], speed["frozen_forward_ms"],
+            "n/a (one epoch)" if speed["cached_step_ms"] is None else "%.2f ms" % speed["cached_step_ms"],
+            link["finetune_samples"], result["epochs"], speed["finetune_seconds"]),
         "link: %d fine-tune samples as %s, %d payload bytes in %d wire bytes: %.1f%% payload; "
         "%.0f samples/s at 115200 baud, %.0f at 921600 (8N1, from bytes on the wire)" % (
             link["finetune_samples"], link["encoding"], link["sample_payload_bytes"], link["wire_bytes"],

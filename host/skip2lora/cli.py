@@ -25,6 +25,16 @@ def _bits(text):
         raise argparse.ArgumentTypeError("bits must be comma-separated integers, e.g. 8,4,8")
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got %r" % text)
+    return value
+
+
 def _methods(text):
     methods = [m.strip() for m in text.split(",")]
     unknown = [m for m in methods if m not in reference.METHODS]
@@ -56,6 +66,9 @@ def _add_board(p):
     p.add_argument("--method", default="skip2-lora", choices=reference.METHODS, help="method on the board")
     p.add_argument("--encoding", default="int8", choices=["int8", "float32"], help="samples on the wire")
     p.add_argument("--baud", type=int, default=115200, help="serial speed (ignored by USB-CDC and ptys)")
+    p.add_argument("--path", choices=["float", "int"],
+                   help="the tuner's arithmetic (default: the board's choice, integer Skip2-LoRA on boards)")
+    p.add_argument("--limit", type=_positive, help="stream only the first N fine-tune samples")
 
 
 def _config(args):
@@ -122,8 +135,11 @@ def cmd_demo(args):
 
 
 def _board_config(args):
-    return {"method": args.method, "rank": args.rank, "lr": args.lr, "epochs": args.epochs,
-            "batch": args.batch, "seed": args.seed}
+    config = {"method": args.method, "rank": args.rank, "lr": args.lr, "epochs": args.epochs,
+              "batch": args.batch, "seed": args.seed}
+    if args.path:
+        config["path"] = args.path
+    return config
 
 
 def _run_on_board(args, port, model_bytes, scenario):
@@ -141,7 +157,7 @@ def _run_on_board(args, port, model_bytes, scenario):
         bar.update(done - bar.n)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
-    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress)
+    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit)
     for bar in bars.values():
         bar.close()
     print(format_run(result))

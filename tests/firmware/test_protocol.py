@@ -116,6 +116,36 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     assert stats["cache_hits"] == 20 * 2 and stats["macs"]["backward"] == want["macs"]["backward"]
 
 
+def test_a_session_on_the_integer_path(runtime, problem):
+    # what a board runs by default: CONFIG path int; test samples, EVAL, SAVE and LOAD as on the float path
+    from s2l.model import Model
+    from s2l.tuner import new_tuner
+    model, _, (X, y), (Xt, yt) = problem
+    config = dict(CONFIG, batch=1)
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    for at in (0, 10):  # frames of at most 10 samples
+        s.send(F.SAMPLES, samples_payload(X[at:at + 10], y[at:at + 10], F.KIND_FINETUNE))
+    for at in (0, 10, 20):
+        s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
+    s.send(F.TRAIN)
+    s.lines.append("WORK")
+    s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    s.send(F.LOAD)
+    for at in (0, 10, 20):
+        s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
+    s.send(F.EVAL).send(F.STATS)
+    replies = s.run(runtime)
+    assert all(r[0] in (F.OK, F.PROGRESS, F.DONE) for r in replies), replies
+    tuner = new_tuner(Model(model), "skip2-lora", path="int", **config)  # the same, in this process
+    for x, label in zip(X, y):
+        tuner.add_sample(x, int(label))
+    tuner.train()
+    want, _ = tuner.evaluate(Xt, yt)
+    evals = [r[2] for r in replies if r[0] == F.OK and "confusion" in r[2]]
+    assert [e["accuracy"] for e in evals] == [want, want]
+    assert [r[2]["path"] for r in replies if r[0] == F.OK and "path" in r[2]] == ["int"] * 3
+
+
 def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
     model, _, (X, y), _ = problem
     s = Session()

@@ -29,6 +29,31 @@ def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
     assert "samples/s at 115200 baud" in printed and "%.1f%% payload" % (100 * result["link"]["payload_share"]) in printed
 
 
+def test_run_on_the_integer_path_with_a_sample_limit_reports_the_boards_speed(tmp_path, capsys):
+    # the command that checks the board goals: 200 samples x 10 epochs, integer path (smaller here)
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "run.json"
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--path", "int", "--limit", "40", "--epochs", "3", "--quiet",
+                  "--json", str(out), "--model", str(tmp_path / "model.s2lm")])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["path"] == "int" and result["link"]["finetune_samples"] == 40 and result["cache_hits"] == 80
+    speed = result["speed"]
+    assert len(result["epoch_ms"]) == 3 and speed["finetune_seconds"] == sum(result["epoch_ms"]) / 1000
+    assert speed["frozen_forward_ms"] > 0 and speed["cached_step_ms"] > 0
+    assert "speed on the board (int path): frozen forward %.1f ms a sample; a cached training step %.2f ms; " \
+           "40 samples x 3 epochs" % (speed["frozen_forward_ms"], speed["cached_step_ms"]) in printed
+
+
+def test_run_options_are_checked(capsys):
+    import pytest
+    for bad in (["--limit", "0"], ["--limit", "x"], ["--path", "fixed"]):
+        with pytest.raises(SystemExit):
+            cli.main(["run", "--port", "loop://"] + bad)
+        assert "error: argument" in capsys.readouterr().err
+
+
 def test_run_against_a_silent_port_is_a_clear_error(tmp_path):
     import pytest
     with pytest.raises(SystemExit, match="error: cannot open /dev/no-such-board"):
