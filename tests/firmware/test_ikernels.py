@@ -1,6 +1,7 @@
 """Integer kernels: the portable twin against a numpy integer reference (random inputs plus the
-rounding and saturation edges), the viper twin against the portable one (through a shim that
-makes viper plain Python), and the portable twin under the real MicroPython."""
+rounding and saturation edges), the viper twin against the same reference (through a shim that
+runs it as Python with viper's pointer semantics: unsigned 8/16-bit loads, truncating stores), and
+the portable twin under the real MicroPython."""
 import json
 from array import array
 
