@@ -81,8 +81,11 @@ def board_flavour(monkeypatch):
     shim.native = lambda f: f
     shim.viper = _viper(ptr_bits)
     monkeypatch.setitem(sys.modules, "micropython", shim)
+    before = set(sys.modules)
 
     def load(name):
         monkeypatch.delitem(sys.modules, name, raising=False)
         return importlib.import_module(name)
-    return load
+    yield load
+    for name in set(sys.modules) - before:  # imported under the shim (e.g. kernels.py picking the
+        del sys.modules[name]                # shimmed flavour): not for later tests

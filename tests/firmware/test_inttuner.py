@@ -2,9 +2,13 @@
 by argument, and clear errors where the integer path does not apply."""
 import json
 
+from s2l import ikernels
 from skip2lora.mpyrun import run_firmware_script
 
 from .test_tuner import CONFIG, fixed_problem
+
+KERNELS = ("mv_packed", "scale_bias", "top_bits", "fit", "mtv", "mv", "outer_update", "unpack8", "pack8",
+           "widen", "add_rshift", "softmax_exp", "softmax_grad")
 
 SCRIPT = """
 import json
@@ -76,3 +80,25 @@ def test_a_cached_integer_step_allocates_almost_nothing_under_micropython():
     per_step = json.loads(run_firmware_script(ALLOCATIONS, "micropython", files=files))
     assert per_step["int"] <= 128, per_step
     assert per_step["float"] >= 10 * per_step["int"] + 1000, per_step
+
+
+def test_the_viper_kernels_train_the_same_adapters(request, monkeypatch):
+    # the whole integer path with the viper twins (through the pointer-faithful shim) in place of
+    # the portable ones: the same integers, step after step
+    from s2l.model import Model
+    from s2l.tuner import new_tuner
+    assert ikernels.FLAVOUR == "portable"  # imported when this file was, before any shim
+    model, _, (X, y), (Xt, yt) = fixed_problem()
+
+    def train():
+        t = new_tuner(Model(model), "skip2-lora", path="int", **dict(CONFIG, batch=1))
+        for x, label in zip(X, y):
+            t.add_sample(x, int(label))
+        t.train()
+        return [(list(ad.qa), list(ad.qb)) for ad in t.adapters], t.losses, t.evaluate(Xt, yt)[0]
+    portable = train()
+    viper = request.getfixturevalue("board_flavour")("s2l.ikernels_viper")
+    for name in KERNELS:
+        monkeypatch.setattr(ikernels, name, getattr(viper, name))
+    assert train() == portable
+    assert any(v for _, qb in portable[0] for v in qb)
