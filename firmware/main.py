@@ -1,25 +1,47 @@
-# The board's serial loop: bytes from USB-CDC into the protocol core, its replies back out, and
-# pending training run an epoch at a time while no bytes wait. Frames never contain 0x03, so
-# Ctrl-C still drops to the REPL and mpremote keeps working.
+# The board's serial loop: bytes from the link into the protocol core, its replies back out, and
+# pending training run an epoch at a time while no bytes wait. The link is USB-CDC (the REPL's
+# stdin/stdout), or a UART when the board has a uart.json ({"id": 0, "baudrate": 115200, "tx": 0,
+# "rx": 1}: pin numbers), for boards without native USB. Frames never contain 0x03, so on USB
+# Ctrl-C still drops to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
+import json
 import select
 import sys
 
 from s2l.protocol import Core
 
+UART_CONFIG = "uart.json"
+
+
+def open_link():
+    """(reader, writer, pollable): the UART of uart.json if there is one, else USB-CDC."""
+    try:
+        with open(UART_CONFIG) as f:
+            cfg = json.load(f)
+    except OSError:  # no uart.json: USB-CDC
+        stdin = sys.stdin.buffer
+        return getattr(stdin, "raw", stdin), sys.stdout.buffer, sys.stdin  # CPython buffers ahead of poll()
+    except ValueError as e:
+        raise ValueError("%s is not JSON: %s" % (UART_CONFIG, e))
+    from machine import UART, Pin
+    try:
+        uart = UART(cfg.get("id", 0), baudrate=cfg.get("baudrate", 115200), tx=Pin(cfg["tx"]), rx=Pin(cfg["rx"]))
+    except KeyError as e:
+        raise ValueError("%s needs %s (a pin number)" % (UART_CONFIG, e))
+    return uart, uart, uart
+
 
 def serve():
     core = Core()
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    stdin = getattr(stdin, "raw", stdin)  # CPython buffers ahead of poll(); boards do not
+    reader, writer, pollable = open_link()
     poll = select.poll()
-    poll.register(sys.stdin, select.POLLIN)
+    poll.register(pollable, select.POLLIN)
     while True:
         if poll.poll(0 if core.busy else 1000):
-            reply = core.feed(stdin.read(1))  # poll promised one byte; read(n) would block for n
+            reply = core.feed(reader.read(1) or b"")  # poll promised one byte; read(n) would wait for n
         else:
             reply = core.work()
         if reply:
-            stdout.write(reply)
+            writer.write(reply)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,30 @@ def build(arch, out_dir):
     return lib
 
 
-def flash_steps(port, lib, model_path):
-    """The mpremote commands that install the firmware (and a model) on the board at `port`."""
+def uart_config(text):
+    """--uart "tx=0,rx=1[,id=0,baudrate=115200]" as the dict main.py reads from uart.json."""
+    cfg = {"id": 0, "baudrate": 115200}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in ("id", "baudrate", "tx", "rx") or not value.strip().isdigit():
+            raise ValueError("--uart takes tx=PIN,rx=PIN[,id=N,baudrate=BAUD], got %r" % text)
+        cfg[key] = int(value)
+    if "tx" not in cfg or "rx" not in cfg:
+        raise ValueError("--uart needs both tx=PIN and rx=PIN, got %r" % text)
+    return cfg
+
+
+def flash_steps(port, lib, model_path, uart_path=None):
+    """The mpremote commands that install the firmware (and a model, and a uart.json that moves the
+    link to a UART) on the board at `port`."""
     mpremote = [sys.executable, "-m", "mpremote", "connect", port]
     steps = [mpremote + ["fs", "cp", "-r", str(lib), ":"],
              mpremote + ["fs", "cp", str(FIRMWARE / "main.py"), ":main.py"]]
     if model_path:
         steps.append(mpremote + ["fs", "cp", str(model_path), ":model.s2lm"])
+    if uart_path:
+        steps.append(mpremote + ["fs", "cp", str(uart_path), ":uart.json"])
     steps.append(mpremote + ["soft-reset"])
     return steps
 

@@ -195,11 +195,16 @@ def cmd_flash(args):
     import subprocess
     import tempfile
 
-    from .board import build, flash_steps
+    from .board import build, flash_steps, uart_config
+    uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
     with tempfile.TemporaryDirectory(prefix="s2l-build-") as out:
         lib = build(args.arch, out)
         model = args.model if os.path.exists(args.model) else None
-        for step in flash_steps(args.port, lib, model):
+        uart_path = None
+        if uart:
+            uart_path = os.path.join(out, "uart.json")
+            _write(uart_path, json.dumps(uart))
+        for step in flash_steps(args.port, lib, model, uart_path):
             print(" ".join(step[2:]) if args.dry_run else "$ " + " ".join(step[2:]), flush=True)
             if not args.dry_run and subprocess.run(step).returncode:
                 sys.exit("error: mpremote step failed: %s" % " ".join(step[2:]))
@@ -265,6 +270,9 @@ def build_parser():
     p.add_argument("--port", required=True)
     p.add_argument("--arch", default="armv6m", choices=["armv6m", "xtensawin"], help="RP2040 / ESP32")
     p.add_argument("--model", default=default_model(DEFAULT_SCENARIO), help="model file to install too (if it exists)")
+    p.add_argument("--uart", metavar="tx=PIN,rx=PIN[,id=N,baudrate=BAUD]",
+                   help="serve the link on this UART instead of USB-CDC (writes :uart.json; "
+                        "`mpremote fs rm :uart.json` goes back to USB)")
     p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only")
     p.set_defaults(func=cmd_flash)
     return parser

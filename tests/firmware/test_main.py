@@ -27,27 +27,83 @@ def exchange(fd, decoder, frame, until, timeout=20.0):
     return got
 
 
-def test_main_serves_frames_on_a_serial_port(tmp_path):
+def session(fd):
+    """A short session on the board's link: model, config, samples, training to DONE."""
+    model, _, (X, y), _ = fixed_problem()
+    d = F.Decoder()
+    hello = exchange(fd, d, F.encode(F.HELLO, 1), F.OK)
+    assert json.loads(hello[-1][3])["model"] is None
+    requests = [(F.MODEL_BEGIN, json.dumps({"size": len(model), "crc": binascii.crc32(model)}).encode()),
+                (F.MODEL_CHUNK, struct.pack("<I", 0) + model), (F.MODEL_END, b""),
+                (F.CONFIG, json.dumps(dict(CONFIG, method="skip2-lora")).encode()),
+                (F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))]
+    for seq, (ftype, payload) in enumerate(requests, 2):
+        assert exchange(fd, d, F.encode(ftype, seq, payload), F.OK)[-1][1] == F.OK
+    trained = exchange(fd, d, F.encode(F.TRAIN, 9), F.DONE)
+    assert [f[1] for f in trained] == [F.OK] + [F.PROGRESS] * CONFIG["epochs"] + [F.DONE]
+    return model
+
+
+def start_board(cwd, stdio, **env):
+    return subprocess.Popen([sys.executable, str(FIRMWARE / "main.py")], stdin=stdio, stdout=stdio,
+                            stderr=subprocess.PIPE, cwd=cwd,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIRMWARE), str(cwd)]), **env))
+
+
+def test_main_serves_frames_on_usb_cdc(tmp_path):
     master, slave = os.openpty()
     tty.setraw(slave)
-    board = subprocess.Popen([sys.executable, str(FIRMWARE / "main.py")], stdin=slave, stdout=slave,
-                             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(FIRMWARE)))
+    board = start_board(tmp_path, slave)
     try:
-        model, _, (X, y), _ = fixed_problem()
-        d = F.Decoder()
-        hello = exchange(master, d, F.encode(F.HELLO, 1), F.OK)
-        assert json.loads(hello[-1][3])["model"] is None
-        requests = [(F.MODEL_BEGIN, json.dumps({"size": len(model), "crc": binascii.crc32(model)}).encode()),
-                    (F.MODEL_CHUNK, struct.pack("<I", 0) + model), (F.MODEL_END, b""),
-                    (F.CONFIG, json.dumps(dict(CONFIG, method="skip2-lora")).encode()),
-                    (F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))]
-        for seq, (ftype, payload) in enumerate(requests, 2):
-            assert exchange(master, d, F.encode(ftype, seq, payload), F.OK)[-1][1] == F.OK
-        trained = exchange(master, d, F.encode(F.TRAIN, 9), F.DONE)
-        assert [f[1] for f in trained] == [F.OK] + [F.PROGRESS] * CONFIG["epochs"] + [F.DONE]
+        model = session(master)
         assert (tmp_path / "model.s2lm").read_bytes() == model  # written to "flash"
     finally:
         board.kill()
         board.wait()
         os.close(master)
         os.close(slave)
+
+
+# machine.UART as a board has it, over a pseudo-terminal (the test's stand-in for the UART pins)
+FAKE_MACHINE = """
+import json, os
+class Pin:
+    def __init__(self, n):
+        self.n = n
+class UART:
+    def __init__(self, id, baudrate, tx, rx):
+        self.fd = os.open(os.environ["FAKE_UART"], os.O_RDWR | os.O_NOCTTY)
+        with open("uart-opened.json", "w") as f:
+            json.dump([id, baudrate, tx.n, rx.n], f)
+    def fileno(self):
+        return self.fd
+    def read(self, n):
+        return os.read(self.fd, n)
+    def write(self, data):
+        return os.write(self.fd, data)
+"""
+
+
+def test_main_serves_frames_on_the_uart_of_uart_json(tmp_path):
+    (tmp_path / "machine.py").write_text(FAKE_MACHINE)
+    (tmp_path / "uart.json").write_text(json.dumps({"id": 1, "baudrate": 921600, "tx": 4, "rx": 5}))
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    board = start_board(tmp_path, subprocess.DEVNULL, FAKE_UART=os.ttyname(slave))
+    try:
+        session(master)
+        assert json.loads((tmp_path / "uart-opened.json").read_text()) == [1, 921600, 4, 5]
+    finally:
+        board.kill()
+        board.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_bad_uart_json_is_a_clear_error(tmp_path):
+    (tmp_path / "machine.py").write_text(FAKE_MACHINE)
+    for text, message in (('{"id": 0', "uart.json is not JSON"), ('{"tx": 0}', "uart.json needs 'rx'")):
+        (tmp_path / "uart.json").write_text(text)
+        board = start_board(tmp_path, subprocess.DEVNULL)
+        _, err = board.communicate(timeout=20)
+        assert board.returncode != 0 and message in err.decode(), err.decode()

@@ -1,6 +1,8 @@
 """Flashing (compile + mpremote steps) and the `run` command against the emulator."""
 import json
 
+import pytest
+
 from skip2lora import cli
 
 
@@ -12,6 +14,24 @@ def test_flash_dry_run_compiles_and_prints_the_mpremote_steps(capsys, tmp_path):
     assert [s.split()[:4] for s in steps] == [["mpremote", "connect", "/dev/ttyACM7", "fs"]] * 3 + [
         ["mpremote", "connect", "/dev/ttyACM7", "soft-reset"]]
     assert steps[0].endswith("/lib :") and steps[1].endswith(":main.py") and steps[2].endswith(":model.s2lm")
+
+
+def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch):
+    import subprocess
+    written = {}
+    real_run = subprocess.run
+
+    def fake_run(step, *a, **kw):  # keep what the uart.json step copies; do not run mpremote
+        if step[-1] == ":uart.json":
+            written["uart"] = json.loads(open(step[-2]).read())
+        return real_run(["true"])
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", "tx=4,rx=5,baudrate=921600", "--model", "none"])
+    assert written["uart"] == {"id": 0, "baudrate": 921600, "tx": 4, "rx": 5}
+    assert "fs cp" in capsys.readouterr().out
+    for bad in ("tx=4", "tx=4,rx=five", "pin=3,tx=1,rx=2"):
+        with pytest.raises(SystemExit, match="error: --uart"):
+            cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", bad, "--dry-run"])
 
 
 def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
