@@ -1,14 +1,18 @@
 # The board's serial loop: bytes from the link into the protocol core, its replies back out, and
-# pending training run an epoch at a time while no bytes wait. The link is USB-CDC (the REPL's
-# stdin/stdout), or a UART when the board has a uart.json ({"id": 0, "baudrate": 115200, "tx": 0,
-# "rx": 1}: pin numbers), for boards without native USB. Frames never contain 0x03, so on USB
+# pending training run an epoch at a time while no bytes wait. Bytes are read in blocks into one
+# buffer: as many as the frame in progress still needs (the core says), so a read never waits for
+# bytes the host has not sent, and a frame costs a few reads, not a Python loop turn a byte. The
+# link is USB-CDC (the REPL's stdin/stdout), or a UART when the board has a uart.json ({"id": 0,
+# "baudrate": 115200, "tx": 0, "rx": 1}: pin numbers), for boards without native USB. Frames never contain 0x03, so on USB
 # Ctrl-C still drops to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
 import json
 import select
 import sys
 
+from s2l.frames import CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
 from s2l.protocol import Core
 
+MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # the most a read asks for
 UART_CONFIG = "uart.json"
 
 
@@ -35,9 +39,12 @@ def serve():
     reader, writer, pollable = open_link()
     poll = select.poll()
     poll.register(pollable, select.POLLIN)
+    buf = bytearray(MAX_FRAME)
+    view = memoryview(buf)
     while True:
         if poll.poll(0 if core.busy else 1000):
-            reply = core.feed(reader.read(1) or b"")  # poll promised one byte; read(n) would wait for n
+            n = reader.readinto(view[:core.wanted()]) or 0  # poll promised one byte, the frame the rest
+            reply = core.feed(buf, n)
         else:
             reply = core.work()
         if reply:

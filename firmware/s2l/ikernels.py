@@ -1,17 +1,29 @@
 # Integer kernels of the board's fast path (integer Skip2-LoRA), portable flavour. The viper twins
 # in ikernels_viper.py compute the same integers; on boards they replace these at import time.
-# A training step makes a few dozen kernel calls and no float arithmetic but the loss, so on a
-# board it allocates (almost) nothing: every float there is a heap object.
+# A board pays for every call into a kernel and for every line of Python between calls, so the
+# work is cut into few, large kernels: a sample arrives in one call (ingest8), a frozen layer is
+# one call (frozen_layer), and a whole training step from the skip-cache, or the adapters' part of
+# a prediction, is one call (step).
 #
-# Types: vectors are array('h') (int16) holding values in int8 or int12 range as the caller keeps
-# them; matrices (adapters) array('h'); sums array('i') (int32); cache rows bytearray (int8).
-# The ranges keep every sum inside int32, where viper's machine words would wrap: n terms of
-# |a * b| <= 32767 * 2047 need n <= 32, of 32767 * 127 (int8-range vectors) n <= 512.
+# A sample's row (bytes): its layer inputs x_0 .. x_{L-1} as int8, then the frozen logits z0 as
+# int16 little-endian; each vector has an exponent (value = q * 2^-e) kept beside the row (int8).
+# Adapters: one array('h') holding A_i (n_in x rank) and B_i (rank x n_classes), row-major.
+# The ranges keep every sum inside int32, where viper's machine words wrap on a board: n terms of
+# 32767 * 127 (int8 inputs) need n <= 512, of 32767 * 2047 (int12 activations) n <= 32.
 # Rounding: rshift(v, s) = floor((v + 2^(s-1)) / 2^s), half up, as an arithmetic shift does it.
 
 from array import array
 
+INT8 = 127
+INT12 = 2047
 INT16_MAX = 32767
+FB = 12  # B's fixed exponent: B starts at zero and stays within +-8, 1/4096 resolution
+# step's layout of `meta` (array('i')): these header fields, then per layer META_LAYER fields
+# n_in, x offset in the row, A's and B's offsets in the adapters' array, A's exponent
+META_HEADER = 6  # n_layers, rank, n_classes, z0 offset in the row, lr multiplier, lr exponent
+META_LAYER = 5
+# frozen_layer's per-layer parameters (array('i')): row_bytes, bits, n_out, n_in, the scales'
+# exponent, the bias's exponent, x offset, y offset, y is int16 (the logits), clamp limit
 # 2^-x for the softmax, x in 1/1024 steps: 2^(-k/32) * 32767 and 2^(-k/1024) * 32768, k = 0..31;
 # written out, not computed, so that a board's single-precision floats cannot round them apart
 EXP2_COARSE = array("H", (32767, 32065, 31378, 30705, 30047, 29404, 28774, 28157, 27554, 26963,
@@ -25,172 +37,255 @@ EXP2_FINE = array("H", (32768, 32746, 32724, 32702, 32679, 32657, 32635, 32613, 
 LOG2E_Q12 = 5909  # round(log2(e) * 2^12)
 
 
+def scratch_size(n_layers, rank, n_classes):
+    """Length of step's int32 scratch: h of every layer, their exponents, B g, logits, p, g."""
+    return n_layers * rank + n_layers + rank + 3 * n_classes
+
+
 def rshift(v, s):
     return (v + (1 << (s - 1))) >> s if s > 0 else v << -s
 
 
-def mv_packed(packed, row_bytes, bits, rows, cols, x, acc):
-    # acc[r] = sum_c q[r][c] x[c]: packed `bits`-bit weights (format v1) times an int8-range vector
-    shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte)
-    mask = (1 << bits) - 1
-    sign = 1 << (bits - 1)
-    lane = (1 << shift) - 1
-    for r in range(rows):
-        start = r * row_bytes
-        total = 0
-        for c in range(cols):
-            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-            total += (q - mask - 1 if q & sign else q) * x[c]
-        acc[r] = total
+def _s8(b):
+    return b - 256 if b > 127 else b
 
 
-def scale_bias(acc, n, pre, mult, bias, bias_shift):
-    # acc[r] = rshift(acc[r], pre) * mult[r] + rshift(bias[r], bias_shift): a frozen layer's
-    # per-channel scale and bias, in integers (|rshift(acc, pre)| <= 2^15, |mult| <= 2^14)
-    for r in range(n):
-        acc[r] = rshift(acc[r], pre) * mult[r] + rshift(bias[r], bias_shift)
-
-
-def top_bits(v, n):
-    # the bit length of max |v[i]|: how many bits the largest sum needs
-    top = 0
-    for i in range(n):
-        a = v[i] if v[i] >= 0 else -v[i]
-        if a > top:
-            top = a
-    bits = 0
-    while top:
-        top >>= 1
-        bits += 1
-    return bits
-
-
-def fit(v, n, limit, relu, out):
-    # out[i] = clamp(rshift(v[i], s), -limit or 0, limit) with the least s >= 0 that brings max |v|
-    # within limit (= 2^k - 1); returns s, by which the caller's exponent drops
-    top = 0
-    for i in range(n):
-        a = v[i] if v[i] >= 0 else -v[i]
-        if a > top:
-            top = a
+def _least_shift(top, limit):
+    # the least s >= 0 with rshift(top, s) <= limit
     s = 0
     t = top
     while t > limit:
         s += 1
         t = rshift(top, s)
-    low = 0 if relu else -limit
-    for i in range(n):
-        q = rshift(v[i], s)
-        out[i] = low if q < low else (limit if q > limit else q)
     return s
 
 
-def mtv(m, rows, cols, x, out):
-    # out[c] = sum_r m[r][c] x[r]; rows with x[r] == 0 cost nothing
-    for c in range(cols):
-        out[c] = 0
-    k = 0
-    for r in range(rows):
-        xr = x[r]
-        if xr:
-            for c in range(cols):
-                out[c] += m[k + c] * xr
-        k += cols
+def _sat16(w):
+    return INT16_MAX if w > INT16_MAX else (-INT16_MAX if w < -INT16_MAX else w)
 
 
-def mv(m, rows, cols, x, out):
-    # out[r] = sum_c m[r][c] x[c]
-    k = 0
-    for r in range(rows):
-        acc = 0
-        for c in range(cols):
-            acc += m[k + c] * x[c]
-        out[r] = acc
-        k += cols
-
-
-def outer_update(m, rows, cols, u, v, shift):
-    # m[r][c] = sat16(m[r][c] + rshift(u[r] v[c], shift)): an SGD step of fixed-point weights
-    k = 0
-    for r in range(rows):
-        ur = u[r]
-        if ur:
-            for c in range(cols):
-                w = m[k + c] + rshift(ur * v[c], shift)
-                m[k + c] = INT16_MAX if w > INT16_MAX else (-INT16_MAX if w < -INT16_MAX else w)
-        k += cols
-
-
-def unpack8(src, at, n, out):
-    # out[k] = src[at + k] as a signed byte: a cached int8 vector into int16
+def ingest8(src, at, n, mult, dst, dat):
+    # dst[dat + k] = rshift(q_k * mult, s) as int8, q_k = src[at + k] signed, with the least s that
+    # keeps every |value| <= 127; returns s. A wire sample (int8 q, float32 scale = mult * 2^-E)
+    # becomes a row vector at exponent E - s, in one pass (|q * mult| <= 2^23).
+    top = 0
     for k in range(n):
-        q = src[at + k]
-        out[k] = q - 256 if q > 127 else q
-
-
-def pack8(v, n, dst, at):
-    # dst[at + k] = v[k] as a byte (v in int8 range)
+        a = _s8(src[at + k]) * mult
+        if a < 0:
+            a = -a
+        if a > top:
+            top = a
+    s = _least_shift(top, INT8)
     for k in range(n):
-        dst[at + k] = v[k] & 0xFF
+        q = rshift(_s8(src[at + k]) * mult, s)
+        dst[dat + k] = (INT8 if q > INT8 else (-INT8 if q < -INT8 else q)) & 0xFF
+    return s
 
 
-def widen(src, at, n, shift, dst):
-    # dst[k] = rshift(src[at + k], shift), shift >= 0: int16 into int32 at a coarser exponent
-    # (past 30 bits of shift an int16 rounds to 0)
-    for k in range(n):
-        dst[k] = 0 if shift > 30 else rshift(src[at + k], shift)
+def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
+    # One frozen layer in integers: y = relu?(W x * scale + bias), W `bits`-bit packed (format v1),
+    # x int8 at rb[ro + x offset] with exponent e; y rounded into its limit (int8, or int12 as
+    # int16 for the logits) at rb[ro + y offset]; returns y's exponent. The per-channel scale is an
+    # integer multiplier mult[r] < 2^14 at exponent lp[4], the bias an int32 at exponent lp[5].
+    row_bytes, bits, n_out, n_in = lp[0], lp[1], lp[2], lp[3]
+    xo, yo, wide, limit = ro + lp[6], ro + lp[7], lp[8], lp[9]
+    shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte)
+    mask = (1 << bits) - 1
+    sign = 1 << (bits - 1)
+    lane = (1 << shift) - 1
+    top = 0
+    for r in range(n_out):
+        start = r * row_bytes
+        total = 0
+        for c in range(n_in):
+            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+            total += (q - mask - 1 if q & sign else q) * _s8(rb[xo + c])
+        acc[r] = total
+        if total < 0:
+            total = -total
+        if total > top:
+            top = total
+    # acc * mult at exponent lp[4] + e - pre: |acc >> pre| <= 2^15 keeps the product under 2^29,
+    # and pre keeps that exponent at or below the bias's, so the bias only shifts right
+    bits_top = 0
+    while top:
+        top >>= 1
+        bits_top += 1
+    exp = lp[4] + e
+    pre = bits_top - 15
+    if pre < exp - lp[5]:
+        pre = exp - lp[5]
+    if pre < 0:
+        pre = 0
+    exp -= pre
+    bias_shift = lp[5] - exp
+    top = 0
+    for r in range(n_out):
+        # |bias| <= 2^29: past 30 bits of shift it rounds to 0 (and no shift leaves a machine word)
+        a = rshift(acc[r], pre) * mult[r] + (0 if bias_shift > 30 else rshift(bias[r], bias_shift))
+        if a < 0 and not wide:  # ReLU between layers
+            a = 0
+        acc[r] = a
+        if a < 0:
+            a = -a
+        if a > top:
+            top = a
+    s = _least_shift(top, limit)
+    for r in range(n_out):
+        q = rshift(acc[r], s)
+        q = limit if q > limit else (-limit if q < -limit else q)
+        if wide:
+            rb[yo + 2 * r] = q & 0xFF
+            rb[yo + 2 * r + 1] = (q >> 8) & 0xFF
+        else:
+            rb[yo + r] = q & 0xFF
+    return exp - s
 
 
-def add_rshift(src, n, shift, dst):
-    # dst[k] += rshift(src[k], shift), shift >= 0; past 30 bits of shift a term is at most one
-    # unit and is skipped, so that no shift leaves viper's machine word
-    if shift <= 30:
-        for k in range(n):
-            dst[k] += rshift(src[k], shift)
-
-
-def softmax_exp(z, n, zexp, coarse, fine, p):
-    # p[c] = exp(z[c] - max z) * 32767, rounded (z at exponent zexp, -4 <= zexp <= 30); returns
-    # sum(p) >= 32767. The exponent in base 2 with 10 fraction bits, u = (max z - z[c]) log2(e),
-    # rounded, is looked up in the tables EXP2_COARSE and EXP2_FINE (passed as coarse, fine); past
-    # 2^-16 a term rounds to 0.
-    top = z[0]
-    for c in range(1, n):
-        if z[c] > top:
-            top = z[c]
+def step(rb, ro, ex, eo, w, meta, s, label, train):
+    # Skip2-LoRA on one cached sample: the row at rb[ro:] (x_i int8, z0 int16), its exponents at
+    # ex[eo:] (signed bytes: x_0 .. x_{L-1}, z0), the adapters w, layout in meta, scratch s.
+    #   h_i = A_i^T x_i            (int12, exponent he_i = fa_i + e_i - shift)
+    #   z = z0 + sum_i B_i^T h_i   (int32 at the coarsest exponent `low` of its parts)
+    # train == 0: returns argmax z (a prediction). Otherwise the softmax in Q15 (exp by the tables),
+    # g = lr * (onehot(label) - softmax(z)) rounded to int12, and the SGD step of every adapter:
+    #   gh_i = B_i g (with B_i before its update);  B_i += h_i g^T;  A_i += x_i gh_i^T
+    # (saturating int16); returns sum(p) with p = s[P + c], so that the loss is log(sum / p[label]).
+    # Returns -1 when the logits leave the range the softmax handles (exponent -4..30).
+    n_layers, r, nc, zo = meta[0], meta[1], meta[2], ro + meta[3]
+    HE = n_layers * r
+    GH = HE + n_layers
+    Z = GH + r
+    P = Z + nc
+    G = P + nc
+    ez = _s8(ex[eo + n_layers])
+    low = ez
+    for i in range(n_layers):
+        m = META_HEADER + META_LAYER * i
+        n_in, xo, ao, fa = meta[m], ro + meta[m + 1], meta[m + 2], meta[m + 4]
+        top = 0
+        for c in range(r):
+            acc = 0
+            k = ao + c
+            for j in range(n_in):
+                acc += w[k] * _s8(rb[xo + j])
+                k += r
+            s[i * r + c] = acc
+            if acc < 0:
+                acc = -acc
+            if acc > top:
+                top = acc
+        sh = _least_shift(top, INT12)
+        for c in range(r):
+            q = rshift(s[i * r + c], sh)
+            s[i * r + c] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
+        he = fa + _s8(ex[eo + i]) - sh
+        s[HE + i] = he
+        if FB + he < low:
+            low = FB + he
+    if low < -4 or low > 30:
+        return -1
+    sh = ez - low
+    for c in range(nc):
+        v = rb[zo + 2 * c] | (rb[zo + 2 * c + 1] << 8)
+        v = v - 65536 if v > 32767 else v
+        s[Z + c] = 0 if sh > 30 else rshift(v, sh)
+    for i in range(n_layers):
+        bo = meta[META_HEADER + META_LAYER * i + 3]
+        sh = FB + s[HE + i] - low
+        if sh <= 30:  # past 30 bits of shift a term is at most one unit and is skipped
+            for c in range(nc):
+                acc = 0
+                for j in range(r):
+                    acc += w[bo + j * nc + c] * s[i * r + j]
+                s[Z + c] += rshift(acc, sh)
+    if not train:
+        best = 0
+        for c in range(1, nc):
+            if s[Z + c] > s[Z + best]:
+                best = c
+        return best
+    # softmax: exp(z - max z) * 32767 from the distance to the top in base 2 with 10 fraction bits,
+    # u = (max z - z) log2(e), capped at 16 (e^-16 rounds to 0)
+    top = s[Z]
+    for c in range(1, nc):
+        if s[Z + c] > top:
+            top = s[Z + c]
     total = 0
-    for c in range(n):
-        d = top - z[c]  # at exponent zexp; to 10 fraction bits, capped at 16 (e^-16 rounds to 0)
-        if zexp >= 10:
-            d = rshift(d, zexp - 10)
-        elif d > (16384 >> (10 - zexp)):
+    for c in range(nc):
+        d = top - s[Z + c]
+        if low >= 10:
+            d = rshift(d, low - 10)
+        elif d > (16384 >> (10 - low)):
             d = 16384
         else:
-            d = d << (10 - zexp)
+            d = d << (10 - low)
         if d > 16384:
             d = 16384
         u = rshift(d * LOG2E_Q12, 12)
         q = 0
         if u < 16384:
-            q = rshift(coarse[(u >> 5) & 31] * fine[u & 31], 15 + (u >> 10))
-        p[c] = q
+            q = rshift(EXP2_COARSE[(u >> 5) & 31] * EXP2_FINE[u & 31], 15 + (u >> 10))
+        s[P + c] = q
         total += q
+    # g = (onehot - p / sum p) * lr at exponent 15 + lr exponent: recip = 2^29 // sum p, so that
+    # p * recip / 2^14 is p / sum p in Q15 (products under 2^29); then rounded to int12
+    recip = (1 << 29) // total
+    top = 0
+    for c in range(nc):
+        g = ((32768 if c == label else 0) - rshift(s[P + c] * recip, 14)) * meta[4]
+        s[G + c] = g
+        if g < 0:
+            g = -g
+        if g > top:
+            top = g
+    sh = _least_shift(top, INT12)
+    for c in range(nc):
+        q = rshift(s[G + c], sh)
+        s[G + c] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
+    eg = 15 + meta[5] - sh
+    for i in range(n_layers):
+        m = META_HEADER + META_LAYER * i
+        n_in, xo, ao, bo, fa = meta[m], ro + meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
+        he = s[HE + i]
+        # gh = B g, before B's update
+        top = 0
+        for j in range(r):
+            acc = 0
+            for c in range(nc):
+                acc += w[bo + j * nc + c] * s[G + c]
+            s[GH + j] = acc
+            if acc < 0:
+                acc = -acc
+            if acc > top:
+                top = acc
+        sh = _least_shift(top, INT12)
+        for j in range(r):
+            q = rshift(s[GH + j], sh)
+            s[GH + j] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
+        egh = FB + eg - sh
+        # B += h g^T, A += x gh^T, each in its own units
+        sh = he + eg - FB
+        for j in range(r):
+            u = s[i * r + j]
+            if u:
+                for c in range(nc):
+                    k = bo + j * nc + c
+                    w[k] = _sat16(w[k] + rshift(u * s[G + c], sh))
+        sh = _s8(ex[eo + i]) + egh - fa
+        k = ao
+        for j in range(n_in):
+            u = _s8(rb[xo + j])
+            if u:
+                for c in range(r):
+                    w[k + c] = _sat16(w[k + c] + rshift(u * s[GH + c], sh))
+            k += r
     return total
-
-
-def softmax_grad(p, n, label, recip, lr_mult, out):
-    # out[c] = (onehot(label)[c] - p[c] / sum p) * lr: the SGD step on the logits, at exponent
-    # 15 + that of lr_mult (< 2^14); recip = 2^29 // sum p, so p[c] * recip / 2^14 is p / sum p in Q15
-    # (products stay under 2^29: small ints in MicroPython, no heap)
-    for c in range(n):
-        g = (32768 if c == label else 0) - rshift(p[c] * recip, 14)
-        out[c] = g * lr_mult
 
 
 FLAVOUR = "portable"
 try:
-    from s2l.ikernels_viper import (mv_packed, scale_bias, top_bits, fit, mtv, mv, outer_update,
-                                    unpack8, pack8, widen, add_rshift, softmax_exp, softmax_grad)
+    from s2l.ikernels_viper import ingest8, frozen_layer, step
     FLAVOUR = "viper"
 except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
     pass

@@ -1,219 +1,333 @@
-# The viper twins of ikernels.py: the same integers out for the same integers in, as pointer
-# loops over the arrays' memory. ptr8/ptr16 loads are unsigned in viper, so signed values are
-# sign-extended by hand; ptr32 loads are signed machine words. Imported by ikernels.py on boards;
-# elsewhere (no native emitter) the import fails and the portable flavour stays.
+# The viper twins of ikernels.py: the same integers out for the same integers in, as pointer loops
+# over the arrays' memory. Viper loads ptr8/ptr16 unsigned and ptr32 as a machine word, which is
+# zero-extended where a word has 64 bits (the unix port on x86-64), so every signed load is
+# sign-extended by hand: (v ^ 0x80) - 0x80 for a byte (faster on an RP2040 than a compare and
+# subtract), (v ^ 0x8000) - 0x8000 for int16, (v ^ b31) - b31 for int32 (b31 = 1 << 31, computed at
+# run time: as a literal it would be a Python object on a 32-bit board). On a 32-bit board the last
+# is the identity. Shifts stay below 31 bits, so no result depends on the word's width.
+# Imported by ikernels.py on boards; elsewhere (no native emitter) the import fails.
 import micropython
 
-
-@micropython.viper
-def mv_packed(packed: ptr8, row_bytes: int, bits: int, rows: int, cols: int, x: ptr16, acc: ptr32):
-    shift = 0 if bits == 8 else (1 if bits == 4 else 2)
-    mask = (1 << bits) - 1
-    sign = 1 << (bits - 1)
-    lane = (1 << shift) - 1
-    for r in range(rows):
-        start = r * row_bytes
-        total = 0
-        for c in range(cols):
-            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-            if q & sign:
-                q -= mask + 1
-            v = x[c]
-            if v > 32767:
-                v -= 65536
-            total += q * v
-        acc[r] = total
+from s2l.ikernels import EXP2_COARSE, EXP2_FINE
 
 
 @micropython.viper
-def scale_bias(acc: ptr32, n: int, pre: int, mult: ptr32, bias: ptr32, bias_shift: int):
-    for r in range(n):
-        a = acc[r]
-        if pre > 0:
-            a = (a + (1 << (pre - 1))) >> pre
-        b = bias[r]
-        if bias_shift > 0:
-            b = (b + (1 << (bias_shift - 1))) >> bias_shift
-        acc[r] = a * mult[r] + b
-
-
-@micropython.viper
-def top_bits(v: ptr32, n: int) -> int:
+def ingest8(src: ptr8, at: int, n: int, mult: int, dst: ptr8, dat: int) -> int:
     top = 0
-    for i in range(n):
-        a = v[i]
-        if a < 0:
-            a = 0 - a
-        if a > top:
-            top = a
-    bits = 0
-    while top:
-        top >>= 1
-        bits += 1
-    return bits
-
-
-@micropython.viper
-def fit(v: ptr32, n: int, limit: int, relu: int, out: ptr16) -> int:
-    top = 0
-    for i in range(n):
-        a = v[i]
+    for k in range(n):
+        a = ((src[at + k] ^ 0x80) - 0x80) * mult
         if a < 0:
             a = 0 - a
         if a > top:
             top = a
     s = 0
     t = top
-    while t > limit:  # t = rshift(top, s)
+    while t > 127:
         s += 1
         t = (top + (1 << (s - 1))) >> s
-    low = 0 if relu else 0 - limit
-    for i in range(n):
-        q = v[i]
-        if s > 0:
-            q = (q + (1 << (s - 1))) >> s
-        if q < low:
-            q = low
-        if q > limit:
-            q = limit
-        out[i] = q
+    half = (1 << (s - 1)) if s > 0 else 0
+    for k in range(n):
+        q = (((src[at + k] ^ 0x80) - 0x80) * mult + half) >> s
+        if q > 127:
+            q = 127
+        if q < -127:
+            q = -127
+        dst[dat + k] = q
     return s
 
 
 @micropython.viper
-def mtv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
-    for c in range(cols):
-        out[c] = 0
-    k = 0
-    for r in range(rows):
-        xr = x[r]
-        if xr > 32767:
-            xr -= 65536
-        if xr:
-            for c in range(cols):
-                w = m[k + c]
-                if w > 32767:
-                    w -= 65536
-                out[c] += w * xr
-        k += cols
+def frozen_layer(packed: ptr8, lp: ptr32, mult: ptr32, bias: ptr32, rb: ptr8, ro: int, e: int, acc: ptr32) -> int:
+    b31 = 1
+    b31 <<= 31
+    row_bytes = lp[0]
+    bits = lp[1]
+    n_out = lp[2]
+    n_in = lp[3]
+    xo = ro + lp[6]
+    yo = ro + lp[7]
+    wide = lp[8]
+    limit = lp[9]
+    shift = 0 if bits == 8 else (1 if bits == 4 else 2)
+    mask = (1 << bits) - 1
+    sign = 1 << (bits - 1)
+    lane = (1 << shift) - 1
+    top = 0
+    for r in range(n_out):
+        start = r * row_bytes
+        total = 0
+        for c in range(n_in):
+            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+            total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
+        acc[r] = total
+        if total < 0:
+            total = 0 - total
+        if total > top:
+            top = total
+    bits_top = 0
+    while top:
+        top >>= 1
+        bits_top += 1
+    exp = ((lp[4] ^ b31) - b31) + e
+    bias_exp = (lp[5] ^ b31) - b31
+    pre = bits_top - 15
+    if pre < exp - bias_exp:
+        pre = exp - bias_exp
+    if pre < 0:
+        pre = 0
+    exp -= pre
+    bias_shift = bias_exp - exp
+    half = (1 << (pre - 1)) if pre > 0 else 0
+    bias_half = (1 << (bias_shift - 1)) if 0 < bias_shift <= 30 else 0
+    top = 0
+    for r in range(n_out):
+        a = ((((acc[r] ^ b31) - b31) + half) >> pre) * ((mult[r] ^ b31) - b31)
+        if bias_shift <= 30:
+            a += (((bias[r] ^ b31) - b31) + bias_half) >> bias_shift
+        if a < 0 and not wide:
+            a = 0
+        acc[r] = a
+        if a < 0:
+            a = 0 - a
+        if a > top:
+            top = a
+    s = 0
+    t = top
+    while t > limit:
+        s += 1
+        t = (top + (1 << (s - 1))) >> s
+    half = (1 << (s - 1)) if s > 0 else 0
+    for r in range(n_out):
+        q = (((acc[r] ^ b31) - b31) + half) >> s
+        if q > limit:
+            q = limit
+        if q < 0 - limit:
+            q = 0 - limit
+        if wide:
+            rb[yo + 2 * r] = q
+            rb[yo + 2 * r + 1] = q >> 8
+        else:
+            rb[yo + r] = q
+    return exp - s
 
 
 @micropython.viper
-def mv(m: ptr16, rows: int, cols: int, x: ptr16, out: ptr32):
-    k = 0
-    for r in range(rows):
-        acc = 0
-        for c in range(cols):
-            w = m[k + c]
-            if w > 32767:
-                w -= 65536
-            xc = x[c]
-            if xc > 32767:
-                xc -= 65536
-            acc += w * xc
-        out[r] = acc
-        k += cols
-
-
-@micropython.viper
-def outer_update(m: ptr16, rows: int, cols: int, u: ptr16, v: ptr16, shift: int):
-    k = 0
-    for r in range(rows):
-        ur = u[r]
-        if ur > 32767:
-            ur -= 65536
-        if ur:
-            for c in range(cols):
-                vc = v[c]
-                if vc > 32767:
-                    vc -= 65536
-                d = ur * vc
-                if shift > 0:
-                    d = (d + (1 << (shift - 1))) >> shift
-                else:
-                    d = d << (0 - shift)
-                w = m[k + c]
-                if w > 32767:
-                    w -= 65536
-                w += d
-                if w > 32767:
-                    w = 32767
-                if w < -32767:
-                    w = -32767
-                m[k + c] = w
-        k += cols
-
-
-@micropython.viper
-def unpack8(src: ptr8, at: int, n: int, out: ptr16):
-    for k in range(n):
-        q = src[at + k]
-        if q > 127:
-            q -= 256
-        out[k] = q
-
-
-@micropython.viper
-def pack8(v: ptr16, n: int, dst: ptr8, at: int):
-    for k in range(n):
-        dst[at + k] = v[k] & 0xFF
-
-
-@micropython.viper
-def widen(src: ptr16, at: int, n: int, shift: int, dst: ptr32):
-    for k in range(n):
-        q = src[at + k]
-        if q > 32767:
-            q -= 65536
-        if shift > 30:
-            q = 0
-        elif shift > 0:
-            q = (q + (1 << (shift - 1))) >> shift
-        dst[k] = q
-
-
-@micropython.viper
-def add_rshift(src: ptr32, n: int, shift: int, dst: ptr32):
-    if shift <= 30:
-        for k in range(n):
-            q = src[k]
-            if shift > 0:
-                q = (q + (1 << (shift - 1))) >> shift
-            dst[k] += q
-
-
-@micropython.viper
-def softmax_exp(z: ptr32, n: int, zexp: int, coarse: ptr16, fine: ptr16, p: ptr32) -> int:
-    top = z[0]
-    for c in range(1, n):
-        if z[c] > top:
-            top = z[c]
+def step(rb: ptr8, ro: int, ex: ptr8, eo: int, w: ptr16, meta: ptr32, s: ptr32, label: int, train: int) -> int:
+    b31 = 1
+    b31 <<= 31
+    coarse = ptr16(EXP2_COARSE)
+    fine = ptr16(EXP2_FINE)
+    n_layers = meta[0]
+    r = meta[1]
+    nc = meta[2]
+    zo = ro + meta[3]
+    HE = n_layers * r
+    GH = HE + n_layers
+    Z = GH + r
+    P = Z + nc
+    G = P + nc
+    ez = (ex[eo + n_layers] ^ 0x80) - 0x80
+    low = ez
+    for i in range(n_layers):
+        m = 6 + 5 * i
+        n_in = meta[m]
+        xo = ro + meta[m + 1]
+        ao = meta[m + 2]
+        fa = meta[m + 4]
+        top = 0
+        for c in range(r):
+            acc = 0
+            k = ao + c
+            for j in range(n_in):
+                xj = (rb[xo + j] ^ 0x80) - 0x80
+                if xj:
+                    acc += ((w[k] ^ 0x8000) - 0x8000) * xj
+                k += r
+            s[i * r + c] = acc
+            if acc < 0:
+                acc = 0 - acc
+            if acc > top:
+                top = acc
+        sh = 0
+        t = top
+        while t > 2047:
+            sh += 1
+            t = (top + (1 << (sh - 1))) >> sh
+        half = (1 << (sh - 1)) if sh > 0 else 0
+        for c in range(r):
+            q = (((s[i * r + c] ^ b31) - b31) + half) >> sh
+            if q > 2047:
+                q = 2047
+            if q < -2047:
+                q = -2047
+            s[i * r + c] = q
+        he = fa + ((ex[eo + i] ^ 0x80) - 0x80) - sh
+        s[HE + i] = he
+        if 12 + he < low:
+            low = 12 + he
+    if low < -4 or low > 30:
+        return -1
+    sh = ez - low
+    half = (1 << (sh - 1)) if 0 < sh <= 30 else 0
+    for c in range(nc):
+        v = ((rb[zo + 2 * c] | (rb[zo + 2 * c + 1] << 8)) ^ 0x8000) - 0x8000
+        s[Z + c] = 0 if sh > 30 else (v + half) >> sh
+    for i in range(n_layers):
+        bo = meta[6 + 5 * i + 3]
+        sh = 12 + ((s[HE + i] ^ b31) - b31) - low
+        if sh <= 30:
+            half = (1 << (sh - 1)) if sh > 0 else 0
+            for c in range(nc):
+                acc = 0
+                k = bo + c
+                for j in range(r):
+                    acc += ((w[k] ^ 0x8000) - 0x8000) * ((s[i * r + j] ^ b31) - b31)
+                    k += nc
+                s[Z + c] = ((s[Z + c] ^ b31) - b31) + ((acc + half) >> sh)
+    if not train:
+        best = 0
+        top = (s[Z] ^ b31) - b31
+        for c in range(1, nc):
+            v = (s[Z + c] ^ b31) - b31
+            if v > top:
+                top = v
+                best = c
+        return best
+    top = (s[Z] ^ b31) - b31
+    for c in range(1, nc):
+        v = (s[Z + c] ^ b31) - b31
+        if v > top:
+            top = v
     total = 0
-    for c in range(n):
-        d = top - z[c]
-        if zexp >= 10:
-            if zexp > 10:
-                d = (d + (1 << (zexp - 11))) >> (zexp - 10)
-        elif d > (16384 >> (10 - zexp)):
+    for c in range(nc):
+        d = top - ((s[Z + c] ^ b31) - b31)
+        if low >= 10:
+            if low > 10:
+                d = (d + (1 << (low - 11))) >> (low - 10)
+        elif d > (16384 >> (10 - low)):
             d = 16384
         else:
-            d = d << (10 - zexp)
+            d = d << (10 - low)
         if d > 16384:
             d = 16384
         u = (d * 5909 + 2048) >> 12
         q = 0
         if u < 16384:
-            s = 15 + (u >> 10)
-            q = (coarse[(u >> 5) & 31] * fine[u & 31] + (1 << (s - 1))) >> s
-        p[c] = q
+            sq = 15 + (u >> 10)
+            q = (coarse[(u >> 5) & 31] * fine[u & 31] + (1 << (sq - 1))) >> sq
+        s[P + c] = q
         total += q
-    return total
-
-
-@micropython.viper
-def softmax_grad(p: ptr32, n: int, label: int, recip: int, lr_mult: int, out: ptr32):
-    for c in range(n):
-        g = 0 - ((p[c] * recip + 8192) >> 14)
+    recip = (1 << 29) // total
+    lr_mult = meta[4]
+    top = 0
+    for c in range(nc):
+        g = 0 - ((s[P + c] * recip + 8192) >> 14)
         if c == label:
             g += 32768
-        out[c] = g * lr_mult
+        g *= lr_mult
+        s[G + c] = g
+        if g < 0:
+            g = 0 - g
+        if g > top:
+            top = g
+    sh = 0
+    t = top
+    while t > 2047:
+        sh += 1
+        t = (top + (1 << (sh - 1))) >> sh
+    half = (1 << (sh - 1)) if sh > 0 else 0
+    for c in range(nc):
+        q = (((s[G + c] ^ b31) - b31) + half) >> sh
+        if q > 2047:
+            q = 2047
+        if q < -2047:
+            q = -2047
+        s[G + c] = q
+    eg = 15 + meta[5] - sh
+    for i in range(n_layers):
+        m = 6 + 5 * i
+        n_in = meta[m]
+        xo = ro + meta[m + 1]
+        ao = meta[m + 2]
+        bo = meta[m + 3]
+        fa = meta[m + 4]
+        he = (s[HE + i] ^ b31) - b31
+        top = 0
+        for j in range(r):
+            acc = 0
+            k = bo + j * nc
+            for c in range(nc):
+                acc += ((w[k + c] ^ 0x8000) - 0x8000) * ((s[G + c] ^ b31) - b31)
+            s[GH + j] = acc
+            if acc < 0:
+                acc = 0 - acc
+            if acc > top:
+                top = acc
+        sh = 0
+        t = top
+        while t > 2047:
+            sh += 1
+            t = (top + (1 << (sh - 1))) >> sh
+        half = (1 << (sh - 1)) if sh > 0 else 0
+        for j in range(r):
+            q = (((s[GH + j] ^ b31) - b31) + half) >> sh
+            if q > 2047:
+                q = 2047
+            if q < -2047:
+                q = -2047
+            s[GH + j] = q
+        egh = 12 + eg - sh
+        # the updates: |u v| < 2^22, so a shift of 24 or more rounds every step to 0; a left shift
+        # saturates before it could leave 32 bits (|d << k| > 65534 saturates w whatever w is)
+        sh = he + eg - 12
+        if sh < 24:
+            half = (1 << (sh - 1)) if sh > 0 else 0
+            lim = 65534 >> (0 - sh) if -16 < sh < 0 else 0
+            for j in range(r):
+                u = (s[i * r + j] ^ b31) - b31
+                if u:
+                    k = bo + j * nc
+                    for c in range(nc):
+                        d = u * ((s[G + c] ^ b31) - b31)
+                        if sh > 0:
+                            d = (d + half) >> sh
+                        elif sh < 0:
+                            if d > lim:
+                                d = 65534
+                            elif d < 0 - lim:
+                                d = -65534
+                            else:
+                                d = d << (0 - sh)
+                        v = ((w[k + c] ^ 0x8000) - 0x8000) + d
+                        if v > 32767:
+                            v = 32767
+                        if v < -32767:
+                            v = -32767
+                        w[k + c] = v
+        sh = ((ex[eo + i] ^ 0x80) - 0x80) + egh - fa
+        if sh < 24:
+            half = (1 << (sh - 1)) if sh > 0 else 0
+            lim = 65534 >> (0 - sh) if -16 < sh < 0 else 0
+            k = ao
+            for j in range(n_in):
+                u = (rb[xo + j] ^ 0x80) - 0x80
+                if u:
+                    for c in range(r):
+                        d = u * ((s[GH + c] ^ b31) - b31)
+                        if sh > 0:
+                            d = (d + half) >> sh
+                        elif sh < 0:
+                            if d > lim:
+                                d = 65534
+                            elif d < 0 - lim:
+                                d = -65534
+                            else:
+                                d = d << (0 - sh)
+                        v = ((w[k + c] ^ 0x8000) - 0x8000) + d
+                        if v > 32767:
+                            v = 32767
+                        if v < -32767:
+                            v = -32767
+                        w[k + c] = v
+                k += r
+    return total

@@ -1,37 +1,32 @@
 # Skip2-LoRA in integers: the board's fast path. A plain-MicroPython float is a heap object and an
-# RP2040 has no FPU, while viper integer loops run ~50x faster (DESIGN.md), so a training step is
-# integer kernel calls (ikernels.py) from the skip-cache to the adapters' update, softmax included;
-# floats appear only per sample as it arrives (its exponent), per layer at set-up, and in the loss.
+# RP2040 has no FPU, while viper integer loops run ~50x faster (DESIGN.md), so fine-tuning is a few
+# large integer kernels (ikernels.py): a sample arrives in one call, a frozen layer is one call,
+# and a training step from the skip-cache is one call; floats appear only per sample as it arrives
+# from floats, per layer at set-up, and in the loss (one log a step).
 #
 # Number formats (block floating point with power-of-two exponents: value = q * 2^-e):
 #   samples, cached layer inputs   int8 range (|q| <= 127), one exponent per vector
 #   adapter activations h, gradients  int12 range (|q| <= 2047), one exponent per vector
 #   frozen logits (cached)         int12 range, one exponent
-#   adapters A, B                  int16, fixed exponents FA, FB per tensor
+#   adapters A, B                  int16, fixed exponents fa_i (A) and FB (B) per tensor
 #   logits for the softmax         int32, summed at the coarsest exponent of their parts
 #   softmax                        Q15 (exp by table), its gradient times lr (an int16 multiplier)
-# Rounding is to nearest (half up); weights saturate at +-32767. The ranges keep every kernel sum
-# inside int32 (see ikernels.py).
+# Each fine-tune sample has one row (introws.py): its layer inputs and its frozen logits, i.e. the
+# sample and its skip-cache entry, written once, read by every later epoch.
 import math
+import struct
 from array import array
 
 from s2l import clock
 from s2l import ikernels as I
-from s2l.tuner import Tuner, TunerError
+from s2l.introws import Rows
+from s2l.rng import XorShift32
+from s2l.tuning import SPILL_PATH, TunerError, check_label, evaluate
 
-INT8 = 127
-INT12 = 2047
-FB = 12  # B starts at zero and stays within +-8: 1/4096 resolution
-
-
-def _quantize(x, limit, out):
-    """out = x * 2^e rounded, with the largest e such that max|x| * 2^e <= limit; returns e."""
-    e = _exponent(x, limit)
-    scale = 2.0 ** e
-    for k in range(len(x)):
-        q = int(math.floor(x[k] * scale + 0.5))
-        out[k] = limit if q > limit else (-limit if q < -limit else q)
-    return e
+RESERVE = 16 * 1024  # heap a plan leaves free for serving: frames, replies, a step's few objects
+# |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
+# differences of logits (and their rounding) stay inside int32
+MAX_LAYERS_X_RANK = 16
 
 
 def _exponent(values, limit, zero=0):
@@ -43,238 +38,292 @@ def _exponent(values, limit, zero=0):
     return zero if top == 0.0 else int(math.floor(math.log(limit / top) / math.log(2)))
 
 
-def _signed8(b):
-    return b - 256 if b > 127 else b
+class Adapter:
+    """Views of one layer's A (n_in x rank) and B (rank x n_classes) in the tuner's int16 array."""
+
+    def __init__(self, w, at, n_in, rank, n_classes):
+        self.n_in, self.rank = n_in, rank
+        view = memoryview(w)
+        self.qa = view[at:at + n_in * rank]
+        self.qb = view[at + n_in * rank:at + n_in * rank + rank * n_classes]
 
 
-class IntRows:
-    """Rows of int8-range vectors, each with its exponent, and optionally one int16 vector (the
-    frozen logits) with its exponent: values in one bytearray, exponents in another, the int16
-    vectors in an array('h'), each growing by whole rows."""
+class IntSkip2Tuner:
+    """Skip2-LoRA with the float Tuner's initialisation and sample order (the same adapters,
+    rounded to int16), computed in integers. Batch 1: each step updates the adapters."""
+    method, family, path, cache_mode, fused = "skip2-lora", "skip2", "int", "int8", True
 
-    def __init__(self, widths, wide=0):
-        self.widths, self.wide = widths, wide
-        self.stride = sum(widths)
-        self.n_exps = len(widths) + (1 if wide else 0)
-        self.vals, self.exps, self.wides = bytearray(), bytearray(), array("h")
-        self.n = 0
-
-    def reserve(self, rows):
-        # MemoryError here, before a row is half-written; a partial reserve is only spare room
-        for buf, width in ((self.vals, self.stride), (self.exps, self.n_exps)):
-            need = rows * width - len(buf)
-            if need > 0:
-                buf.extend(bytes(need))
-        need = rows * self.wide - len(self.wides)
-        if need > 0:
-            self.wides.extend(array("h", bytearray(2 * need)))
-
-    def append(self, vectors, exps, first, wide=None, wide_exp=0):
-        """Store vectors[j] (exponent exps[first + j]) and the wide vector; returns the row."""
-        self.reserve(self.n + 1)
-        at, e = self.n * self.stride, self.n * self.n_exps
-        for j in range(len(vectors)):
-            I.pack8(vectors[j], self.widths[j], self.vals, at)
-            self.exps[e + j] = exps[first + j] & 0xFF
-            at += self.widths[j]
-        if self.wide:
-            self.exps[e + len(vectors)] = wide_exp & 0xFF
-            for k in range(self.wide):
-                self.wides[self.n * self.wide + k] = wide[k]
-        self.n += 1
-        return self.n - 1
-
-    def get(self, row, vectors, exps, first):
-        """Decode a row's vectors into int16 arrays, their exponents into exps[first:]; returns
-        the wide vector's exponent (0 if none); the wide vector stays at self.wides[row * wide:]."""
-        at, e = row * self.stride, row * self.n_exps
-        for j in range(len(vectors)):
-            I.unpack8(self.vals, at, self.widths[j], vectors[j])
-            exps[first + j] = _signed8(self.exps[e + j])
-            at += self.widths[j]
-        return _signed8(self.exps[e + len(vectors)]) if self.wide else 0
-
-    @property
-    def bytes(self):
-        return self.n * (self.stride + self.n_exps + 2 * self.wide)
-
-
-class IntSkipCache:
-    def __init__(self, dims):
-        self.rows = IntRows(list(dims[1:-1]), dims[-1])
-        self.row_of = array("h")
-        self.hits = 0
-        self.spilled_bytes = 0
-
-    def reserve(self, n_samples):
-        self.rows.reserve(n_samples)
-        while len(self.row_of) < n_samples:
-            self.row_of.append(-1)
-
-    @property
-    def bytes(self):
-        return self.rows.bytes
-
-    def __len__(self):
-        return self.rows.n
-
-    def close(self):
-        pass  # all in RAM: no spill file to close
-
-
-class IntSkip2Tuner(Tuner):
-    """Skip2-LoRA with the float Tuner's interface, initialisation and sample order (the same
-    adapters, rounded to int16), computed in integers. Batch 1: each step updates the adapters."""
-
-    def __init__(self, model, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None, **storage):
-        # samples and cache are int8 on this path: a float cache mode or budget does not apply
+    def __init__(self, model, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None,
+                 spill_path=SPILL_PATH):
+        # samples and cache are int8 on this path: a float cache mode does not apply
+        dims, n = model.dims, model.n_layers
+        for name, value, top in (("rank", rank, MAX_LAYERS_X_RANK // n), ("epochs", epochs, None)):
+            if value < 1 or (top is not None and value > top):
+                raise TunerError("%s must be 1..%s on the integer path, got %r" % (name, top or "", value))
         if batch != 1:
             raise TunerError("the integer path trains with batch 1 (got %d)" % batch)
-        Tuner.__init__(self, model, "skip2-lora", rank, lr, epochs, 1, seed, cache_mode="float")
-        self.path = "int"
-        dims, n = model.dims, model.n_layers
-        self.cache_mode = "int8"
-        self.cache = IntSkipCache(dims)
-        self.samples = IntRows([dims[0]])
-        # frozen layers: per-channel scales as integer multipliers M = round(scale * 2^K), |M| <= 2^14,
-        # and biases as int32 at exponent KB, |bias| <= 2^29
-        self.mult, self.mult_exp, self.bias_q, self.bias_exp = [], [], [], []
+        if max(dims[:-1]) > 512 or dims[-1] > 32:
+            raise TunerError("the integer path takes layers of up to 512 inputs and 32 classes")
+        self.model, self.rank, self.lr, self.epochs, self.batch = model, rank, lr, epochs, 1
+        self.n_classes = nc = dims[-1]
+        self.rng = XorShift32(seed)
+        # the row of a sample: x_0 .. x_{n-1} int8, then z0 int16; exponents beside it
+        self.x_at = [sum(dims[:i]) for i in range(n)]
+        self.z_at = sum(dims[:-1])
+        self.rows = Rows(self.z_at + 2 * nc, spill_path)
+        self.n_exps = n + 1
+        self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
+        self.n_planned = None  # samples allocated for up front by plan()
+        self.hits = 0
+        # frozen layers: per-channel scales as integer multipliers round(scale * 2^K), |M| <= 2^14,
+        # biases as int32 at exponent KB, |bias| <= 2^29; the rest of a layer's parameters in lp
+        self.layers = []
         for i in range(n):
             k = _exponent(model.scales[i], 16384.0)
-            self.mult.append(array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]))
-            self.mult_exp.append(k)
             kb = _exponent(model.bias[i], 2.0 ** 29, zero=64)  # zero biases never limit the exponent
-            self.bias_q.append(array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]]))
-            self.bias_exp.append(kb)
-        # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
-        self.lr_exp = _exponent([lr], 16383.0)
-        self.lr_mult = int(math.floor(lr * 2 ** self.lr_exp + 0.5))
-        # adapters: A from the float init at FA (its bound uses a quarter of int16), B zero at FB
-        self.fa = []
-        for ad in self.adapters:
-            bound = math.sqrt(6.0 / ad.n_in)
-            fa = int(math.floor(math.log(8191.0 / bound) / math.log(2)))
-            qa = array("h", [0] * len(ad.a))
-            for k in range(len(ad.a)):
-                qa[k] = int(math.floor(ad.a[k] * 2 ** fa + 0.5))
-            ad.qa, ad.qb = qa, array("h", [0] * len(ad.b))
-            ad.hq, ad.hacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
-            ad.ghq, ad.ghacc = array("h", [0] * ad.rank), array("i", [0] * ad.rank)
-            ad.zacc = array("i", [0] * dims[-1])
-            self.fa.append(fa)
-        nc = dims[-1]
+            last = i == n - 1
+            lp = array("i", [model.row_bytes[i], model.bits[i], dims[i + 1], dims[i], k, kb, self.x_at[i],
+                             self.z_at if last else self.x_at[i + 1], 1 if last else 0, I.INT12 if last else I.INT8])
+            self.layers.append((lp, array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]),
+                                array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]])))
         self.acc = array("i", [0] * max(dims))
-        self.xs = [array("h", [0] * d) for d in dims[:-1]]  # a sample's layer inputs
-        self.input, self.hidden = self.xs[:1], self.xs[1:]  # what the samples and the cache hold
-        self.exps = array("b", [0] * n)
-        self.z0 = array("h", [0] * nc)
-        self.zsum, self.p, self.gacc = array("i", [0] * nc), array("i", [0] * nc), array("i", [0] * nc)
-        self.gq = array("h", [0] * nc)
+        # adapters in one int16 array, A from the float path's init (uniform +-sqrt(6 / n_in), the
+        # same PRNG draws) at an exponent whose bound uses a quarter of int16, B zero
+        self.w = array("h", [0] * sum(dims[i] * rank + rank * nc for i in range(n)))
+        self.adapters, self.fa = [], []
+        meta = [n, rank, nc, self.z_at, 0, 0]
+        at = 0
+        for i in range(n):
+            bound = math.sqrt(6.0 / dims[i])
+            fa = int(math.floor(math.log(8191.0 / bound) / math.log(2)))
+            for k in range(dims[i] * rank):
+                self.w[at + k] = int(math.floor(self.rng.uniform(-bound, bound) * 2 ** fa + 0.5))
+            self.adapters.append(Adapter(self.w, at, dims[i], rank, nc))
+            self.fa.append(fa)
+            meta += [dims[i], self.x_at[i], at, at + dims[i] * rank, fa]
+            at += dims[i] * rank + rank * nc
+        # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
+        meta[5] = _exponent([lr], 16383.0)
+        meta[4] = int(math.floor(lr * 2 ** meta[5] + 0.5))
+        self.meta = array("i", meta)
+        self.scratch = array("i", [0] * I.scratch_size(n, rank, nc))
+        self.probe = bytearray(self.rows.stride)  # a sample being predicted
+        self.probe_exps = array("b", [0] * self.n_exps)
+        self.macs = {"frozen_forward": 0, "adapter_forward": 0, "backward": 0, "update": 0}
+        self.us = {"frozen_forward": 0, "step": 0, "cache": 0}
         # MACs per step, counted once: the adapter forward and backward do the same work each step
-        self.macs_forward = sum(ad.n_in * ad.rank + ad.rank * nc for ad in self.adapters)
-        self.macs_backward = sum(ad.n_in * ad.rank + 2 * ad.rank * nc for ad in self.adapters)
+        self.macs_forward = sum(d * rank + rank * nc for d in dims[:-1])
+        self.macs_backward = sum(d * rank + 2 * rank * nc for d in dims[:-1])
+        self.losses = []
+        self.kernel_calls = 0
+        self.kernels = I.FLAVOUR
+        self.peak_alloc = clock.mem_alloc()
 
-    # -- samples: int8 with an exponent, as the cache holds them --------------------------------------
-    def add_sample(self, x, label):
-        self.check_sample(x, label)
-        q = array("h", [0] * len(x))
-        e = _quantize(x, INT8, q)
+    # -- memory ----------------------------------------------------------------------------------
+    @property
+    def row_bytes(self):
+        """Bytes a fine-tune sample costs: its row, its exponents, label and cached flag."""
+        return self.rows.stride + self.n_exps + 2
+
+    def plan(self, n, free, flash_free=None):
+        """Allocate for n fine-tune samples now: rows in RAM while `free` heap bytes (less a
+        reserve for serving) allow, the rest on flash. Returns the plan; TunerError, with the
+        number that would fit, when even flash cannot hold them."""
+        if len(self.rows):
+            raise TunerError("plan before the first sample")
+        small = n * (self.n_exps + 2)
+        ram = max(0, min(n, (free - RESERVE - small - self.rows.stride) // self.rows.stride))
+        ram -= ram % self.rows.per_chunk if ram < n else 0  # whole chunks when some rows spill
+        spilled = n - ram
+        if spilled and (self.rows.spill_path is None or flash_free is None
+                        or spilled * self.rows.stride > flash_free):
+            fits = ram + (0 if flash_free is None or self.rows.spill_path is None
+                          else flash_free // self.rows.stride)
+            raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of heap free, "
+                             "%s bytes of flash; at most %d fit" % (
+                                 n, self.row_bytes, free, flash_free, max(0, min(n, fits))))
         try:
-            self.samples.append([q], [e], 0)
+            self.rows.reserve(ram)
+            self.exps = array("b", bytes(n * self.n_exps))
+            self.labels, self.cached = bytearray(n), bytearray(n)
         except MemoryError:
-            raise TunerError("out of memory storing sample %d" % len(self.labels))
-        self.labels.append(label)
+            self.rows.chunks = []
+            self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
+            raise TunerError("no memory for %d samples in RAM (%d bytes free)" % (ram, free))
+        self.n_planned = n
+        return {"samples": n, "ram_rows": ram, "spilled_rows": spilled, "row_bytes": self.row_bytes,
+                "ram_bytes": ram * self.rows.stride + small}
 
-    # -- the frozen network in integers --------------------------------------------------------------
-    def _frozen_layer(self, i, x, e, out, limit, relu):
-        """out (int `limit` range) = layer i of x (exponent e); returns out's exponent."""
-        model, acc = self.model, self.acc
-        n_in, n_out = model.dims[i], model.dims[i + 1]
-        I.mv_packed(model.packed(i), model.row_bytes[i], model.bits[i], n_out, n_in, x, acc)
-        self.macs["frozen_forward"] += n_in * n_out
-        # acc * M at exponent K + e - pre: |acc >> pre| <= 2^15 keeps the product under 2^29, and
-        # pre also keeps that exponent at or below the bias's, so the bias only shifts right
-        exp = self.mult_exp[i] + e
-        pre = max(0, I.top_bits(acc, n_out) - 15, exp - self.bias_exp[i])
-        exp -= pre
-        I.scale_bias(acc, n_out, pre, self.mult[i], self.bias_q[i], self.bias_exp[i] - exp)
-        return exp - I.fit(acc, n_out, limit, relu, out)
+    # -- samples: int8 rows with an exponent, as the skip-cache holds them ------------------------
+    def check_sample(self, x, label):
+        n_in = self.model.dims[0]
+        if len(x) != n_in:
+            raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
+        for v in x:
+            if v != v or v in (float("inf"), float("-inf")):
+                raise TunerError("sample has a non-finite feature (%r)" % v)
+        check_label(label, self.n_classes)
 
-    def _frozen_forward(self):
-        """From self.xs[0] / self.exps[0], fill the other layer inputs and self.z0; returns z0's exponent."""
-        n = self.model.n_layers
-        e = self.exps[0]
-        for i in range(n - 1):
-            e = self._frozen_layer(i, self.xs[i], e, self.xs[i + 1], INT8, True)
-            self.exps[i + 1] = e
-        return self._frozen_layer(n - 1, self.xs[n - 1], e, self.z0, INT12, False)
+    def check_int8(self, src, at, label):
+        """An int8 sample in the wire's layout (f32 scale, then the values) and its label."""
+        if (struct.unpack_from("<I", src, at)[0] >> 23) & 0xFF == 0xFF:
+            raise TunerError("sample has a non-finite scale")
+        check_label(label, self.n_classes)
 
-    def _inputs(self, index):
-        """Layer inputs of sample `index` into self.xs, from the skip-cache after epoch 1; returns
-        the frozen logits as (exponent, int16 array, offset)."""
-        self.samples.get(index, self.input, self.exps, 0)
-        cache = self.cache
-        row = cache.row_of[index]
-        t0 = clock.ticks_us()
-        if row >= 0:
-            cache.hits += 1
-            ez = cache.rows.get(row, self.hidden, self.exps, 1)
-            self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t0)
-            return ez, cache.rows.wides, row * cache.rows.wide
-        ez = self._frozen_forward()
-        t1 = clock.ticks_us()
-        self.us["frozen_forward"] += clock.ticks_diff(t1, t0)
-        cache.row_of[index] = cache.rows.append(self.hidden, self.exps, 1, self.z0, ez)
-        self.us["cache"] += clock.ticks_diff(clock.ticks_us(), t1)
-        return ez, self.z0, 0
+    @staticmethod
+    def _q8(x, out, at):
+        # out[at + k] = round(x[k] * 2^e) as int8 with the largest e keeping |q| <= 127
+        e = _exponent(x, 127.0)
+        scale = 2.0 ** e
+        for k in range(len(x)):
+            q = int(math.floor(x[k] * scale + 0.5))
+            out[at + k] = (127 if q > 127 else (-127 if q < -127 else q)) & 0xFF
+        return e
 
-    # -- adapters ----------------------------------------------------------------------------------
-    def _adapters_forward(self, ez, z0, at):
-        """self.zsum = the frozen logits (z0[at:], exponent ez) plus every adapter's, summed in
-        integers at the coarsest of their exponents, which is returned."""
-        nc = self.n_classes
-        low = ez
-        for i in range(len(self.adapters)):
-            ad = self.adapters[i]
-            I.mtv(ad.qa, ad.n_in, ad.rank, self.xs[i], ad.hacc)
-            ad.he = self.fa[i] + self.exps[i] - I.fit(ad.hacc, ad.rank, INT12, 0, ad.hq)
-            I.mtv(ad.qb, ad.rank, nc, ad.hq, ad.zacc)
-            if FB + ad.he < low:
-                low = FB + ad.he
-        if not -4 <= low <= 30:  # the softmax kernel's range: logits within about +-2^20 and not all ~0
-            raise TunerError("logits out of the integer path's range (exponent %d)" % low)
-        I.widen(z0, at, nc, ez - low, self.zsum)
-        for ad in self.adapters:
-            I.add_rshift(ad.zacc, nc, FB + ad.he - low, self.zsum)
-        self.macs["adapter_forward"] += self.macs_forward
-        return low
+    def _ingest(self, buf, at, src, src_at):
+        # an int8 sample in the wire's layout, f32 scale then values: scale = mant * 2^(E - 150),
+        # mant 24 bits, taken to 16 bits so that q * mant stays within 2^23; ingest8 picks the shift
+        scale = struct.unpack_from("<I", src, src_at)[0]
+        mant = ((scale & 0x7FFFFF) | 0x800000) if scale & 0x7F800000 else 0
+        exp16 = ((scale >> 23) & 0xFF) - 142
+        mant = (mant + 128) >> 8
+        if mant == 65536:
+            mant, exp16 = 32768, exp16 + 1
+        shift = I.ingest8(src, src_at + 4, self.model.dims[0], -mant if scale & 0x80000000 else mant, buf, at)
+        return -(shift + exp16) if mant else 0
 
-    def _step_skip(self, index, scale):
-        # scale is -lr (batch 1, fused): applied here as the integer lr_mult
-        ez, z0, at = self._inputs(index)
-        t0 = clock.ticks_us()
-        low = self._adapters_forward(ez, z0, at)
-        t1 = clock.ticks_us()
-        self.us["adapter_forward"] += clock.ticks_diff(t1, t0)
-        nc, label = self.n_classes, self.labels[index]
-        total = I.softmax_exp(self.zsum, nc, low, I.EXP2_COARSE, I.EXP2_FINE, self.p)
-        I.softmax_grad(self.p, nc, label, (1 << 29) // total, self.lr_mult, self.gacc)
-        eg = 15 + self.lr_exp - I.fit(self.gacc, nc, INT12, 0, self.gq)  # gq: the step on the logits
-        for i in range(len(self.adapters)):
-            ad = self.adapters[i]
-            # gh = B g with B before its update; then B += h g^T, A += x gh^T, in B's and A's units
-            I.mv(ad.qb, ad.rank, nc, self.gq, ad.ghacc)
-            egh = FB + eg - I.fit(ad.ghacc, ad.rank, INT12, 0, ad.ghq)
-            I.outer_update(ad.qb, ad.rank, nc, ad.hq, self.gq, ad.he + eg - FB)
-            I.outer_update(ad.qa, ad.n_in, ad.rank, self.xs[i], ad.ghq, self.exps[i] + egh - self.fa[i])
-        self.macs["backward"] += self.macs_backward
-        self.us["backward"] += clock.ticks_diff(clock.ticks_us(), t1)
-        # the cross-entropy, -log(p[label] / total); a label whose p rounds to 0 counts as 1/32767
-        return math.log(total / max(self.p[label], 1))
+    def _add(self, label, fill):
+        # fill(buf, at) writes the sample's int8 values into its new row and returns their exponent
+        k = len(self.rows)
+        if self.n_planned is not None and k >= self.n_planned:
+            raise TunerError("more fine-tune samples than the %d planned" % self.n_planned)
+        try:
+            buf, at = self.rows.append()
+        except MemoryError:
+            raise TunerError("out of memory storing sample %d" % k)
+        try:
+            e = fill(buf, at)
+            if not -128 <= e <= 127:
+                raise TunerError("sample %d is out of the integer path's range (exponent %d)" % (k, e))
+            self.rows.stored(k)
+        except Exception:
+            self.rows.drop_last()
+            raise
+        eo = k * self.n_exps
+        if self.n_planned is None:  # unplanned: the small arrays grow with the samples
+            self.exps.extend(array("b", bytes(self.n_exps)))
+            self.labels.append(0)
+            self.cached.append(0)
+        self.labels[k], self.cached[k], self.exps[eo] = label, 0, e
 
-    def logits(self, x):
-        self.exps[0] = _quantize(x, INT8, self.xs[0])
-        ez = self._frozen_forward()
-        low = self._adapters_forward(ez, self.z0, 0)
-        scale = 2.0 ** -low
-        return [self.zsum[c] * scale for c in range(self.n_classes)]
+    def add_sample(self, x, label):
+        """A float sample (the host's scripts, float32 on the wire)."""
+        self.check_sample(x, label)
+        self._add(label, lambda buf, at: self._q8(x, buf, at))
+
+    def add_int8(self, src, at, label):
+        """An int8 sample as the wire carries it at src[at:]: a f32 scale, then the int8 values."""
+        self.check_int8(src, at, label)
+        self._add(label, lambda buf, row_at: self._ingest(buf, row_at, src, at))
+
+    @property
+    def n_samples(self):
+        return len(self.rows)
+
+    # -- training --------------------------------------------------------------------------------
+    def _frozen_forward(self, buf, at, exps, eo):
+        """Fill the row's layer inputs 1..n-1 and frozen logits from its x_0, and their exponents."""
+        e = exps[eo]
+        for i in range(len(self.layers)):
+            lp, mult, bias = self.layers[i]
+            e = I.frozen_layer(self.model.packed(i), lp, mult, bias, buf, at, e, self.acc)
+            if not -128 <= e <= 127:
+                raise TunerError("layer %d's outputs are out of the integer path's range" % i)
+            exps[eo + i + 1] = e
+            self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
+        self.kernel_calls += len(self.layers)
+
+    def train_epoch(self):
+        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss.
+        The first visit of a sample runs the frozen layers into its row; later ones only step."""
+        n = len(self.rows)
+        if not n:
+            raise TunerError("no fine-tune samples stored")
+        order = list(range(n))  # n small ints: the one allocation an epoch makes besides the loss
+        self.rng.shuffle(order)
+        total = 0.0
+        p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
+        us = self.us
+        for index in order:
+            t0 = clock.ticks_us()
+            buf, at = self.rows.row(index)
+            eo = index * self.n_exps
+            t1 = clock.ticks_us()
+            us["cache"] += clock.ticks_diff(t1, t0)
+            if not self.cached[index]:
+                self._frozen_forward(buf, at, self.exps, eo)
+                self.rows.stored(index)
+                self.cached[index] = 1
+                t0 = t1
+                t1 = clock.ticks_us()
+                us["frozen_forward"] += clock.ticks_diff(t1, t0)
+            else:
+                self.hits += 1
+            label = self.labels[index]
+            s = I.step(buf, at, self.exps, eo, self.w, self.meta, self.scratch, label, 1)
+            us["step"] += clock.ticks_diff(clock.ticks_us(), t1)
+            if s < 0:
+                raise TunerError("logits out of the integer path's range")
+            # the cross-entropy, -log(p[label] / sum p); a label whose p rounds to 0 counts as 1/32767
+            total += math.log(s / max(self.scratch[p_at + label], 1))
+        self.kernel_calls += n
+        self.macs["adapter_forward"] += n * self.macs_forward
+        self.macs["backward"] += n * self.macs_backward
+        self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
+        loss = total / n
+        self.losses.append(loss)
+        return loss
+
+    def train(self, on_epoch=None):
+        for epoch in range(self.epochs):
+            loss = self.train_epoch()
+            if on_epoch:
+                on_epoch(epoch, loss)
+        return self.losses
+
+    # -- prediction --------------------------------------------------------------------------------
+    def _predict_probe(self):
+        self._frozen_forward(self.probe, 0, self.probe_exps, 0)
+        self.kernel_calls += 1
+        return I.step(self.probe, 0, self.probe_exps, 0, self.w, self.meta, self.scratch, 0, 0)
+
+    def predict(self, x):
+        self.check_sample(x, 0)
+        self.probe_exps[0] = self._q8(x, self.probe, 0)
+        return self._predict_probe()
+
+    def predict_int8(self, src, at):
+        self.probe_exps[0] = self._ingest(self.probe, 0, src, at)
+        return self._predict_probe()
+
+    def evaluate(self, samples, labels):
+        macs = dict(self.macs)  # evaluation is not fine-tuning: leave the counters as they were
+        result = evaluate(self.predict, samples, labels, self.n_classes)
+        self.macs = macs
+        return result
+
+    # -- what the protocol reports -------------------------------------------------------------------
+    @property
+    def cache(self):
+        return self  # the rows are the skip-cache: hits, bytes and spilled bytes are the tuner's
+
+    @property
+    def bytes(self):
+        return sum(self.cached) * (self.rows.stride - self.model.dims[0] + self.n_exps - 1)
+
+    @property
+    def spilled_bytes(self):
+        return self.rows.spilled_rows * self.rows.stride
+
+    def close(self):
+        self.rows.close()

@@ -9,17 +9,18 @@ import json
 import os
 import struct
 import sys
+from array import array
 
-from s2l import VERSION, adapterfile, clock, kernels
+from s2l import VERSION, adapterfile, clock
 from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.rowstore import RowStore
-from s2l.tuner import TunerError, new_tuner
+from s2l.tuning import SPILL_PATH, TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
-CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path")
+# "samples": how many fine-tune samples will follow, so that the board allocates for them up front
+CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path", "samples")
 
 
 class ProtocolError(Exception):
@@ -36,6 +37,35 @@ def _json(payload):
     if not isinstance(value, dict):
         raise ProtocolError(F.E_PAYLOAD, "payload must be a JSON object")
     return value
+
+
+def largest_free_block(limit):
+    """The largest bytearray the heap can give now (up to `limit`), found by trying: MicroPython
+    has no call that tells, and what fragmentation leaves decides which buffers can exist."""
+    low, high = 0, limit
+    while low < high:
+        size = (low + high + 1) // 2
+        try:
+            block = bytearray(size)
+            del block
+            low = size
+        except MemoryError:
+            high = size - 1
+    gc.collect()
+    return low
+
+
+def free_heap():
+    gc.collect()
+    return gc.mem_free() if hasattr(gc, "mem_free") else None
+
+
+def flash_free(path):
+    try:
+        st = os.statvfs(path)
+        return st[0] * st[4]  # block size x blocks free
+    except (AttributeError, OSError):
+        return None
 
 
 def write_atomic(path, data):
@@ -58,9 +88,9 @@ class Core:
         self.tuner = None
         self.config = None
         self.upload = None  # (buffer, expected CRC) during a model upload
-        self.test = None
-        self.test_labels = bytearray()
+        self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
         self.epochs_left = 0
+        self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
         self.last = None  # (seq, type, payload, reply) of the last request: a retry gets the reply again
         self.handlers = {
             F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
@@ -85,9 +115,15 @@ class Core:
             return f.read()
 
     # -- bytes in, bytes out -----------------------------------------------------------------------
-    def feed(self, data):
+    def wanted(self):
+        """Bytes the frame in progress still needs: a reader may block for this many."""
+        return self.decoder.wanted()
+
+    def feed(self, data, n=None):
+        """Reply bytes for data[:n] (all of data by default)."""
+        t0 = clock.ticks_us()
         out = bytearray()
-        for event in self.decoder.feed(data):
+        for event in self.decoder.feed(data, n):
             if event[0] == "error":
                 out += F.encode(F.ERROR, event[3], F.error_payload(event[1], event[2]))
                 continue
@@ -98,6 +134,8 @@ class Core:
             reply = self._handle(ftype, seq, payload)
             self.last = (seq, ftype, payload, reply)
             out += reply
+        self.rx_bytes += len(data) if n is None else n
+        self.rx_us += clock.ticks_diff(clock.ticks_us(), t0)
         return bytes(out)
 
     def _handle(self, ftype, seq, payload):
@@ -146,9 +184,10 @@ class Core:
         model = None
         if self.model is not None:
             model = {"dims": self.model.dims, "bits": self.model.bits}
-        free = gc.mem_free() if hasattr(gc, "mem_free") else None
+        free = free_heap()
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
-                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD, "kernels": kernels.FLAVOUR}
+                "free_heap": free, "largest_free": largest_free_block(free or 1 << 20) if free else None,
+                "flash_free": flash_free(self.dir), "model": model, "max_payload": F.MAX_PAYLOAD}
 
     def model_begin(self, payload):
         args = _json(payload)
@@ -179,10 +218,10 @@ class Core:
         self.upload = None
         if binascii.crc32(buf) & 0xFFFFFFFF != crc:
             raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
-        model = Model(bytes(buf))  # validate before anything is replaced
+        model = Model(buf)  # validate before anything is replaced (the buffer becomes the model's)
         write_atomic(self._path(MODEL_FILE), buf)
-        self.model, self.tuner, self.config = model, None, None
-        self._drop_samples()
+        self._drop_tuner()
+        self.model = model
         return {"dims": model.dims, "bits": model.bits}
 
     def configure(self, payload):
@@ -192,16 +231,31 @@ class Core:
         unknown = [k for k in args if k not in CONFIG_KEYS]
         if unknown:
             raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
-        self.tuner = None  # free the old tuner's memory before the new one takes its own
-        gc.collect()
-        self.tuner = new_tuner(self.model, **args)
+        planned = args.pop("samples", None)
+        if planned is not None and (not isinstance(planned, int) or isinstance(planned, bool) or planned < 1):
+            raise ProtocolError(F.E_PAYLOAD, "samples must be a positive int")
+        self._drop_tuner()  # free the old tuner's memory before the new one takes its own
+        self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
         self.config = args
+        reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
+        if planned is not None:
+            try:
+                reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir))
+            except TunerError:
+                self._drop_tuner()
+                raise
+        reply["free_heap"] = free_heap()
+        return reply
+
+    def _drop_tuner(self):
+        if self.tuner is not None:
+            self.tuner.cache and self.tuner.cache.close()
+        self.tuner, self.config = None, None
         self._drop_samples()
-        return {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
+        gc.collect()
 
     def _drop_samples(self):
-        self.test = None
-        self.test_labels = bytearray()
+        self.confusion = None
 
     def samples(self, payload):
         if self.tuner is None:
@@ -215,58 +269,75 @@ class Core:
         if len(payload) != F.SAMPLES_HEADER_SIZE + count * size:
             raise ProtocolError(F.E_PAYLOAD, "%d samples of %d features need %d bytes, got %d" % (
                 count, n, F.SAMPLES_HEADER_SIZE + count * size, len(payload)))
-        batch = [self._decode_sample(payload, F.SAMPLES_HEADER_SIZE + k * size, encoding, n) for k in range(count)]
-        for x, label in batch:  # all or nothing: check every sample before storing one
-            self.tuner.check_sample(x, label)
+        if n != self.model.dims[0]:
+            raise TunerError("samples have %d features, the model takes %d" % (n, self.model.dims[0]))
+        tuner, starts = self.tuner, range(F.SAMPLES_HEADER_SIZE, len(payload), size)
+        # int8 samples go to the tuner as they are on the wire (label, f32 scale, values)
+        floats = encoding == F.ENC_FLOAT32
+        for at in starts:  # all or nothing: check every sample before storing or scoring one
+            if floats:
+                tuner.check_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
+            else:
+                tuner.check_int8(payload, at + 1, payload[at])
         if kind == F.KIND_FINETUNE:
-            for x, label in batch:
-                self.tuner.add_sample(x, label)
-            stored = len(self.tuner.labels)
-        else:
-            if self.test is None:  # held as compactly as the tuner holds its own samples
-                self.test = RowStore([self.model.dims[0]], "float" if self.tuner.cache_mode == "float" else "compact")
-            for x, label in batch:
-                self.test.append([x])
-                self.test_labels.append(label)
-            stored = len(self.test_labels)
-        return {"kind": kind, "stored": stored}
-
-    @staticmethod
-    def _decode_sample(payload, at, encoding, n):
-        label = payload[at]
-        if encoding == F.ENC_FLOAT32:
-            return struct.unpack_from("<%df" % n, payload, at + 1), label
-        scale = struct.unpack_from("<f", payload, at + 1)[0]
-        x = [0.0] * n
-        for k in range(n):
-            q = payload[at + 5 + k]
-            x[k] = (q - 256 if q > 127 else q) * scale
-        return x, label
+            for at in starts:
+                if floats:
+                    tuner.add_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
+                else:
+                    tuner.add_int8(payload, at + 1, payload[at])
+            return {"kind": kind, "stored": tuner.n_samples}
+        # test samples are scored as they arrive against the current adapters, and not kept
+        nc = self.model.dims[-1]
+        if self.confusion is None:
+            self.confusion = array("H", bytes(2 * nc * nc))
+        for at in starts:
+            if floats:
+                guess = tuner.predict(struct.unpack_from("<%df" % n, payload, at + 1))
+            else:
+                guess = tuner.predict_int8(payload, at + 1)
+            self.confusion[payload[at] * nc + guess] += 1
+        return {"kind": kind, "scored": sum(self.confusion)}
 
     def train(self, payload):
-        if self.tuner is None or not self.tuner.labels:
+        if self.tuner is None or not self.tuner.n_samples:
             raise ProtocolError(F.E_STATE, "TRAIN with no fine-tune samples")
         epochs = _json(payload).get("epochs", self.tuner.epochs)
         if not isinstance(epochs, int) or epochs < 1:
             raise ProtocolError(F.E_PAYLOAD, "epochs must be a positive int")
         self.epochs_left = epochs
-        return {"epochs": epochs, "samples": len(self.tuner.labels)}
+        self._drop_samples()  # test samples scored from here on are scored after training
+        return {"epochs": epochs, "samples": self.tuner.n_samples}
 
     def evaluate(self, payload):
-        if self.tuner is None or not self.test_labels:
-            raise ProtocolError(F.E_STATE, "EVAL with no test samples")
-        test = self.test
-        accuracy, confusion = self.tuner.evaluate((test.get(i)[0] for i in range(len(test))), self.test_labels)
-        return {"accuracy": accuracy, "confusion": confusion, "samples": len(self.test_labels)}
+        """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion
+        counts: all of them when they fit one frame, else the rows asked for ({"rows": [a, b]})."""
+        if self.confusion is None:
+            raise ProtocolError(F.E_STATE, "EVAL with no test samples scored")
+        nc = self.model.dims[-1]
+        counts = self.confusion
+        total = sum(counts)
+        correct = sum(counts[c * nc + c] for c in range(nc))
+        reply = {"accuracy": correct / total, "samples": total, "classes": nc}
+        rows = _json(payload).get("rows", [0, nc] if 8 * nc * nc < F.MAX_PAYLOAD - 128 else None)
+        if rows is not None:
+            if not (isinstance(rows, list) and len(rows) == 2 and 0 <= rows[0] <= rows[1] <= nc
+                    and 8 * (rows[1] - rows[0]) * nc < F.MAX_PAYLOAD - 128):
+                raise ProtocolError(F.E_PAYLOAD, "rows must be [first, end] within 0..%d, few enough for a frame" % nc)
+            reply["rows"] = rows
+            reply["confusion"] = [list(counts[r * nc:(r + 1) * nc]) for r in range(rows[0], rows[1])]
+        return reply
 
     def stats(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "STATS before CONFIG")
         t, cache = self.tuner, self.tuner.cache
         return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses),
-                "samples": len(t.labels), "test_samples": len(self.test_labels),
+                "samples": t.n_samples, "test_scored": sum(self.confusion) if self.confusion else 0,
                 "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
-                "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode, "path": t.path}
+                "cache_spilled_bytes": cache.spilled_bytes if cache else 0,
+                "peak_alloc": t.peak_alloc, "cache_mode": t.cache_mode, "path": t.path,
+                "kernels": t.kernels, "kernel_calls": getattr(t, "kernel_calls", None),
+                "rx_bytes": self.rx_bytes, "rx_us": self.rx_us, "free_heap": free_heap()}
 
     def save(self, payload):
         if self.tuner is None:
@@ -287,7 +358,6 @@ class Core:
 
     def reset(self, payload):
         self.epochs_left = 0
-        self.tuner, self.config, self.upload = None, None, None
-        self._drop_samples()
-        gc.collect()
+        self.upload = None
+        self._drop_tuner()
         return {}

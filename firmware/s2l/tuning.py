@@ -1,0 +1,48 @@
+# What both tuners share, and the choice between them, kept light: the board imports this and then
+# only the tuner its job needs (the integer path must not pay the heap for the seven float methods,
+# nor the float path for the integer kernels).
+import sys
+
+METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
+PATHS = ("float", "int")
+BOARDS = ("rp2", "esp32")
+ON_BOARD = sys.platform in BOARDS
+SPILL_PATH = "skipcache.bin"
+
+
+class TunerError(ValueError):
+    pass
+
+
+def check_label(label, n_classes):
+    if not 0 <= label < n_classes:
+        raise TunerError("label %r out of range 0..%d" % (label, n_classes - 1))
+
+
+def evaluate(predict, samples, labels, n_classes):
+    """Accuracy and confusion counts (rows: true class, columns: predicted) of predict(x)."""
+    confusion = [[0] * n_classes for _ in range(n_classes)]
+    correct = 0
+    for x, label in zip(samples, labels):
+        p = predict(x)
+        confusion[label][p] += 1
+        correct += p == label
+    return correct / max(1, len(labels)), confusion
+
+
+def new_tuner(model, method="skip2-lora", path=None, **config):
+    """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
+    board (where it is the fast path), the float one elsewhere (where it is the reference)."""
+    if method not in METHODS:
+        raise TunerError("unknown method %r (one of %s)" % (method, ", ".join(METHODS)))
+    if path is None:
+        path = "int" if ON_BOARD and method == "skip2-lora" else "float"
+    if path not in PATHS:
+        raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
+    if path == "float":
+        from s2l.tuner import Tuner
+        return Tuner(model, method, **config)
+    if method != "skip2-lora":
+        raise TunerError("the integer path runs skip2-lora only, not %r" % method)
+    from s2l.inttuner import IntSkip2Tuner
+    return IntSkip2Tuner(model, **config)
