@@ -16,6 +16,7 @@ class Rows:
         self.spill_path = spill_path
         self.spill = None  # the open spill file, once a row has gone there
         self.scratch = bytearray(stride)  # a spilled row while it is in use
+        self.buf = None  # the buffer holding the row that row() or append() last located
 
     def __len__(self):
         return self.n
@@ -45,7 +46,7 @@ class Rows:
         self.ram_limit = ram_rows
 
     def append(self):
-        """A new row; returns (buffer, offset) to fill, then call stored(index)."""
+        """A new row; returns its offset in self.buf, to fill, then call stored(index)."""
         k = self.n
         if self.ram_limit is None and k == len(self.chunks) * self.per_chunk:
             try:
@@ -56,16 +57,19 @@ class Rows:
         return self.row(k, fresh=True)
 
     def row(self, k, fresh=False):
-        """(buffer, offset) of row k: in its RAM chunk, or read from flash into the scratch row."""
+        """Row k's offset in self.buf: its RAM chunk, or the scratch row read from flash (an offset
+        and an attribute rather than a tuple: a training step allocates nothing here)."""
         if k < self.ram_rows:
-            return self.chunks[k // self.per_chunk], (k % self.per_chunk) * self.stride
+            self.buf = self.chunks[k // self.per_chunk]
+            return (k % self.per_chunk) * self.stride
+        self.buf = self.scratch
         if fresh:
             for i in range(self.stride):
                 self.scratch[i] = 0
         else:
             self.spill.seek((k - self.ram_rows) * self.stride)
             self.spill.readinto(self.scratch)
-        return self.scratch, 0
+        return 0
 
     def stored(self, k):
         """Row k was written: a spilled row goes back to its file (RAM rows are already in place)."""

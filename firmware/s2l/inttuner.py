@@ -198,11 +198,11 @@ class IntSkip2Tuner:
         if self.n_planned is not None and k >= self.n_planned:
             raise TunerError("more fine-tune samples than the %d planned" % self.n_planned)
         try:
-            buf, at = self.rows.append()
+            at = self.rows.append()
         except MemoryError:
             raise TunerError("out of memory storing sample %d" % k)
         try:
-            e = fill(buf, at)
+            e = fill(self.rows.buf, at)
             if not -128 <= e <= 127:
                 raise TunerError("sample %d is out of the integer path's range (exponent %d)" % (k, e))
             self.rows.stored(k)
@@ -256,7 +256,8 @@ class IntSkip2Tuner:
         us = self.us
         for index in order:
             t0 = clock.ticks_us()
-            buf, at = self.rows.row(index)
+            at = self.rows.row(index)
+            buf = self.rows.buf
             eo = index * self.n_exps
             t1 = clock.ticks_us()
             us["cache"] += clock.ticks_diff(t1, t0)
