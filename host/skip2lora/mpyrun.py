@@ -106,8 +106,11 @@ def _run_streaming(cmd, script, runtime, error, on_line, **kw):
 
 def _checked(returncode, stdout, stderr, runtime, error):
     if returncode != 0:
-        # the unix port prints an uncaught exception's traceback to stdout
-        raise error(f"{runtime} script failed (exit code {returncode}):\n{stderr or stdout[-4000:]}",
+        if not stderr and "Traceback (most recent call last):" in stdout:
+            # the unix port prints an uncaught exception's traceback to stdout: it belongs to stderr
+            at = stdout.rindex("Traceback (most recent call last):")
+            stdout, stderr = stdout[:at], stdout[at:]
+        raise error(f"{runtime} script failed (exit code {returncode}):\n{stderr}",
                     stdout=stdout, stderr=stderr, returncode=returncode)
     return stdout
 

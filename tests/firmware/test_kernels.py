@@ -76,8 +76,10 @@ def test_native_flavour_equals_portable(native, bits):
     assert updated[0] == updated[1]
 
 
-def test_each_runtime_falls_back_to_the_portable_flavour(run):
+def test_each_runtime_picks_its_flavour(run, runtime):
+    # the native emitter where the interpreter has one (the unix port), else the portable fallback
+    native = runtime == "micropython-unix"
     assert run("""
-        from s2l import kernels
-        print(kernels.FLAVOUR, kernels.mv.__name__)
-    """).split() == ["portable", "mv"]
+        from s2l import ikernels, kernels
+        print(kernels.FLAVOUR, ikernels.FLAVOUR, kernels.mv.__name__)
+    """).split() == (["native", "viper"] if native else ["portable", "portable"]) + ["mv"]

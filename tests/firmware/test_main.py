@@ -1,5 +1,6 @@
-"""The board's serial loop (main.py), run by CPython on a pseudo-terminal as a board runs it on
-USB-CDC: frames in, replies out, training epochs between reads."""
+"""The board's serial loop (main.py), run by CPython and by the MicroPython unix port (a board's
+heap) on a pseudo-terminal as a board runs it on USB-CDC: frames in, replies out, training epochs
+between reads."""
 import binascii
 import json
 import os
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import tty
 
+import pytest
+
 from s2l import frames as F
-from skip2lora.mpyrun import FIRMWARE
+from skip2lora.mpyrun import FIRMWARE, unix_command, unix_env
 
 from .test_protocol import samples_payload
 from .test_tuner import CONFIG, fixed_problem
@@ -44,16 +47,20 @@ def session(fd):
     return model
 
 
-def start_board(cwd, stdio, **env):
-    return subprocess.Popen([sys.executable, str(FIRMWARE / "main.py")], stdin=stdio, stdout=stdio,
-                            stderr=subprocess.PIPE, cwd=cwd,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIRMWARE), str(cwd)]), **env))
+def start_board(cwd, stdio, interpreter="cpython", **env):
+    if interpreter == "cpython":
+        cmd, env = [sys.executable], dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIRMWARE), str(cwd)]), **env)
+    else:  # the MicroPython unix port with a board's heap: main.py's loop as a board runs it
+        cmd, env = unix_command(), dict(unix_env(), **env)
+    return subprocess.Popen(cmd + [str(FIRMWARE / "main.py")], stdin=stdio, stdout=stdio,
+                            stderr=subprocess.PIPE, cwd=cwd, env=env)
 
 
-def test_main_serves_frames_on_usb_cdc(tmp_path):
+@pytest.mark.parametrize("interpreter", ["cpython", "micropython-unix"])
+def test_main_serves_frames_on_usb_cdc(tmp_path, interpreter):
     master, slave = os.openpty()
     tty.setraw(slave)
-    board = start_board(tmp_path, slave)
+    board = start_board(tmp_path, slave, interpreter)
     try:
         model = session(master)
         assert (tmp_path / "model.s2lm").read_bytes() == model  # written to "flash"
@@ -77,8 +84,10 @@ class UART:
             json.dump([id, baudrate, tx.n, rx.n], f)
     def fileno(self):
         return self.fd
-    def read(self, n):
-        return os.read(self.fd, n)
+    def readinto(self, buf):
+        data = os.read(self.fd, len(buf))
+        buf[:len(data)] = data
+        return len(data)
     def write(self, data):
         return os.write(self.fd, data)
 """

@@ -88,10 +88,13 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     s.send(F.SAMPLES, samples_payload(X[:12], y[:12], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE), seq=s.seq)  # a retry: not stored twice
-    s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
-    s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
+    s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))  # scored now: before training
+    s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
     s.send(F.TRAIN)
     s.lines.append("WORK")
+    s.send(F.EVAL)  # nothing scored since TRAIN
+    s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
+    s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
     s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", **CONFIG)
     s.send(F.LOAD).send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
@@ -101,16 +104,21 @@ def test_a_full_session_matches_the_reference(runtime, problem):
         by_seq.setdefault(r[1], []).append(r)
     hello = by_seq[1][0][2]
     assert hello["protocol"] == F.PROTOCOL_VERSION and hello["model"] is None
-    assert all(r[0] == F.OK for r in replies if r[0] not in (F.PROGRESS, F.DONE)), replies
+    errors = [r for r in replies if r[0] not in (F.OK, F.PROGRESS, F.DONE)]
+    assert [r[2] for r in errors] == [F.E_STATE], replies  # the EVAL with nothing scored
     stored = [r[2]["stored"] for r in replies if r[0] == F.OK and "stored" in r[2]]
-    assert stored == [12, 20, 20, 15, 30, 15, 30]  # the retried batch answered again, not stored again
+    assert stored == [12, 20, 20]  # the retried batch answered again, not stored again
+    scored = [r[2]["scored"] for r in replies if r[0] == F.OK and "scored" in r[2]]
+    assert scored == [15, 30] * 3  # test samples are scored as they arrive, never stored
     progress = [r[2] for r in replies if r[0] == F.PROGRESS]
     assert [p["epoch"] for p in progress] == [1, 2, 3] and any(r[0] == F.DONE for r in replies)
     want, _ = reference.run(net, reference.Config("skip2-lora", **CONFIG), (X, y), (Xt, yt))
     evals = [r[2] for r in replies if r[0] == F.OK and "confusion" in r[2]]
-    assert evals[0]["accuracy"] == want["accuracy"]
-    assert sum(map(sum, evals[0]["confusion"])) == 30
-    assert evals[1]["accuracy"] == want["accuracy"]  # the saved adapter, loaded into a fresh tuner
+    before = float((net.forward(Xt)[1].argmax(axis=1) == yt).mean())
+    assert evals[0]["accuracy"] == before
+    assert evals[1]["accuracy"] == want["accuracy"]
+    assert sum(map(sum, evals[1]["confusion"])) == 30 == evals[1]["samples"]
+    assert evals[2]["accuracy"] == want["accuracy"]  # the saved adapter, loaded into a fresh tuner
     np.testing.assert_allclose([p["loss"] for p in progress], want["losses"], rtol=1e-4)
     stats = [r[2] for r in replies if r[0] == F.OK and "macs" in r[2]][0]
     assert stats["cache_hits"] == 20 * 2 and stats["macs"]["backward"] == want["macs"]["backward"]
@@ -125,10 +133,10 @@ def test_a_session_on_the_integer_path(runtime, problem):
     s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)
     for at in (0, 10):  # frames of at most 10 samples
         s.send(F.SAMPLES, samples_payload(X[at:at + 10], y[at:at + 10], F.KIND_FINETUNE))
-    for at in (0, 10, 20):
-        s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
     s.send(F.TRAIN)
     s.lines.append("WORK")
+    for at in (0, 10, 20):
+        s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
     s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", **config)
     s.send(F.LOAD)
     for at in (0, 10, 20):
