@@ -125,23 +125,26 @@ class IntSkip2Tuner:
         """Bytes a fine-tune sample costs: its row, its exponents, label and cached flag."""
         return self.rows.stride + self.n_exps + 2
 
-    def plan(self, n, free, flash_free=None):
+    def plan(self, n, free, flash_free=None, fit=False):
         """Allocate for n fine-tune samples now: rows in RAM while `free` heap bytes (less a
-        reserve for serving) allow, the rest on flash. Returns the plan; TunerError, with the
-        number that would fit, when even flash cannot hold them."""
+        reserve for serving) allow, the rest on flash. Returns the plan. When they do not fit
+        even with flash: with `fit`, plan for as many as fit; else TunerError saying how many."""
         if len(self.rows):
             raise TunerError("plan before the first sample")
-        small = n * (self.n_exps + 2)
-        ram = max(0, min(n, (free - RESERVE - small - self.rows.stride) // self.rows.stride))
-        ram -= ram % self.rows.per_chunk if ram < n else 0  # whole chunks when some rows spill
+        stride, small = self.rows.stride, self.n_exps + 2  # a row; its exponents, label, flag (RAM)
+        heap = free - RESERVE - stride  # less the reserve and a row's worth of slack
+        on_flash = 0 if flash_free is None or self.rows.spill_path is None else max(0, flash_free - RESERVE) // stride
+        fits = max(0, min(heap // small, (heap + on_flash * stride) // (stride + small)))
+        if n > fits:
+            if not fit or fits < 1:
+                raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of heap free, "
+                                 "%s bytes of flash; at most %d fit" % (n, stride + small, free, flash_free, fits))
+            n = fits
+        ram = max(0, min(n, (heap - n * small) // stride))
+        if ram < n:
+            ram -= ram % self.rows.per_chunk  # whole chunks when some rows spill
         spilled = n - ram
-        if spilled and (self.rows.spill_path is None or flash_free is None
-                        or spilled * self.rows.stride > flash_free):
-            fits = ram + (0 if flash_free is None or self.rows.spill_path is None
-                          else flash_free // self.rows.stride)
-            raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of heap free, "
-                             "%s bytes of flash; at most %d fit" % (
-                                 n, self.row_bytes, free, flash_free, max(0, min(n, fits))))
+        small *= n
         try:
             self.rows.reserve(ram)
             self.exps = array("b", bytes(n * self.n_exps))

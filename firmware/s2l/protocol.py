@@ -19,8 +19,9 @@ from s2l.tuning import SPILL_PATH, TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
-# "samples": how many fine-tune samples will follow, so that the board allocates for them up front
-CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path", "samples")
+# "samples": how many fine-tune samples will follow, so that the board allocates for them up front;
+# with "fit": true, as many of them as the board can hold (the reply's plan says how many)
+CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path", "samples", "fit")
 
 
 class ProtocolError(Exception):
@@ -231,7 +232,7 @@ class Core:
         unknown = [k for k in args if k not in CONFIG_KEYS]
         if unknown:
             raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
-        planned = args.pop("samples", None)
+        planned, fit = args.pop("samples", None), args.pop("fit", False)
         if planned is not None and (not isinstance(planned, int) or isinstance(planned, bool) or planned < 1):
             raise ProtocolError(F.E_PAYLOAD, "samples must be a positive int")
         self._drop_tuner()  # free the old tuner's memory before the new one takes its own
@@ -240,7 +241,7 @@ class Core:
         reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
         if planned is not None:
             try:
-                reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir))
+                reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
             except TunerError:
                 self._drop_tuner()
                 raise

@@ -142,8 +142,9 @@ class Tuner:
     def n_samples(self):
         return len(self.labels)
 
-    def plan(self, n, free, flash_free=None):
-        """Allocate for n fine-tune samples (and their skip-cache rows) now."""
+    def plan(self, n, free, flash_free=None, fit=False):
+        """Allocate for n fine-tune samples (and their skip-cache rows) now (all n: `fit` asks
+        for no fewer on this path, where the cache's RAM budget decides what spills)."""
         try:
             self.samples.reserve(n)
             if self.cache is not None:

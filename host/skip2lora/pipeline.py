@@ -122,7 +122,7 @@ def _over_serial(prepared, config, methods, port, progress):
                             phase_seconds=run["phase_seconds"], macs=run["macs"], losses=run["losses"],
                             diverged=not all(l < float("inf") for l in run["losses"]),
                             peak_heap_bytes=run["peak_alloc"], cache_mode=run["cache_mode"],
-                            cache_hits=run["cache_hits"], cache_bytes=run["cache_bytes"], cache_spilled_bytes=0,
+                            cache_hits=run["cache_hits"], cache_bytes=run["cache_bytes"], cache_spilled_bytes=run["cache_spilled_bytes"],
                             kernels=run["kernels"], board=run["board"]))
     return results
 
