@@ -13,8 +13,10 @@ DEFAULT_HIDDEN = (64, 64)
 
 def init_network(dims, seed):
     rng = np.random.default_rng(seed)
+    # float64: BLAS kernels differ between machines in summation order; in float64 those rounding
+    # differences stay far below the 8-bit quantization step, so every machine exports the same file
     return Network([(rng.normal(0, np.sqrt(2.0 / n_in), (n_out, n_in)), np.zeros(n_out))
-                    for n_in, n_out in zip(dims[:-1], dims[1:])])
+                    for n_in, n_out in zip(dims[:-1], dims[1:])], np.float64)
 
 
 def pretrain(X, y, n_classes, hidden=DEFAULT_HIDDEN, epochs=60, lr=0.1, batch=32, seed=0, progress=True):

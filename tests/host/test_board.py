@@ -90,6 +90,7 @@ def test_bench_over_serial_matches_the_reference(tmp_path, capsys):
     serial, numpy = json.loads(out.read_text()), json.loads(ref.read_text())
     assert serial["runtime"] == "serial" and serial["skip2_over_lora_all_time"] > 0
     for got, want in zip(serial["results"], numpy["results"]):
-        assert got["method"] == want["method"] and got["accuracy"] == want["accuracy"]
+        # the reference's float32 sums follow the machine's BLAS: allow one test sample either way
+        assert got["method"] == want["method"] and abs(got["accuracy"] - want["accuracy"]) <= 1 / 250 + 1e-9
         assert got["macs"]["backward"] == want["macs"]["backward"]
     assert "fine-tune time Skip2-LoRA / LoRA-All" in capsys.readouterr().out
