@@ -83,11 +83,14 @@ def test_bench_writes_json_per_method_and_prints_the_ratio(tmp_path, capsys):
 def test_export_writes_a_valid_model_file(tmp_path, capsys):
     from skip2lora.modelfile import read_model
     out = tmp_path / "m.s2lm"
-    cli.main(["export", "--bits", "8,4,2", "-o", str(out), "--quiet"])
+    cli.main(["export", "--bits", "8,4,2", "--model", str(out), "--quiet"])
     assert [layer.bits for layer in read_model(out.read_bytes())] == [8, 4, 2]
     assert "relative RMS error" in capsys.readouterr().out
 
 
-def test_bad_bits_is_a_clear_error():
-    with pytest.raises(SystemExit, match="one per layer"):
-        cli.main(["export", "--bits", "8,8", "-o", "/dev/null", "--quiet"])
+def test_bad_bits_are_refused_before_any_pretraining(capsys):
+    for bits, reason in (("8,8", "--bits needs 3 values, one per layer; got 2"),
+                         ("8,3,8", "--bits: 3 is not a bit width the model format has (8, 4, 2)")):
+        with pytest.raises(SystemExit):
+            cli.main(["export", "--bits", bits, "--model", "/dev/null", "--quiet"])
+        assert reason in capsys.readouterr().err
