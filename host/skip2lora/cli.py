@@ -16,7 +16,9 @@ from .progress import bar
 from .scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
 
 MODELS = os.path.join("out", "models")  # exports: never into the tracked models/
-DEMO = {"samples": 60, "epochs": 30}    # the demo's short job under MicroPython: LoRA-All and Skip2-LoRA
+# the demo: epochs of every step; fine-tune samples of its short job under MicroPython (LoRA-All and
+# Skip2-LoRA: about a minute on this machine)
+DEMO = {"epochs": 30, "micropython_samples": 100}
 
 
 def default_model(name):
@@ -107,8 +109,8 @@ def _add_tuning(p, lr_help=None):
                         "(default: %(default)s)")
 
 
-def _config(args, lr=None):
-    return reference.Config(rank=args.rank, lr=lr or args.lr, epochs=args.epochs, batch=args.batch, seed=args.seed)
+def _config(args):
+    return reference.Config(rank=args.rank, lr=args.lr, epochs=args.epochs, batch=args.batch, seed=args.seed)
 
 
 def _write(path, data, mode="w"):
@@ -119,15 +121,11 @@ def _write(path, data, mode="w"):
         f.write(data)
 
 
-def _own_data(args):
-    return bool(args.data) and not os.path.isdir(args.data)
-
-
 def _scenario(args, need_drift=True):
     """The data the options name, after refusing options that cannot act on it."""
     if args.data and not os.path.exists(args.data):
         raise ValueError("--data %s: no such file or folder" % args.data)
-    own = _own_data(args)
+    own = bool(args.data) and not os.path.isdir(args.data)  # a file: the user's lab data
     extras = [o for o in ("drift", "finetune", "test", "classes") if getattr(args, o)]
     if own and args.scenario:
         raise ValueError("--scenario %s and --data %s are two sources of data: give one" % (args.scenario, args.data))
@@ -185,21 +183,19 @@ def _export(args, scenario, model_path):
     else:
         probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
         side.update(lr=probe["lr"], lr_probe=probe)
-        print("lr probe (Skip2-LoRA, %s, trained on %d fine-tune samples, scored on %d held out): %s -> lr %g" % (
-            plural(probe["epochs"], "epoch"), probe["train_samples"], probe["held_out_samples"],
-            ", ".join("%s %.1f%%" % (lr, 100 * a) for lr, a in probe["held_out_accuracy"].items()), probe["lr"]))
+        print("lr probe (Skip2-LoRA, %s, trained on %d fine-tune samples, scored on %d held out): %s -> lr %g "
+              "(the default %g stays unless beaten by more than %.1f points, one standard error)" % (
+                  plural(probe["epochs"], "epoch"), probe["train_samples"], probe["held_out_samples"],
+                  ", ".join("%s %.1f%%" % (lr, 100 * a) for lr, a in probe["held_out_accuracy"].items()),
+                  probe["lr"], probe["default_lr"], 100 * probe["standard_error"]))
     _write(sidecar_path(model_path), json.dumps(side, indent=2) + "\n")
     print("wrote %s (lr pick, classes)" % sidecar_path(model_path))
     return prepared
 
 
-def _check_bench_options(args):
-    if args.port and args.runtime != "serial":
-        raise ValueError("--port is for --runtime serial (got --runtime %s)" % args.runtime)
-
-
-def _bench(args, prepared, config, methods, runtime, port=None, json_path=None):
-    results = compare_methods(prepared, config, methods, progress=not args.quiet, runtime=runtime, port=port)
+def _bench(args, prepared, config, methods, runtime, port=None, json_path=None, board_row=True):
+    results = compare_methods(prepared, config, methods, progress=not args.quiet, runtime=runtime, port=port,
+                              board_row=board_row)
     print(format_table(prepared, results))
     if json_path:
         _write(json_path, json.dumps(bench_record(prepared, config, results), indent=2))
@@ -213,8 +209,8 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    _check_bench_options(args)
-    check_bits(args.bits)
+    if args.port and args.runtime != "serial":
+        raise ValueError("--port is for --runtime serial (got --runtime %s)" % args.runtime)
     scenario = _scenario(args)
     prepared = prepare(scenario, args.bits, progress=not args.quiet)  # pretraining: seed 0
     _bench(args, prepared, _config(args), args.methods, args.runtime, args.port, args.json)
@@ -222,34 +218,37 @@ def cmd_bench(args):
 
 def cmd_demo(args):
     from dataclasses import replace
+
+    from . import report
+    from .emulator import Emulator
     scenario = _scenario(args)
     model_path = os.path.join(args.out, os.path.basename(default_model(scenario.name)))
     print("skip2lora %s demo: pretrain on the clean source domain, export %s, fine-tune on the drifted "
           "domain; outputs in %s\n" % (__version__, model_path, args.out))
     prepared = _export(args, scenario, model_path)
-    config = reference.Config()
+    config = reference.Config(epochs=DEMO["epochs"])
+    results = [os.path.join(args.out, name) for name in ("bench-numpy.json", "bench-micropython.json", "run.json")]
     print("\n1. the seven methods, numpy reference\n")
-    _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=os.path.join(args.out, "bench-numpy.json"))
-    print("\n2. the paper's claim on the firmware under the real MicroPython (WebAssembly): LoRA-All and "
-          "Skip2-LoRA, the first %d fine-tune samples, %s\n" % (DEMO["samples"], plural(DEMO["epochs"], "epoch")))
+    _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
+    n = DEMO["micropython_samples"]
+    print("\n2. the paper's claim, on the firmware under the real MicroPython (WebAssembly): LoRA-All and "
+          "Skip2-LoRA, the first %d fine-tune samples, %s\n" % (n, plural(config.epochs, "epoch")))
     X, y = scenario.finetune
-    short = replace(prepared, scenario=replace(scenario, finetune=(X[:DEMO["samples"]], y[:DEMO["samples"]])))
-    _bench(args, short, replace(config, epochs=DEMO["epochs"]), ["lora-all", "skip2-lora"], "micropython",
-           json_path=os.path.join(args.out, "bench-micropython.json"))
-    print("\n3. the same on a board: the emulator under the real MicroPython, over a serial port\n")
-    from .emulator import Emulator
+    short = replace(prepared, scenario=replace(scenario, finetune=(X[:n], y[:n])))
+    _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1], board_row=False)
+    print("\n3. on a board: the emulator (the firmware under the real MicroPython behind a serial port)\n")
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
         run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None,
-                                      quiet=args.quiet, json=os.path.join(args.out, "run.json"), rank=config.rank,
-                                      epochs=config.epochs, batch=config.batch, seed=config.seed)
-        _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, config.lr, "the default")
-    from . import report
-    records = report.load([os.path.join(args.out, n) for n in ("bench-numpy.json", "bench-micropython.json",
-                                                                 "run.json")])
-    _write(os.path.join(args.out, "report", "table.md"), report.markdown_table(records) + "\n")
-    for path in [os.path.join(args.out, "report", "table.md")] + report.plots(records, os.path.join(args.out, "report")):
+                                      quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
+                                      batch=config.batch, seed=config.seed, lr=None, bits=args.bits)
+        _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
+        _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
+    records = report.load(results)
+    folder = os.path.join(args.out, "report")
+    _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
+    for path in [os.path.join(folder, "table.md")] + report.plots(records, folder):
         print("wrote %s" % path)
 
 
@@ -334,6 +333,25 @@ def cmd_run(args):
     model_path = args.model or default_model(scenario.name)
     model_bytes, lr, lr_source = _model_for_run(args, scenario, model_path)
     _run_on_board(args, args.port, model_path, model_bytes, scenario, lr, lr_source)
+
+
+def cmd_probe_lr(args):
+    from .pipeline import check_lr_probe
+    scenario = _scenario(args)
+    prepared = prepare(scenario, args.bits, progress=not args.quiet)
+    result = check_lr_probe(prepared, reference.Config(), progress=not args.quiet)
+    print("%s: lr probe (Skip2-LoRA, numpy, %s, %d fine-tune samples, %d held out; test set %d samples)" % (
+        scenario.name, plural(result["epochs"], "epoch"), result["train_samples"], result["held_out_samples"],
+        len(scenario.test[1])))
+    print("  %-6s %10s %10s" % ("lr", "held-out", "test"))
+    for lr, held in result["held_out_accuracy"].items():
+        print("  %-6s %9.1f%% %9.1f%%%s" % (lr, 100 * held, 100 * result["test_accuracy"][lr],
+                                          "  <- pick" if float(lr) == result["lr"] else ""))
+    print("  pick lr %g: %.1f points below the best rate on the test set" % (
+        result["lr"], result["pick_below_best_points"]))
+    if args.json:
+        _write(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
+        print("results written to %s" % args.json)
 
 
 def cmd_emulate(args):
@@ -442,6 +460,14 @@ def build_parser():
     p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
     _add_quiet(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("probe-lr", help="the lr export picks (held-out slice of the fine-tune set) against "
+                                        "the best lr on the test set, for Skip2-LoRA")
+    _add_data(p)
+    _add_bits(p)
+    p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_probe_lr)
 
     p = sub.add_parser("report", help="markdown table and PNG plots from bench or run results JSON")
     p.add_argument("results", nargs="+", help="results JSON files written by bench --json or run --json")
