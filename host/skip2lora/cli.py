@@ -21,6 +21,9 @@ MODELS = os.path.join("out", "models")  # exports: never into the tracked models
 DEMO = {"epochs": 30, "micropython_samples": 100}
 
 
+MODEL_NAMES = os.path.join(MODELS, "digits-<scenario>.s2lm, fan-<..>.s2lm or <--data file name>.s2lm")
+
+
 def default_model(name):
     return os.path.join(MODELS, ("digits-" + name if name in DRIFTS else name) + ".s2lm")
 
@@ -136,6 +139,8 @@ def _scenario(args, need_drift=True):
         if args.data and name in DRIFTS:
             raise ValueError("--data %s: the digits scenario %r is built in and reads no folder; "
                              "--data FOLDER is for the fan-* scenarios" % (args.data, name))
+        if name not in DRIFTS:
+            print("reading the cooling-fan dataset (%s) ..." % (args.data or FAN_DATA), flush=True)
         return load_scenario(name, args.data)
     if need_drift and not (args.drift or args.finetune):
         raise ValueError("this command fine-tunes: give what the board sees with --drift FILE "
@@ -413,7 +418,7 @@ def build_parser():
     _add_data(p)
     _add_bits(p)
     p.add_argument("--model", metavar="FILE",
-                   help="model file to write; an lr-pick JSON goes beside it (default: %s)" % default_model("<name>"))
+                   help="model file to write; an lr-pick JSON goes beside it (default: %s)" % MODEL_NAMES)
     _add_quiet(p)
     p.set_defaults(func=cmd_export)
 
@@ -443,7 +448,7 @@ def build_parser():
     p = sub.add_parser("run", help="stream data to a board (or emulator), fine-tune there, report")
     p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ... (required)")
     p.add_argument("--model", metavar="FILE", help="model file, checked on the host, exported first if missing "
-                                                   "(default: %s)" % default_model("<name>"))
+                                                   "(default: %s)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
     _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the JSON beside the model; "
