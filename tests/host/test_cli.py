@@ -163,3 +163,21 @@ def test_demo_writes_only_under_its_folder_and_measures_the_ratio_under_micropyt
         "digits-rotate.s2lm", "digits-rotate.json", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
     assert "\x1b" not in printed
     assert cli.build_parser().parse_args(["demo"]).out == "out/demo"  # the default is under the ignored out/
+
+
+def test_class_names_from_classes_and_separate_finetune_and_test_files(own, tmp_path, capsys):
+    folder, (lab, drift) = own
+    rows = Path(drift).read_text().splitlines(keepends=True)
+    numbered = tmp_path / "lab.csv"  # integer labels, no header
+    numbered.write_text("".join(line.rsplit(",", 1)[0] + ",%d\n" % CLASSES.index(line.strip().rsplit(",", 1)[1])
+                                for line in Path(lab).read_text().splitlines()[1:]))
+    (tmp_path / "ft.csv").write_text("".join(rows[:100]))
+    (tmp_path / "test.csv").write_text("".join(rows[100:]))
+    cli.main(["export", "--data", str(numbered), "--classes", ",".join(CLASSES), "--finetune", str(tmp_path / "ft.csv"),
+              "--test", str(tmp_path / "test.csv"), "--model", str(tmp_path / "m.s2lm"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "ft.csv: fine-tune 100 rows; %s: test 200 rows" % (tmp_path / "test.csv") in printed
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["classes"] == CLASSES and side["lr_probe"]["train_samples"] == 80
+    _refused(["export", "--data", str(numbered), "--classes", "a,b", "--model", str(tmp_path / "x.s2lm")],
+             "labels must be below 2", capsys)
