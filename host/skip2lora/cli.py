@@ -288,8 +288,10 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
         b.update(done - b.n)
         if done == total:
             b.close()
+            if kind == "test":  # the board reports nothing until its first epoch ends
+                print("the board scores the model before training, then trains (a line per epoch) ...", flush=True)
             if kind == "train":
-                print("evaluating on the board ...", flush=True)
+                print("the board scores the fine-tuned model ...", flush=True)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
     result = run_job(port, model_bytes, scenario, _board_config(args, lr), encoding, args.baud, progress, args.limit)

@@ -213,9 +213,13 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
         def on_epoch(method, epoch, epochs, loss):
             b.set_postfix(method=method, loss="%.4f" % loss)
             b.update()
+
+        def on_test(method, tested):
+            b.set_postfix(method=method, tested="%d/%d" % (tested, len(prepared.scenario.test[1])))
+            b.update(0)  # a line when the last one is old
         for run_methods_list, cache in runs:
-            results += run_methods(prepared.model_bytes, config, prepared.scenario.finetune,
-                                   prepared.scenario.test, run_methods_list, runtime, on_epoch=on_epoch, **cache)
+            results += run_methods(prepared.model_bytes, config, prepared.scenario.finetune, prepared.scenario.test,
+                                   run_methods_list, runtime, on_epoch=on_epoch, on_test=on_test, **cache)
     return results
 
 
