@@ -181,3 +181,12 @@ def test_class_names_from_classes_and_separate_finetune_and_test_files(own, tmp_
     assert side["classes"] == CLASSES and side["lr_probe"]["train_samples"] == 80
     _refused(["export", "--data", str(numbered), "--classes", "a,b", "--model", str(tmp_path / "x.s2lm")],
              "labels must be below 2", capsys)
+
+
+def test_export_refuses_data_too_wide_for_the_board_before_pretraining(tmp_path):
+    wide = tmp_path / "wide.csv"  # 2,000 features: the first layer alone outgrows an RP2040's heap
+    rng = np.random.default_rng(0)
+    wide.write_text("".join(",".join("%.2f" % v for v in rng.normal(size=2000)) + ",%d\n" % (k % 2) for k in range(20)))
+    with pytest.raises(SystemExit, match="board budget .* room for 0 fine-tune samples of 2000 features: too little"):
+        cli.main(["export", "--data", str(wide), "--model", str(tmp_path / "w.s2lm"), "--quiet"])
+    assert not (tmp_path / "w.s2lm").exists()
