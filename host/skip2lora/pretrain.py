@@ -11,17 +11,17 @@ from .reference import Config, FineTune, Network
 DEFAULT_HIDDEN = (64, 64)
 
 
-def init_network(dims, seed):
+def init_network(dims, seed, dtype=np.float32):
     rng = np.random.default_rng(seed)
-    # float64: BLAS kernels differ between machines in summation order; in float64 those rounding
-    # differences stay far below the 8-bit quantization step, so every machine exports the same file
     return Network([(rng.normal(0, np.sqrt(2.0 / n_in), (n_out, n_in)), np.zeros(n_out))
-                    for n_in, n_out in zip(dims[:-1], dims[1:])], np.float64)
+                    for n_in, n_out in zip(dims[:-1], dims[1:])], dtype)
 
 
 def pretrain(X, y, n_classes, hidden=DEFAULT_HIDDEN, epochs=60, lr=0.1, batch=32, seed=0, progress=True):
     dims = [X.shape[1], *hidden, n_classes]
-    tuner = FineTune(init_network(dims, seed), Config("ft-all", lr=lr, epochs=epochs, batch=batch, seed=seed))
+    # float64: BLAS kernels differ between machines in summation order; in float64 those rounding
+    # differences stay far below the 8-bit quantization step, so every machine exports the same file
+    tuner = FineTune(init_network(dims, seed, np.float64), Config("ft-all", lr=lr, epochs=epochs, batch=batch, seed=seed))
     with bar(epochs, "pretrain %s" % "-".join(map(str, dims)), progress, "epochs") as b:
         def on_epoch(epoch, loss):
             b.set_postfix(loss="%.4f" % loss)
