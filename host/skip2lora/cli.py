@@ -250,6 +250,7 @@ def cmd_demo(args):
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
         _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
+    print("\nrendering the report of the three runs ...", flush=True)
     records = report.load(results)
     folder = os.path.join(args.out, "report")
     _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
