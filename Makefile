@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-lr clean
 
 demo: install
 	$(VENV)/bin/skip2lora demo
@@ -16,6 +16,11 @@ test: install
 
 bench: install
 	$(VENV)/bin/skip2lora bench --runtime numpy --json out/bench-numpy.json
+
+# the lr export picks vs the best rate on the test set, on every shipped scenario (~75 s)
+bench-lr: install
+	for s in rotate noise gain fan-env fan-room fan-speed; do \
+		$(VENV)/bin/skip2lora probe-lr --scenario $$s --quiet --json out/lr/$$s.json || exit 1; done
 
 install: $(PY_STAMP) $(NODE_STAMP)
 

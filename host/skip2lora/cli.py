@@ -1,4 +1,6 @@
-"""The `skip2lora` command line: a thin layer over the pipeline."""
+"""The `skip2lora` command line: a thin layer over the pipeline. Every option acts, or the command
+stops with a one-line reason before any work; every output goes where an option (with a default
+under out/) says."""
 import argparse
 import json
 import os
@@ -10,21 +12,36 @@ from . import __version__, reference
 from .client import BoardError, LinkError
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
-from .pipeline import FAN_DATA, RUNTIMES, SCENARIOS, bench_record, compare_methods, format_table, load_scenario, prepare
-from .scenarios import DEFAULT_SCENARIO
+from .pipeline import (FAN_DATA, RUNTIMES, SCENARIOS, bench_record, check_bits, check_board_budget, compare_methods,
+                       format_table, load_scenario, plural, prepare, probe_lr)
+from .progress import bar
+from .scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
+
+MODELS = os.path.join("out", "models")  # exports: never into the tracked models/
+# the demo: epochs of every step; fine-tune samples of its short job under MicroPython (LoRA-All and
+# Skip2-LoRA: about a minute on this machine)
+DEMO = {"epochs": 30, "micropython_samples": 100}
 
 
+MODEL_NAMES = os.path.join(MODELS, "digits-<scenario>.s2lm, fan-<..>.s2lm or <--data file name>.s2lm")
 
-def default_model(scenario):
-    name = scenario if scenario.startswith("fan-") else "digits-" + scenario
-    return os.path.join("models", name + ".s2lm")
+
+def default_model(name):
+    return os.path.join(MODELS, ("digits-" + name if name in DRIFTS else name) + ".s2lm")
+
+
+def sidecar_path(model_path):
+    """The JSON beside a model file: the lr picked at export, the class names. (The lr belongs in the
+    model file; until its format has a field for it, it lives here.)"""
+    return os.path.splitext(model_path)[0] + ".json"
 
 
 def _bits(text):
     try:
-        return [int(b) for b in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError("bits must be comma-separated integers, e.g. 8,4,8")
+        return check_bits([int(b) for b in text.split(",")])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if "--bits" in str(e) else
+                                         "bits must be comma-separated integers, e.g. 8,4,8")
 
 
 def _positive(text):
@@ -37,6 +54,16 @@ def _positive(text):
     return value
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("expected a number > 0, got %r" % text)
+    return value
+
+
 def _methods(text):
     methods = [m.strip() for m in text.split(",")]
     unknown = [m for m in methods if m not in reference.METHODS]
@@ -46,31 +73,45 @@ def _methods(text):
     return methods
 
 
-def _add_common(p):
-    defaults = reference.Config()
-    p.add_argument("--scenario", "--dataset", default=DEFAULT_SCENARIO, choices=SCENARIOS, help="drift scenario")
-    p.add_argument("--data", help="folder of the cooling-fan dataset (default: %s)" % FAN_DATA)
-    p.add_argument("--bits", type=_bits, help="bits per layer, e.g. 8,4,8 (default: 8 for every layer)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="adapter init and sample order")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _names(text):
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("--classes takes two or more distinct names, e.g. normal,worn,broken")
+    return names
 
 
-def _add_tuning(p):
-    defaults = reference.Config()
-    p.add_argument("--methods", type=_methods, default=list(reference.METHODS), help="comma-separated")
-    p.add_argument("--rank", type=int, default=defaults.rank)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch", type=int, default=defaults.batch)
+def _add_data(p):
+    p.add_argument("--scenario", choices=SCENARIOS, metavar="NAME",
+                   help="built-in drift scenario: %s (default: %s)" % (", ".join(SCENARIOS), DEFAULT_SCENARIO))
+    p.add_argument("--data", metavar="PATH",
+                   help="your lab data, a .csv (label: last column or the header's 'label') or .npz (X, y); "
+                        "for fan-* scenarios the cooling-fan dataset folder (default: %s)" % FAN_DATA)
+    p.add_argument("--drift", metavar="FILE", help="with --data: what the board sees, split 50/50 (seed 0) "
+                                                   "into fine-tune and test sets")
+    p.add_argument("--finetune", metavar="FILE", help="with --data and --test: the board's fine-tune set")
+    p.add_argument("--test", metavar="FILE", help="with --data and --finetune: the board's test set")
+    p.add_argument("--classes", type=_names, metavar="A,B,..",
+                   help="with --data: class names of labels 0,1,.. (default: the file's text labels, else 0,1,..)")
 
 
-def _add_board(p):
-    p.add_argument("--method", default="skip2-lora", choices=reference.METHODS, help="method on the board")
-    p.add_argument("--encoding", default="int8", choices=["int8", "float32"], help="samples on the wire")
-    p.add_argument("--baud", type=int, default=115200, help="serial speed (ignored by USB-CDC and ptys)")
-    p.add_argument("--path", choices=["float", "int"],
-                   help="the tuner's arithmetic (default: the board's choice, integer Skip2-LoRA on boards)")
-    p.add_argument("--limit", type=_positive, help="stream only the first N fine-tune samples")
+def _add_bits(p):
+    p.add_argument("--bits", type=_bits, help="bits per layer, each 8, 4 or 2, e.g. 8,4,8 (default: 8,8,8)")
+
+
+def _add_quiet(p):
+    p.add_argument("--quiet", action="store_true", help="no progress output (default: progress on)")
+
+
+def _add_tuning(p, lr_help=None):
+    d = reference.Config()
+    p.add_argument("--rank", type=_positive, default=d.rank, help="adapter rank (default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=None if lr_help else d.lr,
+                   help=lr_help or "learning rate (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive, default=d.epochs, help="fine-tune epochs (default: %(default)s)")
+    p.add_argument("--batch", type=_positive, default=d.batch, help="mini-batch size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="adapter initialisation and sample order; pretraining always uses seed 0 "
+                        "(default: %(default)s)")
 
 
 def _config(args):
@@ -85,6 +126,42 @@ def _write(path, data, mode="w"):
         f.write(data)
 
 
+def _scenario(args, need_drift=True):
+    """The data the options name, after refusing options that cannot act on it."""
+    if args.data and not os.path.exists(args.data):
+        raise ValueError("--data %s: no such file or folder" % args.data)
+    own = bool(args.data) and not os.path.isdir(args.data)  # a file: the user's lab data
+    extras = [o for o in ("drift", "finetune", "test", "classes") if getattr(args, o)]
+    if own and args.scenario:
+        raise ValueError("--scenario %s and --data %s are two sources of data: give one" % (args.scenario, args.data))
+    if extras and not own:
+        raise ValueError("--%s goes with --data FILE (your lab data); the built-in scenarios bring their own" % extras[0])
+    if not own:
+        name = args.scenario or DEFAULT_SCENARIO
+        if args.data and name in DRIFTS:
+            raise ValueError("--data %s: the digits scenario %r is built in and reads no folder; "
+                             "--data FOLDER is for the fan-* scenarios" % (args.data, name))
+        if name not in DRIFTS:
+            print("reading the cooling-fan dataset (%s) ..." % (args.data or FAN_DATA), flush=True)
+        return load_scenario(name, args.data)
+    if need_drift and not (args.drift or args.finetune):
+        raise ValueError("this command fine-tunes: give what the board sees with --drift FILE "
+                         "(or --finetune FILE --test FILE) beside --data")
+    scenario = own_data_scenario(args.data, args.drift, args.finetune, args.test, args.classes)
+    print("data: " + scenario.split.replace("\n", "\ndata: "))
+    return scenario
+
+
+def _model_shape(path, model_bytes):
+    """(dims, bits) of a model file, validated on the host; a bad file is an error naming it."""
+    from .modelfile import ModelError, read_model
+    try:
+        layers = read_model(model_bytes)
+    except ModelError as e:
+        raise ValueError("%s is not a valid model file: %s" % (path, e)) from None
+    return [layers[0].q.shape[1]] + [layer.q.shape[0] for layer in layers], [layer.bits for layer in layers]
+
+
 def _print_export(path, report):
     print("wrote %s (%d bytes, dims %s, bits %s)" % (path, report["model_bytes"], report["dims"], report["bits"]))
     for layer in report["layers"]:
@@ -95,73 +172,135 @@ def _print_export(path, report):
         100 * report["source_accuracy_float"], 100 * report["source_accuracy_quantized"]))
 
 
-def _export(args, prepared):
-    _write(args.output, prepared.model_bytes, "wb")
-    _print_export(args.output, prepared.report)
+def _export(args, scenario, model_path):
+    """Check the board budget, pretrain, write the model and its sidecar (with the lr probe's pick)."""
+    from .pretrain import DEFAULT_HIDDEN
+    bits = check_bits(args.bits)
+    dims = [scenario.n_features, *DEFAULT_HIDDEN, len(scenario.classes)]
+    print(check_board_budget(dims, bits, None if scenario.finetune is None else len(scenario.finetune[1])))
+    prepared = prepare(scenario, bits, progress=not args.quiet)
+    _write(model_path, prepared.model_bytes, "wb")
+    _print_export(model_path, prepared.report)
+    side = {"model": os.path.basename(model_path), "scenario": scenario.name, "classes": scenario.classes,
+            "dims": prepared.report["dims"], "bits": bits,
+            "note": "the lr picked at export lives here until the model file has a field for it"}
+    if scenario.finetune is None:
+        print("no drifted data given: no lr probe (the default lr %g applies); --drift FILE picks one"
+              % reference.Config().lr)
+    else:
+        probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
+        side.update(lr=probe["lr"], lr_probe=probe)
+        print("lr probe (Skip2-LoRA, %s, trained on %d fine-tune samples, scored on %d held out): %s -> lr %g "
+              "(the default %g stays unless beaten by more than %.1f points, one standard error)" % (
+                  plural(probe["epochs"], "epoch"), probe["train_samples"], probe["held_out_samples"],
+                  ", ".join("%s %.1f%%" % (lr, 100 * a) for lr, a in probe["held_out_accuracy"].items()),
+                  probe["lr"], probe["default_lr"], 100 * probe["standard_error"]))
+    _write(sidecar_path(model_path), json.dumps(side, indent=2) + "\n")
+    print("wrote %s (lr pick, classes)" % sidecar_path(model_path))
+    return prepared
 
 
-def _bench(args, prepared):
-    config = _config(args)
-    results = compare_methods(prepared, config, args.methods, progress=not args.quiet,
-                              runtime=getattr(args, "runtime", "numpy"), port=getattr(args, "port", None))
+def _bench(args, prepared, config, methods, runtime, port=None, json_path=None, board_row=True):
+    results = compare_methods(prepared, config, methods, progress=not args.quiet, runtime=runtime, port=port,
+                              board_row=board_row)
     print(format_table(prepared, results))
-    if args.json:
-        _write(args.json, json.dumps(bench_record(prepared, config, results), indent=2))
-        print("results written to %s" % args.json)
-
-
-def _prepare(args):
-    return prepare(args.scenario, args.bits, progress=not args.quiet, data_path=args.data)  # pretraining: seed 0
+    if json_path:
+        _write(json_path, json.dumps(bench_record(prepared, config, results), indent=2))
+        print("results written to %s" % json_path)
+    return results
 
 
 def cmd_export(args):
-    _export(args, _prepare(args))
+    scenario = _scenario(args, need_drift=False)
+    _export(args, scenario, args.model or default_model(scenario.name))
 
 
 def cmd_bench(args):
-    _bench(args, _prepare(args))
+    if args.port and args.runtime != "serial":
+        raise ValueError("--port is for --runtime serial (got --runtime %s)" % args.runtime)
+    scenario = _scenario(args)
+    prepared = prepare(scenario, args.bits, progress=not args.quiet)  # pretraining: seed 0
+    _bench(args, prepared, _config(args), args.methods, args.runtime, args.port, args.json)
 
 
 def cmd_demo(args):
-    print("skip2lora %s demo: pretrain on clean digits, export %s, fine-tune on the drifted domain\n" % (
-        __version__, args.output))
-    prepared = _prepare(args)
-    _export(args, prepared)
-    print()
-    _bench(args, prepared)
-    print("\nthe same on a board: the emulator under the real MicroPython, over a serial port")
+    from dataclasses import replace
+
+    from . import report
     from .emulator import Emulator
+    scenario = _scenario(args)
+    model_path = os.path.join(args.out, os.path.basename(default_model(scenario.name)))
+    print("skip2lora %s demo: pretrain on the clean source domain, export %s, fine-tune on the drifted "
+          "domain; outputs in %s\n" % (__version__, model_path, args.out))
+    prepared = _export(args, scenario, model_path)
+    config = reference.Config(epochs=DEMO["epochs"])
+    results = [os.path.join(args.out, name) for name in ("bench-numpy.json", "bench-micropython.json", "run.json")]
+    print("\n1. the seven methods, numpy reference\n")
+    _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
+    n = DEMO["micropython_samples"]
+    print("\n2. the paper's claim, on the firmware under the real MicroPython (WebAssembly): LoRA-All and "
+          "Skip2-LoRA, the first %d fine-tune samples, %s\n" % (n, plural(config.epochs, "epoch")))
+    X, y = scenario.finetune
+    short = replace(prepared, scenario=replace(scenario, finetune=(X[:n], y[:n])))
+    _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1], board_row=False)
+    print("\n3. on a board: the emulator (the firmware under the real MicroPython behind a serial port)\n")
+    print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
-        _run_on_board(args, emu.port, prepared.model_bytes, prepared.scenario)
+        run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None,
+                                      quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
+                                      batch=config.batch, seed=config.seed, lr=None, bits=args.bits)
+        _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
+        _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
+    print("\nrendering the report of the three runs ...", flush=True)
+    records = report.load(results)
+    folder = os.path.join(args.out, "report")
+    _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
+    for path in [os.path.join(folder, "table.md")] + report.plots(records, folder):
+        print("wrote %s" % path)
 
 
-def _board_config(args):
-    config = {"method": args.method, "rank": args.rank, "lr": args.lr, "epochs": args.epochs,
+def _board_config(args, lr):
+    config = {"method": args.method, "rank": args.rank, "lr": lr, "epochs": args.epochs,
               "batch": args.batch, "seed": args.seed}
     if args.path:
         config["path"] = args.path
     return config
 
 
-def _run_on_board(args, port, model_bytes, scenario):
-    from tqdm import tqdm
-
+def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
     from .board import format_run, run_job
+    dims, bits = _model_shape(model_path, model_bytes)
+    n = len(scenario.finetune[1]) if args.limit is None else min(args.limit, len(scenario.finetune[1]))
+    print("model %s: dims %s, bits %s, %d bytes; method %s, path %s, lr %g (%s), %s; data %s: %s%d fine-tune "
+          "and %d test samples as %s" % (
+              model_path, "-".join(map(str, dims)), ",".join(map(str, bits)), len(model_bytes),
+              args.method, args.path or "the board's default (integer Skip2-LoRA on boards)", lr, lr_source,
+              plural(args.epochs, "epoch"), scenario.name, "as many as the board holds of " if args.limit is None else "",
+              n, len(scenario.test[1]), args.encoding))
+    print("connecting to %s, uploading the model, streaming the samples ..." % port, flush=True)
     bars = {}
 
     def progress(kind, done, total, info):
-        bar = bars.get(kind)
-        if bar is None:
-            bar = bars[kind] = tqdm(total=total, desc=kind, disable=args.quiet, leave=False)
+        b = bars.get(kind)
+        if b is None:
+            b = bars[kind] = bar(total, {"train": "train (epochs)", "finetune": "send fine-tune samples (frames)",
+                                         "test (before)": "score the test set before training (frames)",
+                                         "test (after)": "score the test set after training (frames)"}.get(kind, kind),
+                                 not args.quiet, "epochs" if kind == "train" else "frames")
         if info:
-            bar.set_postfix(loss="%.4f" % info["loss"], ms=info["ms"])
-        bar.update(done - bar.n)
+            b.set_postfix(loss="%.4f" % info["loss"], ms=info["ms"])
+        b.update(done - b.n)
+        if done == total:
+            b.close()
+            if kind == "test (before)":  # the board reports nothing until its first epoch ends
+                print("the board trains (a line per epoch) ...", flush=True)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
-    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit)
-    for bar in bars.values():
-        bar.close()
+    result = run_job(port, model_bytes, scenario, _board_config(args, lr), encoding, args.baud, progress, args.limit)
+    for b in bars.values():
+        b.close()
+    result["model"] = {"path": model_path, "dims": dims, "bits": bits}
     print(format_run(result))
     if args.json:
         _write(args.json, json.dumps(result, indent=2))
@@ -169,14 +308,60 @@ def _run_on_board(args, port, model_bytes, scenario):
     return result
 
 
-def cmd_run(args):
-    if os.path.exists(args.model):
-        model_bytes, scenario = open(args.model, "rb").read(), load_scenario(args.scenario, args.data)
+def _model_for_run(args, scenario, model_path):
+    """The model file `run` uploads: validated on the host first, and matching the data and --bits;
+    exported first when missing. Returns (model bytes, lr, where the lr came from)."""
+    if not os.path.exists(model_path):
+        print("%s does not exist: exporting it first" % model_path)
+        prepared = _export(args, scenario, model_path)
+        model_bytes = prepared.model_bytes
     else:
-        prepared = _prepare(args)
-        _export(argparse.Namespace(output=args.model), prepared)
-        model_bytes, scenario = prepared.model_bytes, prepared.scenario
-    _run_on_board(args, args.port, model_bytes, scenario)
+        with open(model_path, "rb") as f:
+            model_bytes = f.read()
+        dims, bits = _model_shape(model_path, model_bytes)
+        if args.bits and args.bits != bits:
+            raise ValueError("%s has bits %s, not the --bits %s asked for: export it again (skip2lora export --bits "
+                             "%s --model %s) or drop --bits" % (model_path, ",".join(map(str, bits)),
+                                                                ",".join(map(str, args.bits)),
+                                                                ",".join(map(str, args.bits)), model_path))
+        if dims[0] != scenario.n_features or dims[-1] != len(scenario.classes):
+            raise ValueError("%s takes %d features and %d classes; the data %s has %d and %d" % (
+                model_path, dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
+    if args.lr:
+        return model_bytes, args.lr, "--lr"
+    side = sidecar_path(model_path)
+    if os.path.exists(side):
+        with open(side) as f:
+            picked = json.load(f).get("lr")
+        if picked:
+            return model_bytes, picked, "picked at export, " + side
+    return model_bytes, reference.Config().lr, "the default"
+
+
+def cmd_run(args):
+    scenario = _scenario(args)
+    model_path = args.model or default_model(scenario.name)
+    model_bytes, lr, lr_source = _model_for_run(args, scenario, model_path)
+    _run_on_board(args, args.port, model_path, model_bytes, scenario, lr, lr_source)
+
+
+def cmd_probe_lr(args):
+    from .pipeline import check_lr_probe
+    scenario = _scenario(args)
+    prepared = prepare(scenario, args.bits, progress=not args.quiet)
+    result = check_lr_probe(prepared, reference.Config(), progress=not args.quiet)
+    print("%s: lr probe (Skip2-LoRA, numpy, %s, %d fine-tune samples, %d held out; test set %d samples)" % (
+        scenario.name, plural(result["epochs"], "epoch"), result["train_samples"], result["held_out_samples"],
+        len(scenario.test[1])))
+    print("  %-6s %10s %10s" % ("lr", "held-out", "test"))
+    for lr, held in result["held_out_accuracy"].items():
+        print("  %-6s %9.1f%% %9.1f%%%s" % (lr, 100 * held, 100 * result["test_accuracy"][lr],
+                                          "  <- pick" if float(lr) == result["lr"] else ""))
+    print("  pick lr %g: %.1f points below the best rate on the test set" % (
+        result["lr"], result["pick_below_best_points"]))
+    if args.json:
+        _write(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
+        print("results written to %s" % args.json)
 
 
 def cmd_emulate(args):
@@ -194,22 +379,29 @@ def cmd_emulate(args):
 
 
 def cmd_flash(args):
+    import shlex
     import subprocess
-    import tempfile
 
     from .board import build, flash_steps, uart_config
     uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
-    with tempfile.TemporaryDirectory(prefix="s2l-build-") as out:
-        lib = build(args.arch, out)
-        model = args.model if os.path.exists(args.model) else None
-        uart_path = None
-        if uart:
-            uart_path = os.path.join(out, "uart.json")
-            _write(uart_path, json.dumps(uart))
-        for step in flash_steps(args.port, lib, model, uart_path):
-            print(" ".join(step[2:]) if args.dry_run else "$ " + " ".join(step[2:]), flush=True)
-            if not args.dry_run and subprocess.run(step).returncode:
-                sys.exit("error: mpremote step failed: %s" % " ".join(step[2:]))
+    model = args.model
+    if model:
+        with open(model, "rb") as f:  # a missing file: the error names it
+            _model_shape(model, f.read())
+    elif os.path.exists(default_model(DEFAULT_SCENARIO)):
+        model = default_model(DEFAULT_SCENARIO)
+    else:
+        print("no --model and no %s: installing the firmware only" % default_model(DEFAULT_SCENARIO))
+    lib = build(args.arch, args.out)  # kept, so the printed steps can be run as printed
+    uart_path = None
+    if uart:
+        uart_path = os.path.join(args.out, "uart.json")
+        _write(uart_path, json.dumps(uart))
+    print("built the firmware for %s into %s" % (args.arch, args.out))
+    for step in flash_steps(args.port, lib, model, uart_path):
+        print(shlex.join(step) if args.dry_run else "$ " + shlex.join(step), flush=True)
+        if not args.dry_run and subprocess.run(step).returncode:
+            sys.exit("error: mpremote step failed: %s" % shlex.join(step))
 
 
 def cmd_report(args):
@@ -228,40 +420,71 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="pretrain on the source domain and write the quantized model file")
-    _add_common(p)
-    p.add_argument("--output", "-o", help="model file (default: models/<scenario>.s2lm)")
+    _add_data(p)
+    _add_bits(p)
+    p.add_argument("--model", metavar="FILE",
+                   help="model file to write; an lr-pick JSON goes beside it (default: %s)" % MODEL_NAMES)
+    _add_quiet(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
-    _add_common(p)
+    _add_data(p)
+    _add_bits(p)
     _add_tuning(p)
+    p.add_argument("--methods", type=_methods, default=list(reference.METHODS), metavar="M1,M2,..",
+                   help="comma-separated, from %s (default: all)" % ", ".join(reference.METHODS))
     p.add_argument("--runtime", default="numpy", choices=RUNTIMES,
                    help="numpy reference; the firmware's tuner under CPython / the real MicroPython; "
-                        "or a board or the emulator over serial (--port)")
+                        "or a board or the emulator over serial (--port) (default: %(default)s)")
     p.add_argument("--port", help="with --runtime serial: pyserial URL of the board or emulator")
-    p.add_argument("--json", help="write the results JSON here")
+    p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
+    _add_quiet(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default scenario")
-    _add_common(p)
-    _add_tuning(p)
-    _add_board(p)
-    p.add_argument("--output", "-o", help="model file (default: models/<scenario>.s2lm)")
-    p.add_argument("--json", help="write the results JSON here")
+    p = sub.add_parser("demo", help="the main job, end to end: export, the seven methods, the paper's claim "
+                                    "under MicroPython, a fine-tune on the emulated board")
+    _add_data(p)
+    _add_bits(p)
+    p.add_argument("--out", default=os.path.join("out", "demo"),
+                   help="folder for the model, results JSON and report (default: %(default)s)")
+    _add_quiet(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="stream a scenario to a board (or emulator), fine-tune there, report")
-    p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ...")
-    p.add_argument("--model", help="model file, exported first if missing (default: models/<scenario>.s2lm)")
-    _add_common(p)
-    _add_tuning(p)
-    _add_board(p)
-    p.add_argument("--json", help="write the results JSON here")
+    p = sub.add_parser("run", help="stream data to a board (or emulator), fine-tune there, report")
+    p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ... (required)")
+    p.add_argument("--model", metavar="FILE", help="model file, checked on the host, exported first if missing "
+                                                   "(default: %s)" % MODEL_NAMES)
+    _add_data(p)
+    _add_bits(p)
+    _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the JSON beside the model; "
+                           "else %g)" % reference.Config().lr)
+    p.add_argument("--method", default="skip2-lora", choices=reference.METHODS,
+                   help="method on the board (default: %(default)s)")
+    p.add_argument("--path", choices=["float", "int"],
+                   help="the tuner's arithmetic (default: the board's choice, integer Skip2-LoRA on boards)")
+    p.add_argument("--encoding", default="int8", choices=["int8", "float32"],
+                   help="samples on the wire (default: %(default)s)")
+    p.add_argument("--baud", type=_positive, default=115200,
+                   help="serial speed of a UART; USB-CDC and ptys ignore it (default: %(default)s)")
+    p.add_argument("--limit", type=_positive,
+                   help="stream the first N fine-tune samples, refused before streaming if the board cannot hold "
+                        "them (default: as many as the board's memory plan holds, all where they fit)")
+    p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
+    _add_quiet(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="markdown table and PNG plots from bench results JSON")
-    p.add_argument("results", nargs="+", help="results JSON files written by bench --json")
-    p.add_argument("--out", default=os.path.join("out", "report"), help="folder for table.md and the PNGs")
+    p = sub.add_parser("probe-lr", help="the lr export picks (held-out slice of the fine-tune set) against "
+                                        "the best lr on the test set, for Skip2-LoRA")
+    _add_data(p)
+    _add_bits(p)
+    p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_probe_lr)
+
+    p = sub.add_parser("report", help="markdown table and PNG plots from bench or run results JSON")
+    p.add_argument("results", nargs="+", help="results JSON files written by bench --json or run --json")
+    p.add_argument("--out", default=os.path.join("out", "report"),
+                   help="folder for table.md and the PNGs (default: %(default)s)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
@@ -274,22 +497,23 @@ def build_parser():
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")
-    p.add_argument("--port", required=True)
-    p.add_argument("--arch", default="armv6m", choices=["armv6m", "xtensawin"], help="RP2040 / ESP32")
-    p.add_argument("--model", default=default_model(DEFAULT_SCENARIO), help="model file to install too (if it exists)")
+    p.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyACM0 (required)")
+    p.add_argument("--arch", default="armv6m", choices=["armv6m", "xtensawin"],
+                   help="RP2040 / ESP32 (default: %(default)s)")
+    p.add_argument("--model", metavar="FILE", help="model file to install too, checked first (default: %s if it "
+                                                   "exists)" % default_model(DEFAULT_SCENARIO))
     p.add_argument("--uart", metavar="tx=PIN,rx=PIN[,id=N,baudrate=BAUD]",
                    help="serve the link on this UART instead of USB-CDC (writes :uart.json; "
-                        "`mpremote fs rm :uart.json` goes back to USB)")
-    p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only")
+                        "`mpremote fs rm :uart.json` goes back to USB) (default: USB-CDC)")
+    p.add_argument("--out", default=os.path.join("out", "flash"),
+                   help="folder the firmware is built into and kept (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only (default: run them)")
     p.set_defaults(func=cmd_flash)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("output", "model"):
-        if hasattr(args, name) and getattr(args, name) is None:
-            setattr(args, name, default_model(args.scenario))
     try:
         args.func(args)
     except (ValueError, OSError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line

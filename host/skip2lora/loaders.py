@@ -4,8 +4,10 @@ UCI HAR  the unzipped "UCI HAR Dataset" folder as published: <path>/<part>/X_<pa
          whitespace-separated floats per row, e.g. " 2.8858451e-001 -2.0294171e-002 ...") and
          <path>/<part>/y_<part>.txt (one activity 1..6 per line), part "train" or "test".
          Labels come back as 0..5, in the order of UCI_HAR_CLASSES.
-features a .csv of numbers, one sample per row, the last column the integer label (a header row
-         of non-numbers is skipped), or a .npz holding X (2-D) and y (1-D integers).
+features a .csv, one sample per row: numbers, and a label column, the last one unless a header
+         row (a first row of names only) names it "label", "class", "target" or "y"; labels are
+         integers 0..k-1 or class names (text). Or a .npz holding X (2-D), y (1-D integers or
+         names) and optionally `classes` (the names of 0..k-1).
 Every problem raises DataError naming the file and what is wrong.
 """
 import os
@@ -20,21 +22,19 @@ class DataError(ValueError):
     """A missing or malformed data file; the message names the file and what is wrong."""
 
 
-def _rows(path, sep=None):
-    """Numeric rows of a text file: (line number, [float, ...]) for each non-empty line."""
+def _rows(path):
+    """Numeric rows of a whitespace-separated text file: (line number, [float, ...]) per non-empty line."""
     if not os.path.isfile(path):
         raise DataError("%s: no such file" % path)
     rows = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
-            fields = [v.strip() for v in line.split(sep)] if line.strip() else []
+            fields = line.split()
             if not fields:
                 continue
             try:
                 rows.append((number, [float(v) for v in fields]))
             except ValueError:
-                if number == 1 and sep == ",":  # a header row
-                    continue
                 raise DataError("%s, line %d: not a number in %r" % (path, number, line.strip()[:60])) from None
     if not rows:
         raise DataError("%s: no data rows" % path)
@@ -82,22 +82,81 @@ def load_uci_har(path, part="train"):
     return X.astype(np.float32), _labels(y_path, y - 1, len(UCI_HAR_CLASSES))
 
 
-def load_features(path):
-    """(X float32 [n, d], y int64 [n]) from a .csv (label in the last column) or a .npz (X, y)."""
+LABEL_COLUMNS = ("label", "class", "target", "y")
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _csv_columns(path):
+    """(X float64 [n, d], raw labels [n] as text): the label column as the header names it, else the last."""
+    if not os.path.isfile(path):
+        raise DataError("%s: no such file" % path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, [v.strip() for v in line.split(",")]) for n, line in enumerate(f, 1) if line.strip()]
+    if lines and not any(_is_number(v) for v in lines[0][1]):  # a header: names only
+        names = [v.lower() for v in lines.pop(0)[1]]
+        label_at = next((names.index(c) for c in LABEL_COLUMNS if c in names), len(names) - 1)
+    else:
+        label_at = len(lines[0][1]) - 1 if lines else -1
+    if not lines:
+        raise DataError("%s: no data rows" % path)
+    width = len(lines[0][1])
+    if width < 2:
+        raise DataError("%s: needs at least one feature column and a label column" % path)
+    rows, labels = [], []
+    for number, fields in lines:
+        if len(fields) != width:
+            raise DataError("%s, line %d: %d columns, expected %d" % (path, number, len(fields), width))
+        labels.append(fields[label_at])
+        rows.append((number, fields[:label_at] + fields[label_at + 1:]))
+    for number, fields in rows:
+        if not all(_is_number(v) for v in fields):
+            raise DataError("%s, line %d: not a number in %r" % (path, number, ",".join(fields)[:60]))
+    X = _matrix(path, [(n, [float(v) for v in fields]) for n, fields in rows], width - 1)
+    return X, labels
+
+
+def _named_labels(path, labels, classes):
+    """Class names as labels -> (indices into `classes`, classes); classes default to the sorted names."""
+    labels = [str(v) for v in labels]
+    classes = list(classes) if classes else sorted(set(labels))
+    index = {name: k for k, name in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DataError("%s: label(s) %s not among the classes %s" % (path, ", ".join(unknown[:5]), ", ".join(classes)))
+    return np.array([index[v] for v in labels], np.int64), classes
+
+
+def _labels_and_classes(path, labels, classes):
+    numeric = all(_is_number(str(v)) for v in labels)
+    if not numeric:
+        return _named_labels(path, labels, classes)
+    y = _labels(path, [float(v) for v in labels], len(classes) if classes else None)
+    return y, list(classes) if classes else None
+
+
+def load_features(path, classes=None):
+    """(X float32 [n, d], y int64 [n], class names or None) from a .csv or .npz (module docstring).
+
+    classes: the names of 0..k-1 (e.g. the lab file's, for its drifted copy): text labels are
+    mapped by them, integer labels must be below k. None: text labels give their sorted names."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        rows = _rows(path, sep=",")
-        width = len(rows[0][1])
-        if width < 2:
-            raise DataError("%s: needs at least one feature column and a label column" % path)
-        data = _matrix(path, rows, width)
-        return data[:, :-1].astype(np.float32), _labels(path, data[:, -1])
+        X, labels = _csv_columns(path)
+        y, names = _labels_and_classes(path, labels, classes)
+        return X.astype(np.float32), y, names
     if ext == ".npz":
         if not os.path.isfile(path):
             raise DataError("%s: no such file" % path)
         try:
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in ("X", "y") if k in npz.files}
+                arrays = {k: npz[k] for k in ("X", "y", "classes") if k in npz.files}
         except (OSError, ValueError) as e:
             raise DataError("%s: not a readable .npz (%s)" % (path, e)) from None
         for key in ("X", "y"):
@@ -110,5 +169,11 @@ def load_features(path):
             raise DataError("%s: %d rows in X but %d labels in y" % (path, len(X), len(y)))
         if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
             raise DataError("%s: X must be finite numbers" % path)
-        return X.astype(np.float32), _labels(path, y)
+        if classes is None and "classes" in arrays:
+            classes = [str(c) for c in arrays["classes"]]
+        if np.issubdtype(y.dtype, np.number):
+            labels, names = _labels(path, y, len(classes) if classes else None), classes
+        else:
+            labels, names = _named_labels(path, y, classes)
+        return X.astype(np.float32), labels, (list(names) if names else None)
     raise DataError("%s: unsupported file type %r (use .csv or .npz)" % (path, ext or "no extension"))

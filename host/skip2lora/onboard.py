@@ -49,6 +49,8 @@ def run(method):
     for x, label in samples("test.txt"):
         correct += tuner.predict(x) == label
         total += 1
+        if total % 25 == 0:
+            print("T " + json.dumps([method, total]))
     cache = tuner.cache
     print("R " + json.dumps({
         "method": method, "path": tuner.path, "accuracy": correct / total,
@@ -77,13 +79,14 @@ def _sample_lines(X, y):
 
 
 def run_methods(model_bytes, config, finetune, test, methods, runtime, cache_mode=None, cache_budget=None,
-                path=None, on_epoch=None):
+                path=None, on_epoch=None, on_test=None):
     """Fine-tune with each method on `runtime` ("cpython" or "micropython"); a result dict each.
 
     config: a reference.Config (rank, lr, epochs, batch, seed). cache_mode / cache_budget: the
     tuner's skip-cache storage ("float" or "compact"; RAM bytes before spilling to flash); None
     keeps the firmware's defaults. path: "float" or "int" (the integer Skip2-LoRA); None: the
-    firmware's default. on_epoch(method, epoch, epochs, loss) reports progress."""
+    firmware's default. on_epoch(method, epoch, epochs, loss) reports progress, and so does
+    on_test(method, samples tested) while the test set is scored (every 25 samples)."""
     tuner = {"rank": config.rank, "lr": config.lr, "epochs": config.epochs, "batch": config.batch,
              "seed": config.seed}
     if cache_mode is not None:
@@ -99,6 +102,8 @@ def run_methods(model_bytes, config, finetune, test, methods, runtime, cache_mod
         kind, _, payload = line.partition(" ")
         if kind == "P" and on_epoch:
             on_epoch(*json.loads(payload))
+        elif kind == "T" and on_test:
+            on_test(*json.loads(payload))
         elif kind == "R":
             result = json.loads(payload)
             result.update(runtime=runtime, rank=config.rank, lr=config.lr, epochs=config.epochs,

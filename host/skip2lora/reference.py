@@ -101,12 +101,12 @@ def softmax_grad(z, y):
 
 
 class Network:
-    """Float32 weights [(W [out, in], b [out]), ...] of the pretrained network."""
+    """Weights [(W [out, in], b [out]), ...]: float32 as on a board, or float64 for pretraining."""
 
-    def __init__(self, weights):
+    def __init__(self, weights, dtype=np.float32):
         weights = list(weights)
-        self.W = [np.array(w, np.float32) for w, _ in weights]
-        self.b = [np.array(b, np.float32) for _, b in weights]
+        self.W = [np.array(w, dtype) for w, _ in weights]
+        self.b = [np.array(b, dtype) for _, b in weights]
 
     @property
     def dims(self):
@@ -138,7 +138,7 @@ class Tuner:
 
     def __init__(self, net, config):
         self.cfg = config
-        self.net = Network(zip(net.W, net.b))  # own copy: FT methods change it
+        self.net = Network(zip(net.W, net.b), net.W[0].dtype)  # own copy: FT methods change it
         self.rng = XorShift32(config.seed)
         self.meter = Meter()
         self.losses = []

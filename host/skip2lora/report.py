@@ -1,13 +1,30 @@
-"""Tables and plots from results JSON (what `bench` writes): a markdown table in the layout of the
-paper's comparison (methods x datasets: accuracy and fine-tune time), and PNG plots: accuracy per
-method, fine-tune time per method split by phase, accuracy against epochs."""
+"""Tables and plots from results JSON (what `bench --json` and `run --json` write): a markdown table
+in the layout of the paper's comparison (methods x runs: accuracy and fine-tune time), and PNG plots:
+accuracy per method, fine-tune time per method split by phase ("other": time in no phase, such as
+fetching samples and the loop), accuracy against epochs (only runs that measured it). Every column,
+legend and title states the runtime, epochs and sample counts it ran with; peak heap appears only
+where it is a MicroPython heap a board would need."""
 import json
 import os
 
+from .pipeline import heap_is_a_boards, plural, row_label
 from .reference import METHODS, PHASES
 
 METHOD_NAMES = {"ft-all": "FT-All", "ft-last": "FT-Last", "ft-bias": "FT-Bias", "lora-all": "LoRA-All",
                 "lora-last": "LoRA-Last", "skip-lora": "Skip-LoRA", "skip2-lora": "Skip2-LoRA"}
+
+
+def _from_run(run):
+    """A `run --json` result as a one-row bench record."""
+    confusion = run.get("confusion") or []
+    row = {"method": run["method"], "accuracy": run["accuracy"], "runtime": "serial", "board": run["board"],
+           "finetune_seconds": run["speed"]["finetune_seconds"], "phase_seconds": run["phase_seconds"],
+           "path": run["path"], "cache_mode": run["cache_mode"], "peak_heap_bytes": run["peak_alloc"],
+           "diverged": not all(loss < float("inf") for loss in run["losses"])}
+    return {"scenario": run["scenario"], "runtime": "serial", "config": run["config"], "results": [row],
+            "model": {"drifted_accuracy_before": run["accuracy_before"]},
+            "finetune_samples": run["link"]["finetune_samples"], "test_samples": sum(map(sum, confusion)),
+            "board_platform": run["board"]["platform"]}
 
 
 def load(paths):
@@ -15,48 +32,71 @@ def load(paths):
     for path in paths:
         with open(path) as f:
             record = json.load(f)
-        if "results" not in record or "scenario" not in record:
-            raise ValueError("%s is not a bench results file (no scenario/results)" % path)
+        if "link" in record and "accuracy_before" in record:
+            record = _from_run(record)
+        elif "results" not in record or "scenario" not in record:
+            raise ValueError("%s is not a bench or run results file (no scenario/results)" % path)
+        if not record["results"]:
+            raise ValueError("%s holds no results" % path)
         record["path"] = path
         records.append(record)
     return records
 
 
 def _rows(record):
-    # one row per method: the first of each (a board-mode repeat comes after)
+    """label -> result, methods in the paper's order, each method's variants (/int8, /integer) after it."""
     rows = {}
-    for r in record["results"]:
-        rows.setdefault(r["method"], r)
+    for r in sorted(record["results"], key=lambda r: METHODS.index(r["method"])):
+        rows.setdefault(row_label(r), r)
     return rows
 
 
-def _column(record):
-    return "%s (%s)" % (record["scenario"], record["runtime"])
+def _name(label):
+    method, _, variant = label.partition("/")
+    return METHOD_NAMES[method] + (" (%s)" % variant if variant else "")
+
+
+def column(record):
+    """'rotate (numpy, 30 epochs, 250 fine-tune / 250 test samples)'."""
+    runtime = record["runtime"]
+    if record.get("board_platform"):
+        runtime += " to %s" % record["board_platform"]
+    return "%s (%s, %s, %d fine-tune / %d test samples)" % (
+        record["scenario"], runtime, plural(record["config"]["epochs"], "epoch"), record["finetune_samples"],
+        record["test_samples"])
 
 
 def markdown_table(records):
-    header = "| method | " + " | ".join("%s accuracy | time [s]" % _column(r) for r in records) + " |"
+    labels = []
+    for record in records:
+        labels += [label for label in _rows(record) if label not in labels]
+    labels.sort(key=lambda label: METHODS.index(label.partition("/")[0]))
+    header = "| method | " + " | ".join("%s accuracy | time [s]" % column(r) for r in records) + " |"
     lines = [header, "|---" * (1 + 2 * len(records)) + "|",
              "| (before) | " + " | ".join("%.1f%% | " % (100 * r["model"]["drifted_accuracy_before"])
                                          for r in records) + " |"]
-    for method in METHODS:
+    for label in labels:
         cells = []
         for record in records:
-            r = _rows(record).get(method)
+            r = _rows(record).get(label)
             cells.append("%.1f%%%s | %.2f" % (100 * r["accuracy"], " (diverged)" if r.get("diverged") else "",
                                               r["finetune_seconds"]) if r else " | ")
-        if any(c != " | " for c in cells):
-            lines.append("| %s | %s |" % (METHOD_NAMES[method], " | ".join(cells)))
+        lines.append("| %s | %s |" % (_name(label), " | ".join(cells)))
+    notes = []
     for record in records:
         ratio = record.get("skip2_over_lora_all_time")
         if ratio is not None:
-            lines.append("")
-            lines.append("%s: Skip2-LoRA / LoRA-All fine-tune time %.3f (one run)" % (_column(record), ratio))
-    return "\n".join(lines)
+            notes.append("%s: Skip2-LoRA / LoRA-All fine-tune time %.3f (measured in one run; the paper: 0.10)" % (
+                column(record), ratio))
+        heaps = ["%s %.1f KB" % (_name(label), r["peak_heap_bytes"] / 1024)
+                 for label, r in _rows(record).items() if "peak_heap_bytes" in r and heap_is_a_boards(r)]
+        if heaps:
+            notes.append("%s: peak MicroPython heap (what the firmware allocates): %s" % (column(record), ", ".join(heaps)))
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def plots(records, out_dir):
-    """Write the three PNGs into out_dir; returns their paths."""
+    """Write the PNGs into out_dir (the per-epoch plot only when some run measured it); their paths."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -64,47 +104,56 @@ def plots(records, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = []
+    for record in records:
+        labels += [label for label in _rows(record) if label not in labels]
+    labels.sort(key=lambda label: METHODS.index(label.partition("/")[0]))
     width = 0.8 / len(records)
     for k, record in enumerate(records):
         rows = _rows(record)
-        methods = [m for m in METHODS if m in rows]
-        xs = [METHODS.index(m) + k * width for m in methods]
-        ax.bar(xs, [100 * rows[m]["accuracy"] for m in methods], width, label=_column(record))
+        present = [label for label in labels if label in rows]
+        xs = [labels.index(label) + k * width for label in present]
+        ax.bar(xs, [100 * rows[label]["accuracy"] for label in present], width, label=column(record))
         ax.axhline(100 * record["model"]["drifted_accuracy_before"], color="C%d" % k, linestyle=":", linewidth=1)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(METHODS))], [METHOD_NAMES[m] for m in METHODS])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], [_name(label) for label in labels],
+                  rotation=20, fontsize="small")
     ax.set_ylabel("test accuracy after fine-tuning [%] (dotted: before)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small")
     paths.append(_save(fig, out_dir, "accuracy.png"))
 
-    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 4.5), squeeze=False)
     for ax, record in zip(axes[0], records):
         rows = _rows(record)
-        methods = [m for m in METHODS if m in rows]
-        bottom = [0.0] * len(methods)
-        for p, phase in enumerate(PHASES + ("cache",)):
-            values = [rows[m].get("phase_seconds", {}).get(phase, 0.0) for m in methods]
+        present = list(rows)
+        bottom = [0.0] * len(present)
+        parts = [(phase, [rows[label].get("phase_seconds", {}).get(phase, 0.0) for label in present])
+                 for phase in PHASES + ("cache",)]
+        other = [max(0.0, rows[label]["finetune_seconds"] - sum(v[i] for _, v in parts))
+                 for i, label in enumerate(present)]
+        for name, values in parts + [("other (no phase: sample fetch, loop)", other)]:
             if any(values):
-                ax.bar(range(len(methods)), values, bottom=bottom, label=phase.replace("_", " "))
+                ax.bar(range(len(present)), values, bottom=bottom, label=name.replace("_", " "))
                 bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_xticks(range(len(methods)), [METHOD_NAMES[m] for m in methods], rotation=30, fontsize="small")
-        ax.set_title(_column(record), fontsize="small")
+        ax.set_xticks(range(len(present)), [_name(label) for label in present], rotation=30, fontsize="small")
+        ax.set_title(column(record), fontsize="x-small")
         ax.set_ylabel("fine-tune time [s]")
         ax.legend(fontsize="x-small")
     paths.append(_save(fig, out_dir, "time_per_phase.png"))
 
-    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 4), squeeze=False)
-    for ax, record in zip(axes[0], records):
-        curves = [r for r in _rows(record).values() if r.get("accuracy_per_epoch")]
-        for r in curves:
-            ax.plot(range(1, len(r["accuracy_per_epoch"]) + 1), [100 * a for a in r["accuracy_per_epoch"]],
-                    label=METHOD_NAMES[r["method"]])
-        ax.set_title(_column(record) + ("" if curves else ": no per-epoch accuracy in this run"), fontsize="small")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy [%]")
-        if curves:
+    with_curves = [(record, [r for r in _rows(record).values() if r.get("accuracy_per_epoch")]) for record in records]
+    with_curves = [(record, curves) for record, curves in with_curves if curves]
+    if with_curves:
+        fig, axes = plt.subplots(1, len(with_curves), figsize=(6 * len(with_curves), 4), squeeze=False)
+        for ax, (record, curves) in zip(axes[0], with_curves):
+            for r in curves:
+                ax.plot(range(1, len(r["accuracy_per_epoch"]) + 1), [100 * a for a in r["accuracy_per_epoch"]],
+                        label=_name(row_label(r)))
+            ax.set_title(column(record), fontsize="x-small")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("test accuracy [%]")
             ax.legend(fontsize="x-small")
-    paths.append(_save(fig, out_dir, "accuracy_per_epoch.png"))
+        paths.append(_save(fig, out_dir, "accuracy_per_epoch.png"))
     return paths
 
 

@@ -12,6 +12,11 @@ Scenarios (what a deployed camera/sensor meets):
     rotate   the sensor is mounted rotated by 10 degrees
     noise    additive Gaussian sensor noise, sigma 0.35 of full scale, clipped to [0, 1]
     gain     per-pixel gain and offset drift of the sensor (gain 0.4..1.1, offset 0..0.4)
+
+A user's own data (own_data_scenario): a lab file (pretrain + source test) and what the board sees,
+either one drifted file or a fine-tune file and a test file. A single file per domain is split by a
+fixed permutation (seed 0) into disjoint parts: the lab file 80% pretrain / 20% source test, the
+drifted file 50% fine-tune / 50% test.
 """
 from dataclasses import dataclass
 
@@ -19,6 +24,9 @@ import numpy as np
 
 SPLIT_SIZES = {"pretrain": 1000, "source_test": 297, "finetune": 250, "test": 250}
 DEFAULT_SCENARIO = "rotate"
+SPLIT_SEED = 0
+LAB_SPLIT = 0.8    # pretrain share of a lab file; the rest is the source test
+DRIFT_SPLIT = 0.5  # fine-tune share of a drifted file; the rest is the test set
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Scenario:
     finetune: tuple
     test: tuple
     classes: list
+    split: str = ""  # how the parts came from the user's files, printed (own data only)
 
     @property
     def n_features(self):
@@ -82,3 +91,48 @@ def load_digits_scenario(name=DEFAULT_SCENARIO):
 
     return Scenario(name, description, take("pretrain", False), take("source_test", False),
                     take("finetune", True), take("test", True), [str(c) for c in range(10)])
+
+
+def _split(path, X, y, share):
+    """Two disjoint parts of (X, y): a fixed permutation (SPLIT_SEED), the first `share` and the rest."""
+    from .loaders import DataError
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    cut = int(round(share * len(y)))
+    if cut < 1 or cut >= len(y):
+        raise DataError("%s: %d rows are too few to split %d%% / %d%%" % (
+            path, len(y), round(100 * share), 100 - round(100 * share)))
+    return (X[order[:cut]], y[order[:cut]]), (X[order[cut:]], y[order[cut:]])
+
+
+def own_data_scenario(data, drift=None, finetune=None, test=None, classes=None):
+    """A Scenario from the user's files (module docstring); without drifted data, finetune and test
+    are None (enough to export). classes: names of 0..k-1, else the file's own or "0".."k-1"."""
+    import os
+
+    from .loaders import DataError, load_features
+    if drift and (finetune or test):
+        raise ValueError("give --drift FILE or --finetune FILE --test FILE, not both")
+    if bool(finetune) != bool(test):
+        raise ValueError("--finetune and --test go together (or give one drifted file with --drift)")
+    X, y, names = load_features(data, classes)
+    names = names or [str(k) for k in range(int(y.max()) + 1)]
+    pretrain, source_test = _split(data, X, y, LAB_SPLIT)
+    split = ["%s: %d rows, %d features -> pretrain %d / source test %d (disjoint, seed %d)" % (
+        data, len(y), X.shape[1], len(pretrain[1]), len(source_test[1]), SPLIT_SEED)]
+    parts = [None, None]
+    if drift:
+        Xd, yd, _ = load_features(drift, names)
+        parts = _split(drift, Xd, yd, DRIFT_SPLIT)
+        split.append("%s: %d rows -> fine-tune %d / test %d (disjoint, seed %d)" % (
+            drift, len(yd), len(parts[0][1]), len(parts[1][1]), SPLIT_SEED))
+    elif finetune:
+        parts = [load_features(path, names)[:2] for path in (finetune, test)]
+        split.append("%s: fine-tune %d rows; %s: test %d rows" % (finetune, len(parts[0][1]), test, len(parts[1][1])))
+    for path, part in zip((drift or finetune, drift or test), parts):
+        if part is not None and part[0].shape[1] != X.shape[1]:
+            raise DataError("%s: %d features, but %s has %d" % (path, part[0].shape[1], data, X.shape[1]))
+    if len(names) < 2:
+        raise DataError("%s: needs at least two classes" % data)
+    name = os.path.splitext(os.path.basename(data))[0]
+    return Scenario(name, "own data from " + data, pretrain, source_test, parts[0], parts[1], list(names),
+                    "\n".join(split))

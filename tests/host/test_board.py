@@ -6,17 +6,36 @@ import pytest
 from skip2lora import cli
 
 
-def test_flash_dry_run_compiles_and_prints_the_mpremote_steps(capsys, tmp_path):
-    model = tmp_path / "m.s2lm"
-    model.write_bytes(b"model")
-    cli.main(["flash", "--port", "/dev/ttyACM7", "--arch", "xtensawin", "--dry-run", "--model", str(model)])
-    steps = capsys.readouterr().out.splitlines()
-    assert [s.split()[:4] for s in steps] == [["mpremote", "connect", "/dev/ttyACM7", "fs"]] * 3 + [
-        ["mpremote", "connect", "/dev/ttyACM7", "soft-reset"]]
-    assert steps[0].endswith("/lib :") and steps[1].endswith(":main.py") and steps[2].endswith(":model.s2lm")
+MODEL = "models/digits-rotate.s2lm"  # the tracked model: read, never written
 
 
-def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch):
+def test_flash_dry_run_builds_into_a_kept_folder_and_prints_runnable_steps(capsys, tmp_path):
+    import shlex
+    import sys
+    out = tmp_path / "flash"
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--arch", "xtensawin", "--dry-run", "--model", MODEL,
+              "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "built the firmware for xtensawin into %s" % out
+    steps = [shlex.split(line) for line in lines[1:]]
+    assert [s[:6] for s in steps] == [[sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7", "fs"]] * 3 + [
+        [sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7", "soft-reset"]]
+    assert steps[0][-2:] == [str(out / "lib"), ":"] and steps[1][-1] == ":main.py" and steps[2][-2:] == [MODEL, ":model.s2lm"]
+    assert (out / "lib" / "s2l" / "tuner.mpy").is_file()  # still there: the steps run as printed
+
+
+def test_flash_checks_the_model_file_before_building(tmp_path, capsys):
+    bad = tmp_path / "m.s2lm"
+    bad.write_bytes(b"model")
+    for model, reason in ((bad, "%s is not a valid model file: model file truncated" % bad),
+                          (tmp_path / "gone.s2lm", "No such file or directory: '%s'" % (tmp_path / "gone.s2lm"))):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["flash", "--port", "/dev/ttyACM7", "--dry-run", "--model", str(model), "--out", str(tmp_path / "f")])
+        assert reason in str(stop.value)
+    assert not (tmp_path / "f").exists()
+
+
+def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch, tmp_path):
     import subprocess
     written = {}
     real_run = subprocess.run
@@ -26,12 +45,13 @@ def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch):
             written["uart"] = json.loads(open(step[-2]).read())
         return real_run(["true"])
     monkeypatch.setattr(subprocess, "run", fake_run)
-    cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", "tx=4,rx=5,baudrate=921600", "--model", "none"])
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", "tx=4,rx=5,baudrate=921600", "--model", MODEL,
+              "--out", str(tmp_path)])
     assert written["uart"] == {"id": 0, "baudrate": 921600, "tx": 4, "rx": 5}
     assert "fs cp" in capsys.readouterr().out
     for bad in ("tx=4", "tx=4,rx=five", "pin=3,tx=1,rx=2"):
         with pytest.raises(SystemExit, match="error: --uart"):
-            cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", bad, "--dry-run"])
+            cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", bad, "--dry-run", "--out", str(tmp_path)])
 
 
 def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
@@ -86,10 +106,15 @@ def test_bench_over_serial_matches_the_reference(tmp_path, capsys):
     args = ["--epochs", "2", "--quiet", "--methods", "lora-all,skip2-lora"]
     with Emulator("cpython") as emu:
         cli.main(["bench", "--runtime", "serial", "--port", emu.port, "--json", str(out)] + args)
+    printed = capsys.readouterr().out
     cli.main(["bench", "--runtime", "numpy", "--json", str(ref)] + args)
     serial, numpy = json.loads(out.read_text()), json.loads(ref.read_text())
     assert serial["runtime"] == "serial" and serial["skip2_over_lora_all_time"] > 0
     for got, want in zip(serial["results"], numpy["results"]):
-        assert got["method"] == want["method"] and got["accuracy"] == want["accuracy"]
+        # the reference's float32 sums follow the machine's BLAS: allow one test sample either way
+        assert got["method"] == want["method"] and abs(got["accuracy"] - want["accuracy"]) <= 1 / 250 + 1e-9
         assert got["macs"]["backward"] == want["macs"]["backward"]
-    assert "fine-tune time Skip2-LoRA / LoRA-All" in capsys.readouterr().out
+    assert "fine-tune time Skip2-LoRA / LoRA-All" in printed
+    # the emulator's heap is the host's interpreter's, not a board's: no figure for it
+    heap_rows = [line.split() for line in printed.splitlines() if line.startswith(("lora-all ", "skip2-lora "))][-2:]
+    assert [row[-3] for row in heap_rows] == ["n/a", "n/a"]

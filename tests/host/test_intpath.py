@@ -1,5 +1,8 @@
 """The integer Skip2-LoRA against the float one, on the default scenario and on fan-env: same
-seed, epochs and rank; the integer path must stay within 0.5 points of the float path."""
+seed, epochs and rank; the integer path must stay within 1 point of the float path (measured: 0.4
+points on rotate, 1 test sample of 250; 0.43 on fan-env, 3 of 705). The pretrained model is the
+same on every machine and the firmware's tuner is plain Python, so these figures do not move
+between machines; the bound leaves room for a libm that rounds math.exp differently."""
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,12 @@ SCENARIOS = ["rotate", pytest.param("fan-env", marks=pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_integer_path_is_within_half_a_point_of_the_float_path(scenario):
-    prepared = prepare(scenario, progress=False)
+def test_integer_path_is_within_a_point_of_the_float_path(scenario):
+    prepared = prepare(scenario, progress=False)  # pretraining: seed 0; fine-tuning: Config().seed = 1
     s, config = prepared.scenario, reference.Config()
     [fl] = run_methods(prepared.model_bytes, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="float")
     [it] = run_methods(prepared.model_bytes, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="int")
     assert (fl["path"], it["path"]) == ("float", "int")
-    assert abs(it["accuracy"] - fl["accuracy"]) <= 0.005
+    assert abs(it["accuracy"] - fl["accuracy"]) <= 0.01
     assert it["accuracy"] - prepared.report["drifted_accuracy_before"] >= 0.10
     assert it["macs"] == fl["macs"] and it["cache_hits"] == fl["cache_hits"]

@@ -68,9 +68,25 @@ def test_features_from_csv_and_npz(tmp_path):
     npz = tmp_path / "f.npz"
     np.savez(npz, X=X, y=y)
     for path in (csv, npz):
-        got_X, got_y = load_features(str(path))
+        got_X, got_y, classes = load_features(str(path))
         np.testing.assert_array_equal(got_X, X)
-        assert got_y.tolist() == y.tolist() and got_y.dtype == np.int64
+        assert got_y.tolist() == y.tolist() and got_y.dtype == np.int64 and classes is None
+
+
+def test_class_names_from_the_file_or_given(tmp_path):
+    csv = tmp_path / "f.csv"
+    csv.write_text("class,a,b\nfan-off,1,2\nfan-on,3,4\nfan-off,5,6\n")  # the header names the label column
+    X, y, classes = load_features(str(csv))
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6]] and y.tolist() == [0, 1, 0] and classes == ["fan-off", "fan-on"]
+    X, y, classes = load_features(str(csv), classes=["fan-on", "fan-off"])  # another file's order
+    assert y.tolist() == [1, 0, 1] and classes == ["fan-on", "fan-off"]
+    with pytest.raises(DataError, match="f.csv: label\\(s\\) fan-off not among the classes fan-on, broken"):
+        load_features(str(csv), classes=["fan-on", "broken"])
+    npz = tmp_path / "f.npz"
+    np.savez(npz, X=X, y=np.array([1, 0, 1]), classes=np.array(["low", "high"]))
+    assert load_features(str(npz))[2] == ["low", "high"]
+    with pytest.raises(DataError, match="f.npz: labels must be below 1"):
+        load_features(str(npz), classes=["only"])
 
 
 @pytest.mark.parametrize("name, content, message", [

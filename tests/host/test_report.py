@@ -30,7 +30,22 @@ def test_report_writes_the_table_and_three_pngs(results, tmp_path, capsys):
 def test_report_of_a_file_that_is_not_results_is_a_clear_error(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("{}")
-    with pytest.raises(SystemExit, match="not a bench results file"):
+    with pytest.raises(SystemExit, match="not a bench or run results file"):
         cli.main(["report", str(bad), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="No such file"):
         cli.main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+
+
+def test_report_keeps_board_mode_rows_states_the_run_and_draws_no_empty_panel(results, tmp_path):
+    record = json.loads(results.read_text())
+    skip2 = [r for r in record["results"] if r["method"] == "skip2-lora"][0]
+    record["results"].append(dict(skip2, cache_mode="compact", accuracy=0.5))  # a board-mode repeat
+    for r in record["results"]:
+        del r["accuracy_per_epoch"]  # a run that did not measure it
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(record))
+    cli.main(["report", str(edited), "--out", str(tmp_path / "r")])
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert "rotate (numpy, 2 epochs, 250 fine-tune / 250 test samples) accuracy" in table
+    assert "| Skip2-LoRA (int8) | 50.0% |" in table
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == ["accuracy.png", "time_per_phase.png"]
