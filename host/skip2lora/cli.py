@@ -6,7 +6,7 @@ import sys
 
 from s2l import frames as F
 
-from . import __version__, reference
+from . import __version__, coaflow, reference
 from .client import BoardError, LinkError
 from .pipeline import FAN_DATA, RUNTIMES, SCENARIOS, bench_record, compare_methods, format_table, load_scenario, prepare
 from .scenarios import DEFAULT_SCENARIO
@@ -113,6 +113,8 @@ def _prepare(args):
 
 
 def cmd_export(args):
+    if args.budget_bytes is not None or args.board:
+        return coaflow.cmd_export_budget(args)
     _export(args, _prepare(args))
 
 
@@ -228,6 +230,7 @@ def build_parser():
     p = sub.add_parser("export", help="pretrain on the source domain and write the quantized model file")
     _add_common(p)
     p.add_argument("--output", "-o", help="model file (default: models/<scenario>.s2lm)")
+    coaflow.add_export_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
@@ -261,6 +264,8 @@ def build_parser():
     p.add_argument("results", nargs="+", help="results JSON files written by bench --json")
     p.add_argument("--out", default=os.path.join("out", "report"), help="folder for table.md and the PNGs")
     p.set_defaults(func=cmd_report)
+
+    coaflow.register(sub)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=["micropython", "cpython"])

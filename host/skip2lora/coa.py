@@ -18,8 +18,8 @@ A, B and the configuration model are trained together by Adam on the source doma
 draws a configuration from the training set and a mini-batch, runs the frozen network quantized
 under that configuration, and steps on the cross-entropy. Gradients are written by hand (checked
 against finite differences in tests/host/test_coa.py). For a configuration c the board gets the
-folded adapter A_i' = A_i (s M_i(c) + I)^T, B_i' = B_i: plain Skip-LoRA, so the board's tuner
-and model format need nothing new.
+folded adapter A_i' = A_i (s M_i(c) + I)^T, B_i' = B_i (rebalanced, see CoA.adapter): plain
+Skip-LoRA, so the board's tuner and model format need nothing new.
 """
 import time
 
@@ -139,10 +139,20 @@ class CoA:
         return loss, grads
 
     def adapter(self, config):
-        """The folded Skip-LoRA adapter for `config`: A_i' = A_i T_i^T, B_i' = B_i (float32)."""
+        """The folded Skip-LoRA adapter for `config`: A_i' = A_i T_i^T D_i, B_i' = D_i^-1 B_i
+        (float32). D_i is diagonal and scales each column of A_i' to the RMS of the board's
+        He-uniform draw, sqrt(2 / in_i): the product, hence the logits, is unchanged, and the
+        board's SGD steps on A and B (each proportional to the other factor) are sized as from its
+        usual start (measured: unbalanced, on-device fine-tuning from CoA lost 2-7 points to zero)."""
         t, _ = self._config_forward(config)
-        return ([(self.params["a%d" % i] @ t[i].T).astype(np.float32) for i in range(self.n_layers)],
-                [self.params["b%d" % i].astype(np.float32) for i in range(self.n_layers)])
+        a_list, b_list = [], []
+        for i in range(self.n_layers):
+            a = self.params["a%d" % i] @ t[i].T
+            rms = np.sqrt((a * a).mean(axis=0))
+            d = np.where(rms > 0, np.sqrt(2.0 / self.dims[i]) / np.where(rms > 0, rms, 1), 1.0)
+            a_list.append((a * d).astype(np.float32))
+            b_list.append((self.params["b%d" % i] / d[:, None]).astype(np.float32))
+        return a_list, b_list
 
     # -- training ---------------------------------------------------------------------------------
     def fit(self, net, configs, X, y, steps, batch=64, lr=3e-3, seed=0, on_step=None):
