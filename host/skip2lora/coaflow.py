@@ -127,7 +127,8 @@ def pick(record, budget):
 
 
 def export(scenario_name, budget, output, record_path=DEFAULT_RECORD, data_path=None, progress=True):
-    """Write the best fitting configuration with its folded CoA adapter; returns (entry, bytes)."""
+    """Write the best fitting configuration with its folded CoA adapter; returns (front entry,
+    file bytes, adapter rank)."""
     record = load_record(record_path, scenario_name)
     entry = pick(record, budget)
     _, net = source_net(scenario_name, data_path, progress)
@@ -141,7 +142,7 @@ def export(scenario_name, budget, output, record_path=DEFAULT_RECORD, data_path=
         os.makedirs(folder, exist_ok=True)
     with open(output, "wb") as f:
         f.write(data)
-    return entry, data
+    return entry, data, record["rank"]
 
 
 # -- the benchmark ------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def held_out_table(record, net, scenario, base_steps=600, seed=0, progress=True)
         rows.append({"label": c.label, "average_bits": c.average_bits(record["dims"]),
                      "model_bytes": c.file_bytes(record["dims"]), "none": evaluate(net, c, Xs, ys)[1],
                      "coa": evaluate(net, c, Xs, ys, coa)[1], "baseline": evaluate(net, c, Xs, ys, base)[1],
-                     "baseline_seconds": base_seconds, "coa_seconds": coa_seconds})
+                     "baseline_seconds": base_seconds, "coa_seconds": coa_seconds, "samples": len(ys)})
     return rows
 
 
@@ -200,20 +201,16 @@ def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=
                     result = run_methods(data, config, scenario.finetune, scenario.test, ["skip2-lora"], "cpython",
                                          path="float", on_epoch=lambda *a: bar.update())[0]
                     row[start] = result["accuracy"]
-                    row[start + "_before"] = _before(net, c, coa if start == "coa" else None, scenario.test)
+                    row[start + "_before"] = evaluate(net, c, *scenario.test, coa if start == "coa" else None)[1]
                 rows.append(row)
     return rows
-
-
-def _before(net, config, coa, test):
-    return evaluate(net, config, *test, coa)[1]
 
 
 def format_bench(record, table, check, device):
     lines = ["CoA-LoRA, scenario %s, network %s, rank %d; CoA trained once in %.1f s (%d steps, %d configurations)" % (
         record["scenario"], "-".join(map(str, record["dims"])), record["rank"], record["coa_train_seconds"],
         record["steps"], len(record["training_configs"])), "",
-        "held-out configurations, source-domain test accuracy (%d samples)" % 297,
+        "held-out configurations, source-domain test accuracy (%d samples)" % table[0]["samples"],
         "%-28s %5s %6s %7s %7s %9s %7s %11s %9s" % ("configuration", "bits", "bytes", "none", "CoA", "baseline",
                                                  "CoA-base", "baseline s", "saved s")]
     for r in table:
@@ -312,10 +309,9 @@ def cmd_export_budget(args):
     if args.bits:
         raise ValueError("--bits and --budget-bytes/--board exclude each other (the budget picks the bits)")
     budget = budget_of(args.budget_bytes, args.board)
-    entry, data = export(args.scenario, budget, args.output, args.coa, args.data, not args.quiet)
+    entry, data, rank = export(args.scenario, budget, args.output, args.coa, args.data, not args.quiet)
     print("wrote %s (%d bytes of a %d-byte budget): %s, %.2f average bits, with its rank-%d CoA adapter" % (
-        args.output, len(data), budget, entry["label"], entry["average_bits"], CoA.from_json(
-            load_record(args.coa, args.scenario)["coa"]).rank))
+        args.output, len(data), budget, entry["label"], entry["average_bits"], rank))
     print("source-domain test accuracy: %.1f%% quantized, %.1f%% with the CoA adapter" % (
         100 * entry["accuracy"], 100 * entry["accuracy_coa"]))
 
