@@ -1,6 +1,6 @@
 # Hot loops of the float path. Matrices are flat array('f'), row-major [rows][cols]; every kernel
 # accumulates into its output (callers zero or preload it). Packed integer matrices are rows of
-# `bits`-bit two's complement values, 8 // bits per byte, first value in the low bits (format v1).
+# `bits`-bit two's complement values, each row a little-endian bit stream (modelfile.py).
 # On boards the @micropython.native twins in kernels_native.py replace these at import time.
 from array import array
 
@@ -83,38 +83,74 @@ def sub_scaled(p, g, lr):
 
 
 def unpack_row(packed, start, bits, cols, row):
-    # row[c] = signed value c of the packed row starting at byte `start`
+    # row[c] = signed value c of the packed row starting at byte `start`: a little-endian bit
+    # stream, value c at bit c * bits (a 3-bit value may spill into the next byte)
     if bits == 8:
         for c in range(cols):
             q = packed[start + c]
             row[c] = q - 256 if q > 127 else q
         return
-    per_byte = 8 // bits
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
+    bit = 0
     for c in range(cols):
-        q = (packed[start + c // per_byte] >> ((c % per_byte) * bits)) & mask
+        at = start + (bit >> 3)
+        off = bit & 7
+        q = packed[at] >> off
+        if off + bits > 8:
+            q |= packed[at + 1] << (8 - off)
+        q &= mask
         row[c] = q - (mask + 1) if q & sign else q
+        bit += bits
 
 
-def mv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
-    # out[r] += scales[r] * sum_c q[r][c] x[c]; `row` is scratch of `cols` ints
+def mv_packed(packed, row_bytes, bits, scales, group, rows, cols, x, out, row):
+    # out[r] += sum_c scale(r, c) q[r][c] x[c]; scale(r, c) = scales[r] (group 0), or
+    # scales[r * ceil(cols / group) + c // group]. `row` is scratch of `cols` ints
+    k = 0
     for r in range(rows):
         unpack_row(packed, r * row_bytes, bits, cols, row)
-        acc = 0.0
-        for c in range(cols):
-            acc += row[c] * x[c]
-        out[r] += scales[r] * acc
+        if group == 0:
+            acc = 0.0
+            for c in range(cols):
+                acc += row[c] * x[c]
+            out[r] += scales[r] * acc
+            continue
+        total = 0.0
+        c0 = 0
+        while c0 < cols:
+            c1 = min(c0 + group, cols)
+            acc = 0.0
+            for c in range(c0, c1):
+                acc += row[c] * x[c]
+            total += scales[k] * acc
+            k += 1
+            c0 = c1
+        out[r] += total
 
 
-def mtv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
-    # out[c] += sum_r scales[r] q[r][c] x[r]
+def mtv_packed(packed, row_bytes, bits, scales, group, rows, cols, x, out, row):
+    # out[c] += sum_r scale(r, c) q[r][c] x[r] (scale(r, c) as in mv_packed)
+    per_row = (cols + group - 1) // group if group else 1
     for r in range(rows):
-        s = scales[r] * x[r]
-        if s != 0.0:
-            unpack_row(packed, r * row_bytes, bits, cols, row)
+        xr = x[r]
+        if xr == 0.0:
+            continue
+        unpack_row(packed, r * row_bytes, bits, cols, row)
+        if group == 0:
+            s = scales[r] * xr
             for c in range(cols):
                 out[c] += row[c] * s
+            continue
+        k = r * per_row
+        c0 = 0
+        while c0 < cols:
+            c1 = min(c0 + group, cols)
+            s = scales[k] * xr
+            for c in range(c0, c1):
+                out[c] += row[c] * s
+            k += 1
+            c0 = c1
 
 
 FLAVOUR = "portable"

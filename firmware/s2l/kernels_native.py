@@ -81,31 +81,64 @@ def sub_scaled(p, g, lr):
 
 @micropython.viper
 def unpack_row(packed: ptr8, start: int, bits: int, cols: int, row: ptr32):
-    # shifts instead of // and %: bits is 8, 4 or 2, so values per byte is a power of two
-    shift = 0 if bits == 8 else (1 if bits == 4 else 2)
+    # the row is a little-endian bit stream, value c at bit c * bits
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
-    lane = (1 << shift) - 1
+    bit = 0
     for c in range(cols):
-        q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+        at = start + (bit >> 3)
+        off = bit & 7
+        q = packed[at] >> off
+        if off + bits > 8:
+            q |= packed[at + 1] << (8 - off)
+        q &= mask
         row[c] = q - (mask + 1) if q & sign else q
+        bit += bits
 
 
 @micropython.native
-def mv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
+def mv_packed(packed, row_bytes, bits, scales, group, rows, cols, x, out, row):
+    k = 0
     for r in range(rows):
         unpack_row(packed, r * row_bytes, bits, cols, row)
-        acc = 0.0
-        for c in range(cols):
-            acc += row[c] * x[c]
-        out[r] += scales[r] * acc
+        if group == 0:
+            acc = 0.0
+            for c in range(cols):
+                acc += row[c] * x[c]
+            out[r] += scales[r] * acc
+            continue
+        total = 0.0
+        c0 = 0
+        while c0 < cols:
+            c1 = min(c0 + group, cols)
+            acc = 0.0
+            for c in range(c0, c1):
+                acc += row[c] * x[c]
+            total += scales[k] * acc
+            k += 1
+            c0 = c1
+        out[r] += total
 
 
 @micropython.native
-def mtv_packed(packed, row_bytes, bits, scales, rows, cols, x, out, row):
+def mtv_packed(packed, row_bytes, bits, scales, group, rows, cols, x, out, row):
+    per_row = (cols + group - 1) // group if group else 1
     for r in range(rows):
-        s = scales[r] * x[r]
-        if s != 0.0:
-            unpack_row(packed, r * row_bytes, bits, cols, row)
+        xr = x[r]
+        if xr == 0.0:
+            continue
+        unpack_row(packed, r * row_bytes, bits, cols, row)
+        if group == 0:
+            s = scales[r] * xr
             for c in range(cols):
                 out[c] += row[c] * s
+            continue
+        k = r * per_row
+        c0 = 0
+        while c0 < cols:
+            c1 = min(c0 + group, cols)
+            s = scales[k] * xr
+            for c in range(c0, c1):
+                out[c] += row[c] * s
+            k += 1
+            c0 = c1

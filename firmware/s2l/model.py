@@ -1,6 +1,12 @@
-# A frozen network loaded from a format-v1 model file. Weights stay packed (8/4/2 bits per value)
-# in the file's own buffer and are dequantized on the fly, row by row; only scales and biases are
-# float arrays.
+# A frozen network loaded from a model file (format in modelfile.py). Weights stay packed (8/4/3/2
+# bits per value) in the file's own buffer and are dequantized on the fly, row by row; only scales,
+# biases and the optional sections are float arrays.
+#
+# scales[i]: per output channel (a per-tensor scale is expanded to one per channel here, it is
+# tiny), so group[i] = 0; for a layer with a scale per group of G input columns, group[i] = G and
+# scales[i] holds rows * ceil(cols / G) floats, row-major.
+# adapter: None, or (rank, [A_i: in_i x rank], [B_i: rank x n_classes]), flat row-major floats.
+# norm: None, or (mean, inv_std), one float per input.
 import struct
 from array import array
 
@@ -17,13 +23,30 @@ class Model:
         self.buf = buf
         self.dims = layout.dims
         self.bits = layout.bits
-        self.scales, self.bias, self.weights_at, self.row_bytes = [], [], [], []
+        self.scales, self.group, self.bias, self.weights_at, self.row_bytes = [], [], [], [], []
         for i, (scales_at, bias_at, weights_at) in enumerate(layout.offsets):
-            n_out = self.dims[i + 1]
-            self.scales.append(floats(buf, scales_at, n_out))
+            n_in, n_out, gran = self.dims[i], self.dims[i + 1], layout.granularity[i]
+            if gran == modelfile.PER_TENSOR:
+                self.scales.append(array("f", [floats(buf, scales_at, 1)[0]] * n_out))
+            else:
+                self.scales.append(floats(buf, scales_at, modelfile.n_scales(n_in, n_out, gran)))
+            self.group.append(0 if gran == modelfile.PER_TENSOR else gran)
             self.bias.append(floats(buf, bias_at, n_out))
             self.weights_at.append(weights_at)
-            self.row_bytes.append(modelfile.row_bytes(self.dims[i], self.bits[i]))
+            self.row_bytes.append(modelfile.row_bytes(n_in, self.bits[i]))
+        self.adapter = None
+        if layout.adapter_at is not None:
+            rank, at, a_list, b_list = layout.rank, layout.adapter_at, [], []
+            for n_in in self.dims[:-1]:
+                a_list.append(floats(buf, at, n_in * rank))
+                at += 4 * n_in * rank
+                b_list.append(floats(buf, at, rank * self.dims[-1]))
+                at += 4 * rank * self.dims[-1]
+            self.adapter = (rank, a_list, b_list)
+        self.norm = None
+        if layout.norm_at is not None:
+            n0 = self.dims[0]
+            self.norm = (floats(buf, layout.norm_at, n0), floats(buf, layout.norm_at + 4 * n0, n0))
         self.row = kernels.zeros(max(self.dims), "i")  # scratch for one unpacked weight row
 
     @property
@@ -36,22 +59,23 @@ class Model:
 
     def mv(self, i, x, out):
         # out += W_i x
-        kernels.mv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i],
+        kernels.mv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i], self.group[i],
                           self.dims[i + 1], self.dims[i], x, out, self.row)
 
     def mtv(self, i, g, out):
         # out += W_i^T g
-        kernels.mtv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i],
+        kernels.mtv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i], self.group[i],
                            self.dims[i + 1], self.dims[i], g, out, self.row)
 
     def dequantized(self, i):
         # float copy of layer i's weights, for the methods that train them (FT-*)
-        n_out, n_in = self.dims[i + 1], self.dims[i]
+        n_out, n_in, group = self.dims[i + 1], self.dims[i], self.group[i]
+        per_row = (n_in + group - 1) // group if group else 1
         w = kernels.zeros(n_out * n_in)
         for r in range(n_out):
             kernels.unpack_row(self.packed(i), r * self.row_bytes[i], self.bits[i], n_in, self.row)
-            s = self.scales[i][r]
             for c in range(n_in):
+                s = self.scales[i][r * per_row + c // group] if group else self.scales[i][r]
                 w[r * n_in + c] = self.row[c] * s
         return w
 

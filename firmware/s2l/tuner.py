@@ -83,6 +83,8 @@ class Tuner:
         elif self.family in ("skip", "skip2"):
             for i in range(n):
                 self.adapters[i] = Adapter(dims[i], dims[-1], rank, self.rng, self.fused)
+            if model.adapter is not None:
+                self._start_from(model.adapter)
         # FT-*: a float copy only of what is trained
         self.weights = [None] * n
         self.bias = list(model.bias)
@@ -109,6 +111,16 @@ class Tuner:
         self.losses = []
         self.kernels = K.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
+
+    def _start_from(self, adapter):
+        # the model file's starting adapter (e.g. CoA-LoRA's, folded for this configuration)
+        # replaces the drawn one; the draws above still happen, so the sample order is the same
+        rank, a_list, b_list = adapter
+        if rank != self.rank:
+            raise TunerError("the model's starting adapter has rank %d, the tuner rank %d" % (rank, self.rank))
+        for ad, a, b in zip(self.adapters, a_list, b_list):
+            ad.a[:] = a
+            ad.b[:] = b
 
     # -- samples ---------------------------------------------------------------------------------
     def check_sample(self, x, label):

@@ -7,8 +7,9 @@ import os
 import sys
 
 from s2l import frames as F
+from s2l.modelfile import SUPPORTED_BITS
 
-from . import __version__, reference
+from . import __version__, coaflow, reference
 from .client import BoardError, LinkError
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
@@ -95,7 +96,8 @@ def _add_data(p):
 
 
 def _add_bits(p):
-    p.add_argument("--bits", type=_bits, help="bits per layer, each 8, 4 or 2, e.g. 8,4,8 (default: 8,8,8)")
+    p.add_argument("--bits", type=_bits, help="bits per layer, each %s, e.g. 8,4,8 (default: 8,8,8)" % " or ".join(
+        map(str, sorted(SUPPORTED_BITS, reverse=True))))
 
 
 def _add_quiet(p):
@@ -211,6 +213,13 @@ def _bench(args, prepared, config, methods, runtime, port=None, json_path=None, 
 
 
 def cmd_export(args):
+    if args.budget_bytes is not None or args.board:
+        if args.data and not os.path.isdir(args.data) or args.drift or args.finetune:
+            raise ValueError("--budget-bytes/--board exports a built-in scenario (CoA is trained on it with "
+                             "`skip2lora coa train`), not --data FILE")
+        args.scenario = args.scenario or DEFAULT_SCENARIO
+        args.output = args.model or default_model(args.scenario)
+        return coaflow.cmd_export_budget(args)
     scenario = _scenario(args, need_drift=False)
     _export(args, scenario, args.model or default_model(scenario.name))
 
@@ -425,6 +434,7 @@ def build_parser():
     p.add_argument("--model", metavar="FILE",
                    help="model file to write; an lr-pick JSON goes beside it (default: %s)" % MODEL_NAMES)
     _add_quiet(p)
+    coaflow.add_export_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
@@ -486,6 +496,8 @@ def build_parser():
     p.add_argument("--out", default=os.path.join("out", "report"),
                    help="folder for table.md and the PNGs (default: %(default)s)")
     p.set_defaults(func=cmd_report)
+
+    coaflow.register(sub)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,

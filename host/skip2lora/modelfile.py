@@ -1,4 +1,5 @@
-"""Quantize a float network and write/read model files (format v1, defined in s2l.modelfile)."""
+"""Quantize a float network and write/read model files (the format is defined in s2l.modelfile:
+version 2 written, versions 1 and 2 read)."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -6,75 +7,150 @@ import numpy as np
 from s2l import modelfile as fmt
 from s2l.modelfile import ModelError  # re-exported: the one error type for bad model files
 
-__all__ = ["ModelError", "QuantizedLayer", "quantize", "write_model", "read_model", "quantization_report"]
+__all__ = ["ModelError", "QuantizedLayer", "ModelFile", "quantize", "write_model", "read_model",
+           "read_model_file", "quantization_report"]
 
 
 @dataclass
 class QuantizedLayer:
     q: np.ndarray       # int8 [out, in], values in [-qmax, qmax]
-    scales: np.ndarray  # float32 [out], per output channel
+    scales: np.ndarray  # float32: [out] per channel, [1] per tensor, [out, ceil(in / G)] per group of G
     bias: np.ndarray    # float32 [out]
     bits: int
+    granularity: int = fmt.PER_CHANNEL
+
+    def column_scales(self):
+        """The scale of every weight, [out, in] (float32)."""
+        n_out, n_in = self.q.shape
+        if self.granularity == fmt.PER_TENSOR:
+            return np.full((n_out, n_in), self.scales[0], np.float32)
+        if self.granularity == fmt.PER_CHANNEL:
+            return np.repeat(self.scales[:, None], n_in, axis=1)
+        return np.repeat(self.scales, self.granularity, axis=1)[:, :n_in]
 
     def dequantized(self):
-        return self.q.astype(np.float32) * self.scales[:, None]
+        return self.q.astype(np.float32) * self.column_scales()
 
 
-def quantize(weight, bias, bits):
-    """Symmetric per-output-channel quantization of weight [out, in] to `bits` bits."""
-    if bits not in fmt.SUPPORTED_BITS:
-        raise ModelError("unsupported bit width %d (supported: %s)" % (bits, fmt.SUPPORTED_BITS))
+def _scales(absmax, top):
+    scales = absmax / top
+    return np.where(scales > 0, scales, 1.0).astype(np.float32)
+
+
+def quantize(weight, bias, bits, granularity=fmt.PER_CHANNEL):
+    """Symmetric quantization of weight [out, in] to `bits` bits, one scale per output channel,
+    per group of `granularity` input columns, or per tensor (fmt.PER_TENSOR)."""
+    weight = np.asarray(weight)
+    n_out, n_in = weight.shape
+    fmt.check_config([n_in, n_out], [bits], [granularity])
     top = fmt.qmax(bits)
-    scales = np.abs(weight).max(axis=1) / top
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    q = np.clip(np.rint(weight / scales[:, None]), -top, top).astype(np.int8)
-    return QuantizedLayer(q, scales, np.asarray(bias, np.float32), bits)
+    if granularity == fmt.PER_TENSOR:
+        scales = _scales(np.abs(weight).max(keepdims=True).reshape(1), top)
+        per_weight = np.full(weight.shape, scales[0], np.float32)
+    elif granularity == fmt.PER_CHANNEL:
+        scales = _scales(np.abs(weight).max(axis=1), top)
+        per_weight = scales[:, None]
+    else:
+        groups = -(-n_in // granularity)
+        padded = np.zeros((n_out, groups * granularity), weight.dtype)
+        padded[:, :n_in] = np.abs(weight)
+        scales = _scales(padded.reshape(n_out, groups, granularity).max(axis=2), top)
+        per_weight = np.repeat(scales, granularity, axis=1)[:, :n_in]
+    q = np.clip(np.rint(weight / per_weight), -top, top).astype(np.int8)
+    return QuantizedLayer(q, scales, np.asarray(bias, np.float32), bits, granularity)
 
 
 def _pack_rows(q, bits):
-    per_byte = 8 // bits
+    # each row a little-endian bit stream: value c at bits c*b .. c*b+b-1
     n_out, n_in = q.shape
-    padded = np.zeros((n_out, fmt.row_bytes(n_in, bits) * per_byte), np.uint8)
-    padded[:, :n_in] = q.astype(np.uint8) & ((1 << bits) - 1)
-    groups = padded.reshape(n_out, -1, per_byte).astype(np.uint16)
-    shifts = np.arange(per_byte, dtype=np.uint16) * bits
-    return (groups << shifts).sum(axis=2).astype(np.uint8).tobytes()
+    fields = q.astype(np.uint8) & ((1 << bits) - 1)
+    stream = ((fields[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(n_out, n_in * bits)
+    padded = np.zeros((n_out, 8 * fmt.row_bytes(n_in, bits)), np.uint8)
+    padded[:, :n_in * bits] = stream
+    return np.packbits(padded, axis=1, bitorder="little").tobytes()
 
 
 def _unpack_rows(raw, n_out, n_in, bits):
-    per_byte = 8 // bits
     data = np.frombuffer(raw, np.uint8).reshape(n_out, -1)
-    shifts = np.arange(per_byte, dtype=np.uint8) * bits
-    fields = ((data[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(n_out, -1)[:, :n_in]
-    signed = fields.astype(np.int16)
+    stream = np.unpackbits(data, axis=1, bitorder="little")[:, :n_in * bits].reshape(n_out, n_in, bits)
+    signed = (stream.astype(np.int16) << np.arange(bits, dtype=np.int16)).sum(axis=2)
     signed[signed > fmt.qmax(bits)] -= 1 << bits
     return signed.astype(np.int8)
 
 
-def write_model(layers):
-    """Serialize a list of QuantizedLayer to format-v1 bytes."""
+@dataclass
+class ModelFile:
+    layers: list        # QuantizedLayer per layer
+    adapter: tuple = None  # (A list [in_i, r], B list [r, n_classes]) float32, or None
+    norm: tuple = None     # (mean [n0], inv_std [n0]) float32, or None
+
+
+def write_model(layers, adapter=None, norm=None):
+    """Serialize QuantizedLayers to format-v2 bytes, with an optional starting adapter
+    (A list [in_i, r], B list [r, n_classes]) and input normalisation (mean, inv_std)."""
     dims = [layers[0].q.shape[1]] + [layer.q.shape[0] for layer in layers]
-    body = bytearray(fmt.encode_header(dims, [layer.bits for layer in layers]))
+    bits, granularity = [layer.bits for layer in layers], [layer.granularity for layer in layers]
+    fmt.check_config(dims, bits, granularity)
+    flags = (fmt.FLAG_ADAPTER if adapter is not None else 0) | (fmt.FLAG_NORM if norm is not None else 0)
+    body = bytearray(fmt.encode_header(dims, bits, granularity, flags))
     for layer in layers:
         start = len(body)
         body += layer.scales.astype("<f4").tobytes() + layer.bias.astype("<f4").tobytes()
         body += _pack_rows(layer.q, layer.bits)
         n_in, n_out = layer.q.shape[1], layer.q.shape[0]
-        body += bytes(start + fmt.layer_size(n_in, n_out, layer.bits) - len(body))
+        body += bytes(start + fmt.layer_size(n_in, n_out, layer.bits, layer.granularity) - len(body))
+    if adapter is not None:
+        a_list, b_list = adapter
+        rank = a_list[0].shape[1]
+        shapes = [(n_in, rank) for n_in in dims[:-1]], [(rank, dims[-1])] * len(layers)
+        if [a.shape for a in a_list] != shapes[0] or [b.shape for b in b_list] != shapes[1]:
+            raise ModelError("adapter shapes %s / %s do not fit dims %s at rank %d" % (
+                [a.shape for a in a_list], [b.shape for b in b_list], dims, rank))
+        if not 1 <= rank <= fmt.MAX_RANK:
+            raise ModelError("bad adapter rank %d (1..%d)" % (rank, fmt.MAX_RANK))
+        body += np.uint32(rank).astype("<u4").tobytes()
+        for a, b in zip(a_list, b_list):
+            body += np.asarray(a, "<f4").tobytes() + np.asarray(b, "<f4").tobytes()
+    if norm is not None:
+        mean, inv_std = (np.asarray(v, "<f4").reshape(-1) for v in norm)
+        if len(mean) != dims[0] or len(inv_std) != dims[0]:
+            raise ModelError("normalisation needs %d means and inverse deviations" % dims[0])
+        body += mean.tobytes() + inv_std.tobytes()
     return bytes(body) + fmt.crc_trailer(body)
 
 
-def read_model(data):
-    """Validate format-v1 bytes (raises ModelError naming the problem) and return QuantizedLayers."""
+def read_model_file(data):
+    """Validate model bytes (raises ModelError naming the problem); the layers and sections."""
     layout = fmt.parse(data)
     layers = []
     for i, (scales_at, bias_at, weights_at) in enumerate(layout.offsets):
-        n_in, n_out, bits = layout.dims[i], layout.dims[i + 1], layout.bits[i]
-        scales = np.frombuffer(data, "<f4", n_out, scales_at).astype(np.float32)
+        n_in, n_out, bits, gran = layout.dims[i], layout.dims[i + 1], layout.bits[i], layout.granularity[i]
+        count = fmt.n_scales(n_in, n_out, gran)
+        scales = np.frombuffer(data, "<f4", count, scales_at).astype(np.float32)
+        if gran not in (fmt.PER_CHANNEL, fmt.PER_TENSOR):
+            scales = scales.reshape(n_out, -1)
         bias = np.frombuffer(data, "<f4", n_out, bias_at).astype(np.float32)
         raw = data[weights_at:weights_at + n_out * fmt.row_bytes(n_in, bits)]
-        layers.append(QuantizedLayer(_unpack_rows(raw, n_out, n_in, bits), scales, bias, bits))
-    return layers
+        layers.append(QuantizedLayer(_unpack_rows(raw, n_out, n_in, bits), scales, bias, bits, gran))
+    adapter = norm = None
+    if layout.adapter_at is not None:
+        r, at, a_list, b_list = layout.rank, layout.adapter_at, [], []
+        for n_in in layout.dims[:-1]:
+            a_list.append(np.frombuffer(data, "<f4", n_in * r, at).astype(np.float32).reshape(n_in, r))
+            at += 4 * n_in * r
+            b_list.append(np.frombuffer(data, "<f4", r * layout.dims[-1], at).astype(np.float32).reshape(r, -1))
+            at += 4 * r * layout.dims[-1]
+        adapter = (a_list, b_list)
+    if layout.norm_at is not None:
+        n0 = layout.dims[0]
+        norm = (np.frombuffer(data, "<f4", n0, layout.norm_at).astype(np.float32),
+                np.frombuffer(data, "<f4", n0, layout.norm_at + 4 * n0).astype(np.float32))
+    return ModelFile(layers, adapter, norm)
+
+
+def read_model(data):
+    """The QuantizedLayers of model bytes (validated)."""
+    return read_model_file(data).layers
 
 
 def quantization_report(weights, layers):
@@ -85,6 +161,7 @@ def quantization_report(weights, layers):
         rms = float(np.sqrt(np.mean(w ** 2)))
         rows.append({
             "layer": i, "shape": list(w.shape), "bits": layer.bits,
+            "granularity": fmt.granularity_name(layer.granularity),
             "rms_error": float(np.sqrt(np.mean(err ** 2))),
             "relative_rms_error": float(np.sqrt(np.mean(err ** 2)) / rms) if rms else 0.0,
             "max_abs_error": float(np.abs(err).max()),

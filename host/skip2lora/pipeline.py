@@ -73,49 +73,50 @@ def check_bits(bits):
     bits = list(bits or [8] * N_LAYERS)
     if len(bits) != N_LAYERS:
         raise ValueError("--bits needs %d values, one per layer; got %d" % (N_LAYERS, len(bits)))
-    bad = [b for b in bits if b not in fmt.SUPPORTED_BITS]
+    widths = fmt.SUPPORTED_BITS[fmt.VERSION]
+    bad = [b for b in bits if b not in widths]
     if bad:
         raise ValueError("--bits: %s is not a bit width the model format has (%s)" % (
-            bad[0], ", ".join(map(str, fmt.SUPPORTED_BITS))))
+            bad[0], ", ".join(map(str, widths))))
     return bits
 
 
-# The board budget export checks for a user's data: an RP2040's free heap under MicroPython
-# (~190 KB, HELPERS.md/DESIGN.md) must hold the model file (weights stay packed in its buffer), the
-# adapters (float32, rank x (inputs of every layer + one output row per layer)), the skip-cache's
-# RAM budget (rows beyond it spill to flash) and the firmware's own code and working memory. What is
-# left holds the int8 fine-tune samples.
-BOARD_HEAP_BYTES = 190 * 1024
-# measured under the real MicroPython: the digits run's 113 KB peak heap (README) less its model,
-# adapters, samples and cache
-FIRMWARE_HEAP_BYTES = 46 * 1024
-SAMPLE_OVERHEAD_BYTES = 5  # label byte and float32 scale of an int8 sample
+# The board budget export checks for a user's data, before any board is asked (a board plans its own
+# memory exactly when `run` configures it): an RP2040's free heap under MicroPython must hold the
+# firmware's serving code, the model file (weights stay packed in its buffer), the integer path's
+# int16 adapters and, per fine-tune sample, one row: its int8 layer inputs and int16 frozen logits
+# (the sample and its skip-cache entry) with their exponents, label and flag. Rows that RAM cannot
+# hold go to flash, slower; this counts what fits in RAM.
+BOARD_HEAP_BYTES = 241 * 1024  # free at boot, MicroPython 1.28 on a Pico (measured)
+# the serving set's imports, the core and a planned tuner's fixed part, and the reserve a plan keeps
+# (tests/firmware/test_memory.py holds the imports under this)
+FIRMWARE_HEAP_BYTES = 96 * 1024
 
 
 def board_budget(dims, bits, rank=reference.Config.rank):
-    """Bytes the board needs before samples, and how many int8 fine-tune samples fit after it."""
-    from s2l.tuner import BOARD_CACHE_BUDGET
-    model = fmt.header_size(len(bits)) + fmt.CRC_SIZE + sum(
-        fmt.layer_size(n_in, n_out, b) for n_in, n_out, b in zip(dims[:-1], dims[1:], bits))
-    adapters = 4 * rank * (sum(dims[:-1]) + (len(dims) - 1) * dims[-1])
-    fixed = model + adapters + BOARD_CACHE_BUDGET + FIRMWARE_HEAP_BYTES
-    sample = dims[0] + SAMPLE_OVERHEAD_BYTES
-    return {"heap": BOARD_HEAP_BYTES, "model": model, "adapters": adapters, "cache": BOARD_CACHE_BUDGET,
-            "firmware": FIRMWARE_HEAP_BYTES,
+    """Bytes the board needs before samples, and how many fine-tune samples fit in RAM after it."""
+    n_layers = len(dims) - 1
+    model = fmt.file_size(dims, bits, [fmt.PER_CHANNEL] * n_layers)
+    adapters = 2 * rank * (sum(dims[:-1]) + n_layers * dims[-1])
+    fixed = model + adapters + FIRMWARE_HEAP_BYTES
+    sample = sum(dims[:-1]) + 2 * dims[-1] + n_layers + 3
+    return {"heap": BOARD_HEAP_BYTES, "model": model, "adapters": adapters, "firmware": FIRMWARE_HEAP_BYTES,
             "fixed": fixed, "sample": sample, "samples_that_fit": max(0, (BOARD_HEAP_BYTES - fixed) // sample)}
 
 
 def check_board_budget(dims, bits, n_finetune=None):
     """One line about the budget; ValueError when the model and adapters leave no room to train."""
     b = board_budget(dims, bits)
-    line = ("board budget (RP2040, %d KB heap): firmware %d KB + model %.1f KB + adapters %.1f KB + skip-cache "
-            "%d KB = %.1f KB; room for %d fine-tune samples of %d features" % (
-                b["heap"] // 1024, b["firmware"] // 1024, b["model"] / 1024, b["adapters"] / 1024, b["cache"] // 1024,
-                b["fixed"] / 1024, b["samples_that_fit"], dims[0]))
+    line = ("board budget (RP2040, %d KB heap): firmware %d KB + model %.1f KB + adapters %.1f KB = %.1f KB; "
+            "room in RAM for %d fine-tune samples of %d features (%d bytes each with their skip-cache rows; "
+            "more go to flash)" % (
+                b["heap"] // 1024, b["firmware"] // 1024, b["model"] / 1024, b["adapters"] / 1024,
+                b["fixed"] / 1024, b["samples_that_fit"], dims[0], b["sample"]))
     if b["samples_that_fit"] < 10:
         raise ValueError(line + ": too little for fine-tuning; use fewer features (or coarser --bits)")
     if n_finetune is not None and n_finetune > b["samples_that_fit"]:
-        line += "; your %d fine-tune samples do not all fit: run --limit %d" % (n_finetune, b["samples_that_fit"])
+        line += "; of your %d fine-tune samples the rest spill to flash (or run --limit %d)" % (
+            n_finetune, b["samples_that_fit"])
     return line
 
 

@@ -21,23 +21,31 @@ def floats(rng, n):
 
 
 def pack(q, bits):
-    per_byte = 8 // bits
-    out = bytearray((len(q) + per_byte - 1) // per_byte)
+    # a little-endian bit stream, value c at bit c * bits (the model format's rows)
+    stream = 0
     for c, v in enumerate(q):
-        out[c // per_byte] |= (int(v) & ((1 << bits) - 1)) << ((c % per_byte) * bits)
-    return out
+        stream |= (int(v) & ((1 << bits) - 1)) << (c * bits)
+    return bytearray(stream.to_bytes((len(q) * bits + 7) // 8, "little"))
 
 
-@pytest.mark.parametrize("bits", [8, 4, 2])
-def test_native_flavour_equals_portable(native, bits):
-    rng = np.random.default_rng(bits)
-    rows, cols = 7, 13
+def column_scales(scales, group, rows, cols):
+    if group == 0:
+        return np.repeat(np.asarray(scales, np.float64)[:, None], cols, axis=1)
+    per_row = -(-cols // group)
+    return np.repeat(np.asarray(scales, np.float64).reshape(rows, per_row), group, axis=1)[:, :cols]
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 0), (3, 0), (2, 0), (3, 16), (4, 32), (8, 16)])
+def test_native_flavour_equals_portable(native, bits, group):
+    rng = np.random.default_rng(bits + group)
+    rows, cols = 7, 37
     qmax = (1 << (bits - 1)) - 1
     q = rng.integers(-qmax, qmax + 1, (rows, cols))
     q[0, :3] = [-qmax, qmax, 0]  # the extremes of the signed range
     packed = b"".join(pack(r, bits) for r in q)
     row_bytes = len(packed) // rows
-    m, x, xr, scales = floats(rng, rows * cols), floats(rng, cols), floats(rng, rows), floats(rng, rows)
+    m, x, xr = floats(rng, rows * cols), floats(rng, cols), floats(rng, rows)
+    scales = array("f", rng.uniform(0.1, 1, rows * (-(-cols // group) if group else 1)))
 
     def both(name, *args, out_len, scratch=False):
         """`name` run by each flavour on fresh outputs preloaded with 0.5: (native, portable)."""
@@ -55,12 +63,14 @@ def test_native_flavour_equals_portable(native, bits):
     assert got == want
     M = np.asarray(m, np.float64).reshape(rows, cols)
     np.testing.assert_allclose(want, 0.5 + M.T @ np.asarray(xr), rtol=1e-5, atol=1e-6)
-    packed_args = (memoryview(packed), row_bytes, bits, scales, rows, cols)
+    packed_args = (memoryview(packed), row_bytes, bits, scales, group, rows, cols)
+    w = q * column_scales(scales, group, rows, cols)
     got, want = both("mv_packed", *packed_args, x, out_len=rows, scratch=True)
     assert got == want
-    np.testing.assert_allclose(want, 0.5 + (q * np.asarray(scales)[:, None]) @ np.asarray(x), rtol=1e-5)
+    np.testing.assert_allclose(want, 0.5 + w @ np.asarray(x), rtol=1e-5, atol=1e-5)
     got, want = both("mtv_packed", *packed_args, xr, out_len=cols, scratch=True)
     assert got == want
+    np.testing.assert_allclose(want, 0.5 + w.T @ np.asarray(xr), rtol=1e-5, atol=1e-5)
     updated = []
     for k in (native, portable):
         row = array("i", [0] * cols)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from s2l import modelfile as fmt
-from skip2lora.modelfile import ModelError, quantize, read_model, write_model
+from skip2lora.modelfile import ModelError, quantize, read_model, read_model_file, write_model
 
 
 def random_layers(bits=(8, 4, 2), dims=(13, 7, 5, 3), seed=0):
@@ -18,14 +18,90 @@ def with_crc(body):
     return bytes(body) + struct.pack("<I", binascii.crc32(bytes(body)) & 0xFFFFFFFF)
 
 
-def test_round_trip_mixed_bit_widths():
-    layers = random_layers()
+def random_config(rng, n_layers):
+    return ([int(b) for b in rng.choice([2, 3, 4, 8], n_layers)],
+            [int(g) for g in rng.choice(fmt.GRANULARITIES, n_layers)])
+
+
+def test_round_trip_mixed_bit_widths_and_granularities():
+    dims = (37, 7, 5, 3)
+    layers = [quantize(np.random.default_rng(i).normal(size=(n_out, n_in)), np.ones(n_out), b, g)
+              for i, (n_in, n_out, b, g) in enumerate(zip(dims[:-1], dims[1:], (3, 4, 2), (16, fmt.PER_TENSOR, 32)))]
     back = read_model(write_model(layers))
-    assert [layer.bits for layer in back] == [8, 4, 2]
+    assert [layer.bits for layer in back] == [3, 4, 2]
+    assert [layer.granularity for layer in back] == [16, fmt.PER_TENSOR, 32]
+    assert back[0].scales.shape == (7, 3) and back[1].scales.shape == (1,)
     for a, b in zip(layers, back):
         np.testing.assert_array_equal(a.q, b.q)
         np.testing.assert_array_equal(a.scales, b.scales)
         np.testing.assert_array_equal(a.bias, b.bias)
+        np.testing.assert_array_equal(a.dequantized(), b.dequantized())
+
+
+def test_storage_bytes_equal_the_written_file_for_many_configurations():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(1, 5))
+        dims = [int(d) for d in rng.integers(1, 80, n + 1)]
+        bits, gran = random_config(rng, n)
+        layers = [quantize(rng.normal(size=(n_out, n_in)), rng.normal(size=n_out), b, g)
+                  for n_in, n_out, b, g in zip(dims[:-1], dims[1:], bits, gran)]
+        rank = int(rng.integers(0, 5)) if trial % 2 else 0
+        adapter = None
+        if rank:
+            adapter = ([rng.normal(size=(d, rank)) for d in dims[:-1]], [rng.normal(size=(rank, dims[-1]))] * n)
+        norm = (rng.normal(size=dims[0]), rng.uniform(1, 2, dims[0])) if trial % 3 == 0 else None
+        data = write_model(layers, adapter, norm)
+        assert fmt.file_size(dims, bits, gran, rank, norm is not None) == len(data), (dims, bits, gran, rank)
+
+
+def test_sections_round_trip():
+    layers = random_layers(bits=(3, 8, 2))
+    rng = np.random.default_rng(2)
+    a = [rng.normal(size=(d, 2)).astype(np.float32) for d in (13, 7, 5)]
+    b = [rng.normal(size=(2, 3)).astype(np.float32) for _ in range(3)]
+    norm = (rng.normal(size=13).astype(np.float32), rng.uniform(1, 2, 13).astype(np.float32))
+    back = read_model_file(write_model(layers, (a, b), norm))
+    for got, want in zip(back.adapter[0] + back.adapter[1] + list(back.norm), a + b + list(norm)):
+        np.testing.assert_array_equal(got, want)
+    assert read_model_file(write_model(layers)).adapter is None
+    assert read_model_file(write_model(layers, norm=norm)).adapter is None
+
+
+def test_version_1_files_still_read():
+    # a version-1 file written by hand: header with no granularity bytes, flags 0
+    q = np.array([[1, -1, 0, 1, -1], [0, 0, 0, 0, 1]], np.int8)
+    header = b"S2LM" + struct.pack("<BBH", 1, 1, 0) + struct.pack("<2H", 5, 2) + bytes([2])
+    header += bytes(fmt.header_size(1, 1) - len(header))
+    body = header + struct.pack("<4f", 0.5, 0.25, 1.0, -1.0) + bytes([0b01001101, 0b11, 0, 0b01])
+    layer = read_model(with_crc(body))[0]
+    np.testing.assert_array_equal(layer.q, q)
+    np.testing.assert_array_equal(layer.dequantized(), q * np.array([[0.5], [0.25]], np.float32))
+    assert layer.granularity == fmt.PER_CHANNEL
+
+
+def test_three_bit_rows_are_a_little_endian_bit_stream():
+    q = np.array([[1, -1, 3, -3, 2, 0]], np.int8)  # 6 x 3 bits = 18 bits -> 3 bytes
+    data = write_model([quantize(q.astype(float), np.zeros(1), 3)])
+    offset = fmt.parse(data).offsets[0][2]
+    fields = [int(v) & 7 for v in q[0]]
+    stream = sum(f << (3 * c) for c, f in enumerate(fields))
+    assert data[offset:offset + 3] == stream.to_bytes(3, "little")
+    assert data[offset + 3] == 0  # padding to a multiple of 4
+
+
+@pytest.mark.parametrize("granularity", [16, 32, fmt.PER_TENSOR])
+def test_group_and_tensor_scales(granularity):
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(5, 40))
+    layer = quantize(w, np.zeros(5), 4, granularity)
+    cols = layer.column_scales()
+    assert np.all(np.abs(layer.dequantized() - w) <= cols * 0.5 + 1e-6)
+    if granularity == fmt.PER_TENSOR:
+        assert layer.scales.shape == (1,) and np.abs(layer.q).max() == fmt.qmax(4)
+    else:
+        assert layer.scales.shape == (5, -(-40 // granularity))
+        np.testing.assert_allclose(cols[:, :granularity], np.repeat(layer.scales[:, :1], granularity, axis=1))
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
@@ -48,7 +124,7 @@ def test_packing_layout_is_lsb_first_and_rows_start_on_a_byte():
 def test_dequantization_error_is_bounded_by_half_a_step():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(6, 40))
-    for bits in (8, 4):
+    for bits in (8, 4, 3):
         layer = quantize(w, np.zeros(6), bits)
         err = np.abs(layer.dequantized() - w).max(axis=1)
         assert np.all(err <= layer.scales * 0.5 + 1e-6)
@@ -77,22 +153,39 @@ def test_crc_mismatch():
 
 def test_unsupported_version():
     data = bytearray(write_model(random_layers()))
-    data[4] = 2
-    with pytest.raises(ModelError, match="version 2"):
+    data[4] = 3
+    with pytest.raises(ModelError, match="version 3"):
+        read_model(with_crc(data[:-4]))
+
+
+def test_unknown_flags():
+    data = bytearray(write_model(random_layers()))
+    data[6] = 0x80
+    with pytest.raises(ModelError, match="unknown flags 0x0080"):
         read_model(with_crc(data[:-4]))
 
 
 def test_unsupported_bit_width_in_file():
     data = bytearray(write_model(random_layers()))
     n = data[5]
-    data[8 + 2 * (n + 1) + 1] = 3  # layer 1 says 3 bits
-    with pytest.raises(ModelError, match="bit width 3 in layer 1"):
+    data[8 + 2 * (n + 1) + 1] = 5  # layer 1 says 5 bits
+    with pytest.raises(ModelError, match="bit width 5 in layer 1"):
         read_model(with_crc(data[:-4]))
 
 
-def test_unsupported_bit_width_on_export():
-    with pytest.raises(ModelError, match="bit width 3"):
-        quantize(np.ones((2, 2)), np.zeros(2), 3)
+def test_unsupported_granularity_in_file():
+    data = bytearray(write_model(random_layers()))
+    n = data[5]
+    data[8 + 2 * (n + 1) + n + 2] = 8  # layer 2 says groups of 8
+    with pytest.raises(ModelError, match="granularity 8 in layer 2"):
+        read_model(with_crc(data[:-4]))
+
+
+def test_a_configuration_the_format_cannot_hold_is_named_on_export():
+    with pytest.raises(ModelError, match="bit width 5"):
+        quantize(np.ones((2, 2)), np.zeros(2), 5)
+    with pytest.raises(ModelError, match="granularity 64"):
+        quantize(np.ones((2, 2)), np.zeros(2), 4, 64)
 
 
 def test_trailing_bytes_are_rejected():

@@ -1,0 +1,208 @@
+"""CoA-LoRA (Ye, Tang, Ngai, "Configuration-Aware LoRA", arXiv 2509.25214) on this project's
+Skip-LoRA adapters, in numpy.
+
+For a quantization configuration c = ((b_1, g_1), .., (b_n, g_n)) of an n-layer network and skip
+adapter i (A_i: in_i x r, B_i: r x C, shared by every configuration):
+
+    u_i(c) = [e_bits(b_1); e_gran(g_1); ..; e_bits(b_n); e_gran(g_n); e_pos(i)]   (8 values each)
+    M_i(c) = W_2^T SiLU(W_1^T LN(u_i(c)) + c_1) + c_2                            (read as r x r)
+    z      = f_c(x) + sum_i B_i^T (s M_i(c) + I) A_i^T x_i
+
+f_c is the frozen network quantized under c and x_i its layer inputs. This is the paper's
+update B (s M(c) + I) A x written in Skip-LoRA's transposed convention. Each adapter sees the
+whole configuration (quantizing layer 0 changes what reaches every later layer and the logits)
+and its own position. LN has no gain or bias: W_1 right after it absorbs them. W_2 and c_2 start
+at zero, so training starts from M = 0: one shared Skip-LoRA adapter.
+
+A, B and the configuration model are trained together by Adam on the source domain: each step
+draws a configuration from the training set and a mini-batch, runs the frozen network quantized
+under that configuration, and steps on the cross-entropy. Gradients are written by hand (checked
+against finite differences in tests/host/test_coa.py). For a configuration c the board gets the
+folded adapter A_i' = A_i (s M_i(c) + I)^T, B_i' = B_i (rebalanced, see CoA.adapter): plain
+Skip-LoRA, so the board's tuner and model format need nothing new.
+"""
+import time
+
+import numpy as np
+
+from . import reference
+from .quantconfig import BITS, GRANULARITIES, QuantConfig, quantized_network
+
+EMBED = 8
+LN_EPS = 1e-5
+
+
+def _silu_parts(p):
+    sig = 1.0 / (1.0 + np.exp(-p))
+    return p * sig, sig
+
+
+class Adam:
+    def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.params, self.lr, self.b1, self.b2, self.eps = params, lr, beta1, beta2, eps
+        self.m = dict((k, np.zeros_like(v)) for k, v in params.items())
+        self.v = dict((k, np.zeros_like(v)) for k, v in params.items())
+        self.t = 0
+
+    def step(self, grads):
+        self.t += 1
+        for k, g in grads.items():
+            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
+            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
+            m_hat = self.m[k] / (1 - self.b1 ** self.t)
+            v_hat = self.v[k] / (1 - self.b2 ** self.t)
+            self.params[k] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+class CoA:
+    """Shared Skip-LoRA adapters plus, when `configured`, the configuration model M(c).
+    configured=False is the per-configuration baseline: a plain Skip-LoRA adapter (M = 0)."""
+
+    def __init__(self, dims, rank=4, hidden=32, scale=1.0, seed=0, configured=True):
+        rng = np.random.default_rng(seed)
+        self.dims, self.rank, self.hidden, self.scale, self.configured = list(dims), rank, hidden, scale, configured
+        n = self.n_layers
+        p = {}
+        for i in range(n):
+            bound = np.sqrt(6.0 / dims[i])  # the board's He-uniform A, zero B
+            p["a%d" % i] = rng.uniform(-bound, bound, (dims[i], rank))
+            p["b%d" % i] = np.zeros((rank, dims[-1]))
+        if configured:
+            width = 2 * EMBED * n + EMBED
+            p["e_bits"] = rng.normal(0, 1, (len(BITS), EMBED))
+            p["e_gran"] = rng.normal(0, 1, (len(GRANULARITIES), EMBED))
+            p["e_pos"] = rng.normal(0, 1, (n, EMBED))
+            p["w1"] = rng.normal(0, 1 / np.sqrt(width), (width, hidden))
+            p["c1"] = np.zeros(hidden)
+            p["w2"] = np.zeros((hidden, rank * rank))
+            p["c2"] = np.zeros(rank * rank)
+        self.params = p
+
+    @property
+    def n_layers(self):
+        return len(self.dims) - 1
+
+    # -- the configuration model ----------------------------------------------------------------
+    def _config_forward(self, config):
+        """T_i = s M_i(c) + I for every adapter, [n, r, r], and what the backward pass needs."""
+        n, r = self.n_layers, self.rank
+        if not self.configured:
+            return np.broadcast_to(np.eye(r), (n, r, r)), None
+        p = self.params
+        kb = [BITS.index(b) for b in config.bits]
+        kg = [GRANULARITIES.index(g) for g in config.granularity]
+        shared = np.concatenate([np.concatenate([p["e_bits"][b], p["e_gran"][g]]) for b, g in zip(kb, kg)])
+        u = np.concatenate([np.tile(shared, (n, 1)), p["e_pos"]], axis=1)
+        inv = 1.0 / np.sqrt(u.var(axis=1, keepdims=True) + LN_EPS)
+        u_hat = (u - u.mean(axis=1, keepdims=True)) * inv
+        pre = u_hat @ p["w1"] + p["c1"]
+        act, sig = _silu_parts(pre)
+        m = (act @ p["w2"] + p["c2"]).reshape(n, r, r)
+        return self.scale * m + np.eye(r), (kb, kg, u_hat, inv, pre, sig, act)
+
+    def _config_backward(self, cache, d_t, grads):
+        kb, kg, u_hat, inv, pre, sig, act = cache
+        p, n = self.params, self.n_layers
+        d_m = self.scale * d_t.reshape(n, -1)
+        grads["w2"] = act.T @ d_m
+        grads["c2"] = d_m.sum(axis=0)
+        d_pre = (d_m @ p["w2"].T) * sig * (1 + pre * (1 - sig))
+        grads["w1"] = u_hat.T @ d_pre
+        grads["c1"] = d_pre.sum(axis=0)
+        d_hat = d_pre @ p["w1"].T
+        d_u = inv * (d_hat - d_hat.mean(axis=1, keepdims=True) - u_hat * (d_hat * u_hat).mean(axis=1, keepdims=True))
+        grads["e_pos"] = d_u[:, 2 * EMBED * n:].copy()
+        d_shared = d_u[:, :2 * EMBED * n].sum(axis=0)
+        grads["e_bits"] = np.zeros_like(p["e_bits"])
+        grads["e_gran"] = np.zeros_like(p["e_gran"])
+        for j, (b, g) in enumerate(zip(kb, kg)):
+            grads["e_bits"][b] += d_shared[2 * EMBED * j:2 * EMBED * j + EMBED]
+            grads["e_gran"][g] += d_shared[2 * EMBED * j + EMBED:2 * EMBED * (j + 1)]
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def loss_and_grads(self, config, inputs, z0, y):
+        """Mean cross-entropy of z = z0 + sum_i B_i^T T_i A_i^T x_i on a batch, and its gradients."""
+        p, n = self.params, self.n_layers
+        t, cache = self._config_forward(config)
+        h = [x @ p["a%d" % i] for i, x in enumerate(inputs)]  # A_i^T x_i, batch rows
+        h2 = [hi @ t[i].T for i, hi in enumerate(h)]          # T_i A_i^T x_i
+        z = z0 + sum(hi @ p["b%d" % i] for i, hi in enumerate(h2))
+        g, loss = reference.softmax_grad(z, y)
+        grads, d_t = {}, np.zeros_like(t)
+        for i in range(n):
+            d_h2 = g @ p["b%d" % i].T
+            grads["b%d" % i] = h2[i].T @ g
+            d_t[i] = d_h2.T @ h[i]
+            grads["a%d" % i] = inputs[i].T @ (d_h2 @ t[i])
+        if cache is not None:
+            self._config_backward(cache, d_t, grads)
+        return loss, grads
+
+    def adapter(self, config):
+        """The folded Skip-LoRA adapter for `config`: A_i' = A_i T_i^T D_i, B_i' = D_i^-1 B_i
+        (float32). D_i is diagonal and scales each column of A_i' to the RMS of the board's
+        He-uniform draw, sqrt(2 / in_i): the product, hence the logits, is unchanged, and the
+        board's SGD steps on A and B (each proportional to the other factor) are sized as from its
+        usual start (measured: unbalanced, on-device fine-tuning from CoA lost 2-7 points to zero)."""
+        t, _ = self._config_forward(config)
+        a_list, b_list = [], []
+        for i in range(self.n_layers):
+            a = self.params["a%d" % i] @ t[i].T
+            rms = np.sqrt((a * a).mean(axis=0))
+            d = np.where(rms > 0, np.sqrt(2.0 / self.dims[i]) / np.where(rms > 0, rms, 1), 1.0)
+            a_list.append((a * d).astype(np.float32))
+            b_list.append((self.params["b%d" % i] / d[:, None]).astype(np.float32))
+        return a_list, b_list
+
+    # -- training ---------------------------------------------------------------------------------
+    def fit(self, net, configs, X, y, steps, batch=64, lr=3e-3, seed=0, on_step=None):
+        """Adam on the source domain, a configuration drawn from `configs` each step. Returns the
+        seconds it took. net: the float reference.Network; the frozen network per configuration
+        is its quantized copy."""
+        rng = np.random.default_rng(seed)
+        frozen = {}
+        opt = Adam(self.params, lr)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            config = configs[rng.integers(len(configs))]
+            if config not in frozen:
+                frozen[config] = quantized_network(net, config)
+            idx = rng.choice(len(X), min(batch, len(X)), replace=False)
+            inputs, z0 = frozen[config].forward(X[idx])
+            loss, grads = self.loss_and_grads(config, inputs, z0, y[idx])
+            opt.step(grads)
+            if on_step:
+                on_step(step, loss)
+        return time.perf_counter() - t0
+
+    def logits(self, qnet, config, X, with_adapter=True):
+        inputs, z = qnet.forward(X)
+        if with_adapter:
+            a_list, b_list = self.adapter(config)
+            z = z + sum((x @ a) @ b for x, a, b in zip(inputs, a_list, b_list))
+        return z
+
+    # -- saving -----------------------------------------------------------------------------------
+    def as_json(self):
+        return {"dims": self.dims, "rank": self.rank, "hidden": self.hidden, "scale": self.scale,
+                "configured": self.configured, "params": dict((k, v.tolist()) for k, v in self.params.items())}
+
+    @classmethod
+    def from_json(cls, data):
+        coa = cls(data["dims"], data["rank"], data["hidden"], data["scale"], configured=data["configured"])
+        if set(data["params"]) != set(coa.params):
+            raise ValueError("CoA parameters %s do not match the model's %s" % (sorted(data["params"]), sorted(coa.params)))
+        for k in coa.params:
+            coa.params[k] = np.array(data["params"][k], np.float64).reshape(coa.params[k].shape)
+        return coa
+
+
+def evaluate(net, config, X, y, coa=None):
+    """(loss, accuracy) of the network quantized under `config`, with the CoA adapter if given."""
+    qnet = quantized_network(net, config)
+    z = coa.logits(qnet, config, X) if coa is not None else qnet.forward(X)[1]
+    _, loss = reference.softmax_grad(z, y)
+    return loss, float((z.argmax(axis=1) == y).mean())
+
+
+__all__ = ["CoA", "QuantConfig", "evaluate"]

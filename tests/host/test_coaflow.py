@@ -1,0 +1,106 @@
+"""CoA-LoRA end to end on the default scenario, kept short (few steps, one search round): `coa
+train` writes the front and the CoA parameters, `export --budget-bytes/--board` writes the best
+fitting configuration with its folded adapter, bad input is a one-line error, and the benchmark's
+parts run (the full-size numbers are in `skip2lora coa bench` and the README)."""
+import json
+
+import numpy as np
+import pytest
+
+from s2l import modelfile as fmt
+from skip2lora import cli, coaflow
+from skip2lora.coa import CoA
+from skip2lora.modelfile import read_model_file
+from skip2lora.quantconfig import QuantConfig
+
+
+@pytest.fixture(scope="module")
+def record_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("coa") / "coa.json"
+    cli.main(["coa", "train", "--steps", "400", "--rounds", "1", "--out", str(path), "--quiet"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def record(record_path):
+    return json.loads(record_path.read_text())
+
+
+def test_train_writes_the_front_and_keeps_held_out_configurations_out(record):
+    dims = record["dims"]
+    assert dims == [64, 64, 64, 10] and record["rank"] == 4
+    held = set(map(str, record["held_out"]))
+    assert len(held) == 12 and not held & set(map(str, record["training_configs"]))
+    bits = sorted(QuantConfig.from_json(c).average_bits(dims) for c in record["held_out"])
+    assert bits[0] < 3 and bits[-1] >= 7  # spread over 2..8 average bits
+    for e in record["front"]:
+        c = QuantConfig.from_json(e["config"])
+        assert e["model_bytes"] == fmt.file_size(dims, c.bits, c.granularity)
+        assert e["file_bytes"] == fmt.file_size(dims, c.bits, c.granularity, 4)
+    sizes = [e["model_bytes"] for e in record["front"]]
+    assert sizes == sorted(sizes) and sizes[0] < 4000 and sizes[-1] > 9000
+
+
+def test_coa_recovers_low_bit_accuracy_on_held_out_configurations(record):
+    scenario, net = coaflow.source_net("rotate", progress=False)
+    rows = coaflow.held_out_table(record, net, scenario, base_steps=50, progress=False)
+    low = [r for r in rows if r["average_bits"] < 4]
+    # 2- and 3-bit configurations lose 5-45 points without an adapter; CoA gets most of it back
+    assert np.mean([r["coa"] for r in low]) >= np.mean([r["none"] for r in low]) + 0.08
+    assert all(r["baseline_seconds"] > r["coa_seconds"] for r in rows)
+    text = coaflow.format_bench(record, rows, coaflow.uniform_check(record, net, scenario), [])
+    assert "within 1.0 point" in text and "uniform 4-bit" in text
+
+
+def test_export_picks_the_least_coa_loss_that_fits_and_writes_its_adapter(record, record_path, tmp_path, capsys):
+    out = tmp_path / "m.s2lm"
+    budget = 8000
+    cli.main(["export", "--budget-bytes", str(budget), "--coa", str(record_path), "-o", str(out), "--quiet"])
+    data = out.read_bytes()
+    assert len(data) <= budget
+    fits = [e for e in record["front"] if e["file_bytes"] <= budget]
+    best = min(fits, key=lambda e: e["loss_coa"])
+    assert len(data) == best["file_bytes"] and best["label"] in capsys.readouterr().out
+    model = read_model_file(data)
+    config = QuantConfig.from_json(best["config"])
+    assert [layer.bits for layer in model.layers] == list(config.bits)
+    want = CoA.from_json(record["coa"]).adapter(config)
+    for got, expected in zip(model.adapter[0] + model.adapter[1], want[0] + want[1]):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_board_budget(record_path, tmp_path):
+    out = tmp_path / "esp32.s2lm"
+    cli.main(["export", "--board", "esp32", "--coa", str(record_path), "-o", str(out), "--quiet"])
+    assert len(out.read_bytes()) <= coaflow.BOARD_BUDGETS["esp32"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--budget-bytes", "3000"], "no configuration on the CoA front fits 3000 bytes"),
+    (["--board", "pico"], "unknown board 'pico' (known: esp32, rp2040)"),
+    (["--board", "esp32", "--budget-bytes", "9000"], "give --budget-bytes or --board, not both"),
+    (["--budget-bytes", "9000", "--bits", "8,8,8"], "--bits and --budget-bytes/--board exclude each other"),
+])
+def test_bad_budget_input_is_a_one_line_error(record_path, tmp_path, capsys, argv, message):
+    out = tmp_path / "never.s2lm"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["export", "--coa", str(record_path), "-o", str(out), "--quiet"] + argv)
+    assert str(exc.value).startswith("error: " + message) and "\n" not in str(exc.value)
+    assert not out.exists()
+
+
+def test_a_configuration_the_file_cannot_hold_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="^error: unsupported bit width 5 in layer 0"):
+        cli.main(["export", "--bits", "5,8,8", "-o", str(tmp_path / "x.s2lm"), "--quiet"])
+    with pytest.raises(SystemExit, match="^error: no CoA results at"):
+        cli.main(["export", "--budget-bytes", "9000", "--coa", str(tmp_path / "none.json"), "--quiet"])
+
+
+def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
+    _, net = coaflow.source_net("rotate", progress=False)
+    rows = coaflow.on_device(record, net, "rotate", epochs=1, seeds=(1,), progress=False)
+    assert [r["label"] for r in rows] == [c.label for c in coaflow.ON_DEVICE_CONFIGS]
+    for r in rows:
+        assert 0 < r["zero"] <= 1 and 0 < r["coa"] <= 1
+    # the firmware started from the file's adapter: same seed and sample order, another result
+    assert all(r["coa"] != r["zero"] for r in rows)
