@@ -83,13 +83,13 @@ def ingest8(src, at, n, mult, dst, dat):
 
 
 def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
-    # One frozen layer in integers: y = relu?(W x * scale + bias), W `bits`-bit packed (format v1),
+    # One frozen layer in integers: y = relu?(W x * scale + bias), W `bits`-bit packed (model format),
     # x int8 at rb[ro + x offset] with exponent e; y rounded into its limit (int8, or int12 as
     # int16 for the logits) at rb[ro + y offset]; returns y's exponent. The per-channel scale is an
     # integer multiplier mult[r] < 2^14 at exponent lp[4], the bias an int32 at exponent lp[5].
     row_bytes, bits, n_out, n_in = lp[0], lp[1], lp[2], lp[3]
     xo, yo, wide, limit = ro + lp[6], ro + lp[7], lp[8], lp[9]
-    shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte)
+    shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte), but for 3 bits
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
     lane = (1 << shift) - 1
@@ -98,7 +98,11 @@ def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
         start = r * row_bytes
         total = 0
         for c in range(n_in):
-            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+            if bits == 3:  # format v2: a little-endian bit stream, value c at bit 3c
+                at, lo = start + ((3 * c) >> 3), (3 * c) & 7
+                q = ((packed[at] | (packed[at + 1] << 8 if lo > 5 else 0)) >> lo) & mask
+            else:
+                q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
             total += (q - mask - 1 if q & sign else q) * _s8(rb[xo + c])
         acc[r] = total
         if total < 0:

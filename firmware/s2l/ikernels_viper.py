@@ -56,9 +56,15 @@ def frozen_layer(packed: ptr8, lp: ptr32, mult: ptr32, bias: ptr32, rb: ptr8, ro
     for r in range(n_out):
         start = r * row_bytes
         total = 0
-        for c in range(n_in):
-            q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-            total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
+        if bits == 3:
+            for c in range(n_in):
+                at = start + ((3 * c) >> 3)
+                q = ((packed[at] | (packed[at + 1] << 8)) >> ((3 * c) & 7)) & mask
+                total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
+        else:
+            for c in range(n_in):
+                q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+                total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
         acc[r] = total
         if total < 0:
             total = 0 - total

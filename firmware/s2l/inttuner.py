@@ -64,6 +64,10 @@ class IntSkip2Tuner:
             raise TunerError("the integer path trains with batch 1 (got %d)" % batch)
         if max(dims[:-1]) > 512 or dims[-1] > 32:
             raise TunerError("the integer path takes layers of up to 512 inputs and 32 classes")
+        grouped = [i for i in range(n) if model.group[i]]
+        if grouped:  # one integer multiplier per output channel is all the frozen-layer kernel has
+            raise TunerError("the integer path takes per-channel or per-tensor scales; layer %d has a scale "
+                             "per group of %d: use path float, or export per-channel" % (grouped[0], model.group[grouped[0]]))
         self.model, self.rank, self.lr, self.epochs, self.batch = model, rank, lr, epochs, 1
         self.n_classes = nc = dims[-1]
         self.rng = XorShift32(seed)
@@ -88,16 +92,31 @@ class IntSkip2Tuner:
                                 array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]])))
         self.acc = array("i", [0] * max(dims))
         # adapters in one int16 array, A from the float path's init (uniform +-sqrt(6 / n_in), the
-        # same PRNG draws) at an exponent whose bound uses a quarter of int16, B zero
+        # same PRNG draws) or the model's starting adapter, at an exponent whose bound uses a quarter
+        # of int16; B zero or the starting adapter's, at FB
+        start = model.adapter
+        if start is not None and start[0] != rank:
+            raise TunerError("the model's starting adapter has rank %d, not %d" % (start[0], rank))
         self.w = array("h", [0] * sum(dims[i] * rank + rank * nc for i in range(n)))
         self.adapters, self.fa = [], []
         meta = [n, rank, nc, self.z_at, 0, 0]
         at = 0
         for i in range(n):
             bound = math.sqrt(6.0 / dims[i])
+            a = [self.rng.uniform(-bound, bound) for _ in range(dims[i] * rank)]
+            b = None
+            if start is not None:
+                a, b = start[1][i], start[2][i]
+                bound = max(bound, max(abs(v) for v in a))
             fa = int(math.floor(math.log(8191.0 / bound) / math.log(2)))
             for k in range(dims[i] * rank):
-                self.w[at + k] = int(math.floor(self.rng.uniform(-bound, bound) * 2 ** fa + 0.5))
+                self.w[at + k] = int(math.floor(a[k] * 2 ** fa + 0.5))
+            if b is not None:
+                if max(abs(v) for v in b) * 2 ** I.FB > I.INT16_MAX:
+                    raise TunerError("the model's starting adapter B of layer %d leaves the integer path's "
+                                     "range (|B| <= %g)" % (i, I.INT16_MAX / 2.0 ** I.FB))
+                for k in range(rank * nc):
+                    self.w[at + dims[i] * rank + k] = int(math.floor(b[k] * 2 ** I.FB + 0.5))
             self.adapters.append(Adapter(self.w, at, dims[i], rank, nc))
             self.fa.append(fa)
             meta += [dims[i], self.x_at[i], at, at + dims[i] * rank, fa]

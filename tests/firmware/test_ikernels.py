@@ -40,6 +40,9 @@ print(json.dumps([I.FLAVOUR, [run(c) for c in json.load(open("cases.json"))]]))
 
 
 def pack(q, bits):
+    if bits == 3:  # format v2: a little-endian bit stream, value c at bit 3c
+        stream = sum((int(v) & 7) << (3 * c) for c, v in enumerate(q))
+        return stream.to_bytes((3 * len(q) + 7) // 8, "little")
     per_byte = 8 // bits
     out = bytearray((len(q) + per_byte - 1) // per_byte)
     for c, v in enumerate(q):
@@ -62,7 +65,7 @@ def ingest_cases(rng):
 
 def frozen_cases(rng):
     out = []
-    for bits in (8, 4, 2):
+    for bits in (8, 4, 3, 2):
         qmax = (1 << (bits - 1)) - 1
         for n_in, n_out, extreme in ((13, 5, False), (512, 4, True), (64, 10, False)):
             w = rng.integers(-qmax, qmax + 1, (n_out, n_in))
@@ -78,7 +81,7 @@ def frozen_cases(rng):
                     ro = 7
                     rb = bytearray(ro + n_in + 2 * n_out + 3)
                     rb[ro:ro + n_in] = s8(x)
-                    out.append({"kind": "frozen_layer", "packed": b"".join(pack(r, bits) for r in w).hex(),
+                    out.append({"kind": "frozen_layer", "packed": (b"".join(pack(r, bits) for r in w) + bytes(4)).hex(),
                                 "lp": [row_bytes, bits, n_out, n_in, mult_exp, bias_exp, 0, n_in, wide, limit],
                                 "mult": rng.integers(-(1 << 14), (1 << 14) + 1, n_out).tolist(),
                                 "bias": bias.tolist(), "rb": bytes(rb).hex(), "ro": ro, "e": e})

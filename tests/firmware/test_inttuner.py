@@ -85,3 +85,49 @@ def test_a_cached_integer_step_allocates_almost_nothing(runtime, bound):
     per_step = json.loads(run_firmware_script(ALLOCATIONS, runtime, files=files, heap="4m"))  # gc off
     assert per_step["int"] <= bound, per_step
     assert per_step["float"] >= 10 * per_step["int"] + 1000, per_step
+
+
+V2_SCRIPT = """
+import json
+from s2l.model import load
+from s2l.tuning import new_tuner, TunerError
+data = json.load(open("data.json"))
+out = {}
+for name in ("three", "start", "grouped"):
+    try:
+        t = new_tuner(load(name + ".s2lm"), "skip2-lora", path="int", **dict(data["config"], batch=1))
+    except TunerError as e:
+        out[name] = str(e)
+        continue
+    start = {"a0": list(t.adapters[0].qa[:4]), "fa0": t.fa[0], "b0": list(t.adapters[0].qb[:4])}
+    for x, y in zip(data["X"], data["y"]):
+        t.add_sample(x, y)
+    out[name] = dict(start, losses=t.train())
+print(json.dumps(out))
+"""
+
+
+def test_the_integer_path_reads_format_v2():
+    # 3-bit layers and a starting adapter train on the integer path, the same under the unix port's
+    # viper kernels as in portable Python; a layer with group scales is a clear error
+    import numpy as np
+    from skip2lora.modelfile import quantize, write_model
+    from .test_tuner import BITS, DIMS
+    rng = np.random.default_rng(5)
+    weights = [(rng.normal(0, 0.6, (o, i)), rng.normal(0, 0.1, o)) for i, o in zip(DIMS[:-1], DIMS[1:])]
+    _, _, (X, y), (Xt, yt) = fixed_problem()
+    rank = CONFIG["rank"]
+    start = ([rng.normal(0, 0.3, (i, rank)) for i in DIMS[:-1]], [rng.normal(0, 0.5, (rank, DIMS[-1])) for _ in DIMS[:-1]])
+    models = {"three.s2lm": write_model([quantize(w, b, 3) for w, b in weights]),
+              "start.s2lm": write_model([quantize(w, b, n) for (w, b), n in zip(weights, BITS)], adapter=start),
+              "grouped.s2lm": write_model([quantize(w, b, 4, 16) for w, b in weights])}
+    data = {"config": CONFIG, "X": X.tolist(), "y": y.tolist(), "Xt": Xt.tolist(), "yt": yt.tolist()}
+    files = dict(models, **{"data.json": json.dumps(data).encode()})
+    runs = [json.loads(run_firmware_script(V2_SCRIPT, rt, files=files)) for rt in ("cpython", "micropython-unix")]
+    assert runs[0] == runs[1]
+    out = runs[0]
+    assert out["grouped"].startswith("the integer path takes per-channel or per-tensor scales; layer 0")
+    assert out["three"]["losses"][-1] < out["three"]["losses"][0]
+    a0 = np.array(out["start"]["a0"]) * 2.0 ** -out["start"]["fa0"]
+    np.testing.assert_allclose(a0, start[0][0].ravel()[:4], atol=2.0 ** -out["start"]["fa0"])
+    np.testing.assert_allclose(np.array(out["start"]["b0"]) / 4096, start[1][0].ravel()[:4], atol=1 / 4096)
