@@ -6,11 +6,10 @@
 import binascii
 import gc
 import json
-import os
 import struct
 import sys
 
-from s2l import VERSION, adapterfile, clock, kernels
+from s2l import VERSION, adapterfile, clock, configcheck, kernels, storage
 from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
@@ -19,7 +18,8 @@ from s2l.tuner import TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
-CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path")
+KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
+FLOAT32_MAX = 3.4028234e38
 
 
 class ProtocolError(Exception):
@@ -38,16 +38,31 @@ def _json(payload):
     return value
 
 
-def write_atomic(path, data):
-    # a power cut leaves the old file or the new one, never half of one
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
+def _error_of(e):
+    """(error code, message) for an exception raised while handling a request or training."""
+    if isinstance(e, (ProtocolError, configcheck.ConfigError)):
+        return e.code, str(e)
+    if isinstance(e, TunerError):
+        return F.E_TUNER, str(e)
+    if isinstance(e, ModelError):
+        return F.E_MODEL, str(e)
+    if isinstance(e, adapterfile.AdapterError):
+        return F.E_STORAGE, str(e)
+    if isinstance(e, MemoryError):
+        return F.E_MEMORY, "out of memory"
+    return F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
+
+
+def _error_frame(seq, e):
     try:
-        os.remove(path)
-    except OSError:
-        pass
-    os.rename(tmp, path)
+        code, message = _error_of(e)
+        return F.encode(F.ERROR, seq, F.error_payload(code, message))
+    except Exception:  # even the message failed (out of memory?): a frame that cannot fail
+        return F.encode(F.ERROR, seq, F.error_payload(F.E_INTERNAL, "error"))
+
+
+def _finite(x):
+    return -FLOAT32_MAX <= x <= FLOAT32_MAX  # false for NaN
 
 
 class Core:
@@ -61,17 +76,21 @@ class Core:
         self.test = None
         self.test_labels = bytearray()
         self.epochs_left = 0
+        self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
+        self.event_number = 0
         self.last = None  # (seq, type, payload, reply) of the last request: a retry gets the reply again
         self.handlers = {
             F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
             F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
             F.LOAD: self.load, F.RESET: self.reset,
+            F.STATUS: self.status,
         }
-        try:
-            self.model = Model(self._read(MODEL_FILE))
-        except (OSError, ModelError):
-            pass  # no model stored yet, or a bad one: wait for an upload
+        # a power cut may have interrupted a write: keep the valid copy of each file
+        data, model_state = storage.recover(self._path(MODEL_FILE), Model)
+        self.model = Model(data) if data is not None else None
+        _, adapter_state = storage.recover(self._path(ADAPTER_FILE), adapterfile.check)
+        self.storage = {"model": model_state, "adapter": adapter_state}
 
     @property
     def busy(self):
@@ -96,50 +115,68 @@ class Core:
                 out += self.last[3]  # a retry: same answer, not done twice
                 continue
             reply = self._handle(ftype, seq, payload)
-            self.last = (seq, ftype, payload, reply)
+            if ftype != F.STATUS:  # STATUS only reads, and reports the last request
+                self.last = (seq, ftype, payload, reply)
             out += reply
         return bytes(out)
 
     def _handle(self, ftype, seq, payload):
+        # nothing here may raise: whatever happens, the reply is one frame and the board serves on
         try:
             handler = self.handlers.get(ftype)
             if handler is None:
                 raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
-            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET):
-                raise ProtocolError(F.E_BUSY, "training in progress")
+            if payload and ftype in F.NO_PAYLOAD:
+                raise ProtocolError(F.E_PAYLOAD, "request 0x%02x takes no payload, got %d bytes" % (ftype, len(payload)))
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS):
+                raise ProtocolError(F.E_BUSY, "training in progress (RESET stops it)")
             return F.encode(F.OK, seq, json.dumps(handler(payload) or {}).encode())
-        except ProtocolError as e:
-            code, message = e.code, str(e)
-        except TunerError as e:
-            code, message = F.E_TUNER, str(e)
-        except ModelError as e:
-            code, message = F.E_MODEL, str(e)
-        except adapterfile.AdapterError as e:
-            code, message = F.E_STORAGE, str(e)
-        except MemoryError:
-            code, message = F.E_MEMORY, "out of memory"
-        except Exception as e:  # the board keeps serving whatever happened
-            code, message = F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
-        return F.encode(F.ERROR, seq, F.error_payload(code, message))
+        except Exception as e:
+            return _error_frame(seq, e)
+
+    def _event(self, ftype, fields):
+        """An event frame, numbered (its seq) and kept for STATUS."""
+        self.event_number = (self.event_number + 1) & 0xFFFF
+        payload = json.dumps(fields).encode()
+        self.events.append((self.event_number, ftype, payload))
+        if len(self.events) > KEPT_EVENTS:
+            self.events.pop(0)
+        return F.encode(ftype, self.event_number, payload)
+
+    def _failed(self, code, message):
+        self.epochs_left = 0
+        return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
+                                      "epoch": len(self.tuner.losses) if self.tuner else 0})
 
     def work(self):
-        """One epoch of pending training; its PROGRESS frame (and DONE after the last), or b""."""
+        """One epoch of pending training; its PROGRESS event (and DONE after the last), or b"".
+        Never raises: a failure ends training with a FAILED event."""
         if not self.busy:
             return b""
-        t0 = clock.ticks_us()
         try:
+            t0 = clock.ticks_us()
             loss = self.tuner.train_epoch()
+            ms = clock.ticks_diff(clock.ticks_us(), t0) // 1000
+            self.epochs_left -= 1
+            epoch = len(self.tuner.losses)
+            finite = _finite(loss)
+            if not finite:  # JSON has no NaN: the host gets null, and training stops
+                loss = None
+                self.epochs_left = 0
+            out = self._event(F.PROGRESS, {"epoch": epoch, "loss": loss, "ms": ms, "left": self.epochs_left})
+            if not finite:
+                return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
+                                                        "lower the learning rate" % epoch)
+            if not self.busy:
+                out += self._event(F.DONE, {"epochs": epoch, "loss": loss})
+            return out
         except Exception as e:
-            self.epochs_left = 0
-            return F.encode(F.ERROR, 0, F.error_payload(F.E_TUNER, "training stopped: %s" % e))
-        self.epochs_left -= 1
-        epoch = len(self.tuner.losses)
-        out = F.encode(F.PROGRESS, epoch & 0xFFFF, json.dumps({
-            "epoch": epoch, "loss": loss, "ms": clock.ticks_diff(clock.ticks_us(), t0) // 1000,
-            "left": self.epochs_left}).encode())
-        if not self.busy:
-            out += F.encode(F.DONE, epoch & 0xFFFF, json.dumps({"epochs": epoch, "loss": loss}).encode())
-        return out
+            try:
+                code, message = _error_of(e)
+                return self._failed(code, "training stopped: %s" % message)
+            except Exception:
+                self.epochs_left = 0
+                return b""
 
     # -- commands ----------------------------------------------------------------------------------
     def hello(self, payload):
@@ -148,7 +185,8 @@ class Core:
             model = {"dims": self.model.dims, "bits": self.model.bits}
         free = gc.mem_free() if hasattr(gc, "mem_free") else None
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
-                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD, "kernels": kernels.FLAVOUR}
+                "free_heap": free, "model": model, "max_payload": F.MAX_PAYLOAD, "kernels": kernels.FLAVOUR,
+                "storage": self.storage}
 
     def model_begin(self, payload):
         args = _json(payload)
@@ -180,7 +218,8 @@ class Core:
         if binascii.crc32(buf) & 0xFFFFFFFF != crc:
             raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
         model = Model(bytes(buf))  # validate before anything is replaced
-        write_atomic(self._path(MODEL_FILE), buf)
+        storage.write_atomic(self._path(MODEL_FILE), buf)
+        self.storage["model"] = storage.OK
         self.model, self.tuner, self.config = model, None, None
         self._drop_samples()
         return {"dims": model.dims, "bits": model.bits}
@@ -189,9 +228,7 @@ class Core:
         if self.model is None:
             raise ProtocolError(F.E_STATE, "CONFIG before a model is loaded")
         args = _json(payload)
-        unknown = [k for k in args if k not in CONFIG_KEYS]
-        if unknown:
-            raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
+        configcheck.check(args)  # all of it, before the old tuner is dropped
         self.tuner = None  # free the old tuner's memory before the new one takes its own
         gc.collect()
         self.tuner = new_tuner(self.model, **args)
@@ -246,11 +283,11 @@ class Core:
     def train(self, payload):
         if self.tuner is None or not self.tuner.labels:
             raise ProtocolError(F.E_STATE, "TRAIN with no fine-tune samples")
-        epochs = _json(payload).get("epochs", self.tuner.epochs)
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ProtocolError(F.E_PAYLOAD, "epochs must be a positive int")
+        args = _json(payload)
+        configcheck.check_train(args)
+        epochs = args.get("epochs", self.tuner.epochs)
         self.epochs_left = epochs
-        return {"epochs": epochs, "samples": len(self.tuner.labels)}
+        return {"epochs": epochs, "samples": len(self.tuner.labels), "event": self.event_number}
 
     def evaluate(self, payload):
         if self.tuner is None or not self.test_labels:
@@ -271,8 +308,9 @@ class Core:
     def save(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "SAVE before CONFIG")
-        data = adapterfile.encode(adapterfile.parameters(self.tuner))
-        write_atomic(self._path(ADAPTER_FILE), data)
+        data = adapterfile.encode(adapterfile.parameters(self.tuner), self.tuner.path)
+        storage.write_atomic(self._path(ADAPTER_FILE), data)
+        self.storage["adapter"] = storage.OK
         return {"bytes": len(data)}
 
     def load(self, payload):
@@ -286,8 +324,29 @@ class Core:
         return {"bytes": len(data)}
 
     def reset(self, payload):
+        stopped = self.epochs_left > 0  # a cancelled TRAIN: no DONE follows
         self.epochs_left = 0
         self.tuner, self.config, self.upload = None, None, None
         self._drop_samples()
         gc.collect()
-        return {}
+        return {"stopped": stopped}
+
+    def status(self, payload):
+        """Training state and the kept events after `after` (a lost PROGRESS or DONE is asked for
+        here, not waited for), and the last request handled: its seq, type and whether it was OK."""
+        args = _json(payload)
+        after = args.get("after", 0)
+        if type(after) is not int:
+            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number}")
+        events, size = [], 0
+        for number, ftype, body in self.events:
+            if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
+                size += len(body) + 16
+                if size > F.MAX_PAYLOAD // 2:
+                    break  # the rest at the next STATUS
+                events.append([number, ftype, json.loads(body)])
+        last = None
+        if self.last is not None:
+            last = [self.last[0], self.last[1], self.last[3][1] == F.OK]  # byte 1: the reply's type
+        return {"busy": self.busy, "left": self.epochs_left, "event": self.event_number,
+                "events": events, "last": last}
