@@ -34,17 +34,22 @@ SAVE = 0x0A
 LOAD = 0x0B
 RESET = 0x0C        # stops training (cancels a TRAIN), drops tuner and samples
 STATUS = 0x0D       # JSON {"after": event number} (optional): training state, kept events, last request
+REPLY = 0x0E        # JSON {"seq", "at", "size"}: a part of the last request's reply, as a PART frame
 # replies (board -> host)
 OK = 0x80           # JSON
 ERROR = 0xEE        # u16 code | UTF-8 message
+PART = 0x84         # u8 reply type | u16 reply length | bytes at..at+size of the reply's payload (REPLY)
 # events (board -> host, unasked, numbered by their own seq; STATUS returns them again)
 PROGRESS = 0x81     # JSON {"epoch", "loss" (null when not finite), "ms", "left"}
 DONE = 0x82         # JSON {"epochs", "loss"}: training finished
 FAILED = 0x83       # JSON {"code", "error", "epoch"}: training stopped by an error (E_DIVERGED, ...)
 EVENTS = (PROGRESS, DONE, FAILED)
 REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET,
-            STATUS)
+            STATUS, REPLY)
 NO_PAYLOAD = (HELLO, MODEL_END, EVAL, STATS, SAVE, LOAD, RESET)  # a payload on these is an error
+
+PART_HEADER = "<BH"  # reply type, reply length; then the part's bytes
+PART_HEADER_SIZE = 3
 
 # SAMPLES: u8 kind | u8 encoding | u16 count | u16 n_features, then per sample u8 label and
 # n_features float32 (ENC_FLOAT32), or a float32 scale and n_features int8 (ENC_INT8, x = q * scale)

@@ -18,6 +18,7 @@ from s2l.tuner import TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
+STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 FLOAT32_MAX = 3.4028234e38
 
@@ -53,12 +54,12 @@ def _error_of(e):
     return F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
 
 
-def _error_frame(seq, e):
+def _error_reply(e):
     try:
         code, message = _error_of(e)
-        return F.encode(F.ERROR, seq, F.error_payload(code, message))
-    except Exception:  # even the message failed (out of memory?): a frame that cannot fail
-        return F.encode(F.ERROR, seq, F.error_payload(F.E_INTERNAL, "error"))
+        return F.ERROR, F.error_payload(code, message)
+    except Exception:  # even the message failed (out of memory?): a reply that cannot fail
+        return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
 
 
 def _finite(x):
@@ -78,13 +79,15 @@ class Core:
         self.epochs_left = 0
         self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
         self.event_number = 0
-        self.last = None  # (seq, type, payload, reply) of the last request: a retry gets the reply again
+        # (seq, type, payload, reply type, reply payload) of the last request: a retry gets the
+        # reply again, and REPLY hands it out in parts (a long reply on a noisy link)
+        self.last = None
         self.handlers = {
             F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
             F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
             F.LOAD: self.load, F.RESET: self.reset,
-            F.STATUS: self.status,
+            F.STATUS: self.status, F.REPLY: self.reply,
         }
         # a power cut may have interrupted a write: keep the valid copy of each file
         data, model_state = storage.recover(self._path(MODEL_FILE), Model)
@@ -112,27 +115,33 @@ class Core:
                 continue
             _, ftype, seq, payload = event
             if self.last is not None and self.last[:3] == (seq, ftype, payload):
-                out += self.last[3]  # a retry: same answer, not done twice
+                out += F.encode(self.last[3], seq, self.last[4])  # a retry: same answer, not done twice
                 continue
-            reply = self._handle(ftype, seq, payload)
-            if ftype != F.STATUS:  # STATUS only reads, and reports the last request
-                self.last = (seq, ftype, payload, reply)
-            out += reply
+            rtype, rpayload = self._handle(ftype, seq, payload)
+            if ftype not in (F.STATUS, F.REPLY):  # these only read, and report the last request
+                self.last = (seq, ftype, payload, rtype, rpayload)
+            out += F.encode(rtype, seq, rpayload)
         return bytes(out)
 
     def _handle(self, ftype, seq, payload):
-        # nothing here may raise: whatever happens, the reply is one frame and the board serves on
+        """(reply type, reply payload) that fits a frame. Never raises: the board serves on."""
         try:
             handler = self.handlers.get(ftype)
             if handler is None:
                 raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
             if payload and ftype in F.NO_PAYLOAD:
                 raise ProtocolError(F.E_PAYLOAD, "request 0x%02x takes no payload, got %d bytes" % (ftype, len(payload)))
-            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS):
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY):
                 raise ProtocolError(F.E_BUSY, "training in progress (RESET stops it)")
-            return F.encode(F.OK, seq, json.dumps(handler(payload) or {}).encode())
+            result = handler(payload)
+            if ftype == F.REPLY:
+                return F.PART, result
+            body = json.dumps(result or {}).encode()
+            if len(body) > F.MAX_PAYLOAD:
+                raise ProtocolError(F.E_INTERNAL, "reply of %d bytes exceeds the frame limit" % len(body))
+            return F.OK, body
         except Exception as e:
-            return _error_frame(seq, e)
+            return _error_reply(e)
 
     def _event(self, ftype, fields):
         """An event frame, numbered (its seq) and kept for STATUS."""
@@ -342,11 +351,22 @@ class Core:
         for number, ftype, body in self.events:
             if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
                 size += len(body) + 16
-                if size > F.MAX_PAYLOAD // 2:
-                    break  # the rest at the next STATUS
+                if size > STATUS_EVENT_BYTES:
+                    break  # the rest at the next STATUS (a short reply survives a noisy link)
                 events.append([number, ftype, json.loads(body)])
         last = None
         if self.last is not None:
-            last = [self.last[0], self.last[1], self.last[3][1] == F.OK]  # byte 1: the reply's type
+            last = [self.last[0], self.last[1], self.last[3] == F.OK, len(self.last[4])]
         return {"busy": self.busy, "left": self.epochs_left, "event": self.event_number,
                 "events": events, "last": last}
+
+    def reply(self, payload):
+        """Bytes at..at+size of the last request's reply payload (that request's seq must match)."""
+        args = _json(payload)
+        seq, at, size = args.get("seq"), args.get("at", 0), args.get("size", F.MAX_PAYLOAD - F.PART_HEADER_SIZE)
+        if type(seq) is not int or type(at) is not int or type(size) is not int or at < 0 or \
+                not 0 < size <= F.MAX_PAYLOAD - F.PART_HEADER_SIZE:
+            raise ProtocolError(F.E_PAYLOAD, "REPLY takes {\"seq\", \"at\", \"size\"} (ints)")
+        if self.last is None or self.last[0] != seq:
+            raise ProtocolError(F.E_STATE, "no stored reply for seq %d" % seq)
+        return struct.pack(F.PART_HEADER, self.last[3], len(self.last[4])) + self.last[4][at:at + size]

@@ -123,8 +123,8 @@ class Tuner:
         if len(x) != n_in:
             raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
         for v in x:
-            if v != v or v in (float("inf"), float("-inf")):
-                raise TunerError("sample has a non-finite feature (%r)" % v)
+            if not -3.4028234e38 <= v <= 3.4028234e38:  # NaN, inf, or beyond float32 (an int8 scale too large)
+                raise TunerError("sample has a non-finite feature (%r; float32 ends at 3.4e38)" % v)
         if not 0 <= label < self.n_classes:
             raise TunerError("label %r out of range 0..%d" % (label, self.n_classes - 1))
 

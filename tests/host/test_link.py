@@ -58,9 +58,9 @@ def test_errors_reach_the_host_and_the_board_keeps_serving(emulator, problem):
 
 def test_a_silent_port_is_a_clear_link_error():
     with Client("loop://", timeout=0.2, retries=1) as board:  # loop:// echoes our own requests back
-        with pytest.raises(LinkError, match="no valid reply .* after 2 attempts"):
+        with pytest.raises(LinkError, match="no answer from loop://: is main.py running on the board"):
             board.hello()
-    with pytest.raises(LinkError, match="cannot open /dev/nonexistent-board"):
+    with pytest.raises(LinkError, match="no port /dev/nonexistent-board: is the board plugged in"):
         Client("/dev/nonexistent-board")
 
 
