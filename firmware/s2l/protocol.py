@@ -341,14 +341,14 @@ class Core:
         return {"stopped": stopped}
 
     def status(self, payload):
-        """Training state and the kept events after `after` (a lost PROGRESS or DONE is asked for
-        here, not waited for), and the last request handled: its seq, type and whether it was OK."""
+        """Training state, the kept events after `after` if given (a lost PROGRESS or DONE is asked
+        for here, not waited for), and the last request handled: seq, type, OK or not, reply size."""
         args = _json(payload)
-        after = args.get("after", 0)
-        if type(after) is not int:
-            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number}")
+        after = args.get("after")
+        if after is not None and type(after) is not int:
+            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number} or nothing")
         events, size = [], 0
-        for number, ftype, body in self.events:
+        for number, ftype, body in self.events if after is not None else ():
             if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
                 size += len(body) + 16
                 if size > STATUS_EVENT_BYTES:

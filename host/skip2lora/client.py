@@ -158,6 +158,8 @@ class Client:
             if len(self.raw) < 4096:
                 self.raw += data
         self.pending += events
+        if events and all(e[0] == "frame" and e[1] in F.REQUESTS for e in events):
+            return None  # our own requests echoed (a loopback, or a REPL): not an answer
         return not events
 
     def _await(self, seq, wait):
@@ -214,12 +216,13 @@ class Client:
                 rtt = time.monotonic() - sent
                 self.srtt = rtt if self.srtt is None else 0.8 * self.srtt + 0.2 * rtt
                 return self._reply(outcome[1], outcome[2])
-            if outcome[0] == "silent" or not self.framed:  # bytes, but never a board's frame: no board
+            if outcome[0] == "silent" or self._repl():
                 self.counts["timeouts"] += 1
                 silent += 1
                 if silent > retries and wait >= limit:
                     raise self._silent()
-                wait = min(2 * wait, limit)  # back off: the board may be slow, not gone
+                if silent > 1:  # back off from the second silence on: the board may be slow, not gone
+                    wait = min(2 * wait, limit)  # (one lost request is common on a noisy link)
             else:
                 silent = 0
                 damaged += 1
@@ -239,8 +242,11 @@ class Client:
             raise BoardError(struct.unpack_from("<H", body, 0)[0], body[2:].decode("utf-8", "replace"))
         return rtype, body
 
+    def _repl(self):
+        return not self.framed and any(mark in self.raw for mark in REPL_MARKS)
+
     def _silent(self):
-        if not self.framed and any(mark in self.raw for mark in REPL_MARKS):
+        if self._repl():
             return LinkError("the board at %s answers with the MicroPython REPL, not main.py: install the "
                              "firmware (skip2lora flash --port %s) or soft-reset it (Ctrl-D)" % (self.url, self.url))
         if not self.framed:
@@ -249,9 +255,10 @@ class Client:
         return LinkError("the board at %s stopped answering (after %d requests): check the cable, "
                          "then reset the board" % (self.url, self.counts["requests"]))
 
-    def _status(self, after=None, **kw):
-        return json.loads(self._exchange(F.STATUS, json.dumps(
-            {"after": self.last_event if after is None else after}).encode(), **kw)[1])
+    def _status(self, events=False, **kw):
+        """The board's STATUS; with the events after the last one handled if `events`."""
+        return json.loads(self._exchange(F.STATUS, json.dumps({"after": self.last_event} if events else {}).encode(),
+                                         **kw)[1])
 
     def _reply_in_parts(self, seq, ftype):
         """The reply to `seq`, fetched in small parts, if the board has acted on that request."""
@@ -316,7 +323,9 @@ class Client:
         rows = _sample_rows(X, y, encoding)
         at = 0
         while at < len(rows):
-            per_frame = _per_frame(encoding, n_features, self.max_payload)
+            # at least one sample a frame, however small frames have become
+            per_frame = _per_frame(encoding, n_features, max(self.max_payload, F.SAMPLES_HEADER_SIZE + F.sample_size(
+                encoding, n_features)))
             batch = rows[at:at + per_frame]
             if self._shrinkable(F.SAMPLES, _samples_payload(batch, kind, encoding, n_features)) is not None:
                 at += len(batch)
@@ -346,7 +355,7 @@ class Client:
         """Events after the last one handled (and before `until`, if given), from STATUS."""
         out = []
         while True:
-            status = self._status(**kw)
+            status = self._status(events=True, **kw)
             for n, t, fields in status["events"]:
                 if n != (self.last_event + 1) & 0xFFFF or n == until:
                     break  # not the next one: older than the board keeps, or already here
