@@ -344,14 +344,14 @@ class Core:
         """Training state, the kept events after `after` if given (a lost PROGRESS or DONE is asked
         for here, not waited for), and the last request handled: seq, type, OK or not, reply size."""
         args = _json(payload)
-        after = args.get("after")
-        if after is not None and type(after) is not int:
-            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number} or nothing")
+        after, limit = args.get("after"), args.get("limit", KEPT_EVENTS)
+        if after is not None and type(after) is not int or type(limit) is not int:
+            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number, \"limit\": events} or nothing")
         events, size = [], 0
         for number, ftype, body in self.events if after is not None else ():
             if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
                 size += len(body) + 16
-                if size > STATUS_EVENT_BYTES:
+                if size > STATUS_EVENT_BYTES or len(events) >= limit:
                     break  # the rest at the next STATUS (a short reply survives a noisy link)
                 events.append([number, ftype, json.loads(body)])
         last = None
