@@ -93,6 +93,7 @@ def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emula
         assert board.train()["epochs"] == CONFIG["epochs"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the emulator's pump sees it die
 def test_a_dead_board_is_noticed_in_seconds(emulator, problem):
     with Client(emulator.port) as board:
         _ready(board, problem, epochs=10000)
