@@ -69,6 +69,8 @@ def _add_board(p):
     p.add_argument("--path", choices=["float", "int"],
                    help="the tuner's arithmetic (default: the board's choice, integer Skip2-LoRA on boards)")
     p.add_argument("--limit", type=_positive, help="stream only the first N fine-tune samples")
+    p.add_argument("--retries", type=_positive, default=3,
+                   help="requests sent again before a silent board is given up (default 3; damaged replies do not count)")
 
 
 def _config(args):
@@ -157,7 +159,8 @@ def _run_on_board(args, port, model_bytes, scenario):
         bar.update(done - bar.n)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
-    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit)
+    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,
+                     args.retries)
     for bar in bars.values():
         bar.close()
     print(format_run(result))

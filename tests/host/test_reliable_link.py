@@ -131,3 +131,32 @@ def test_a_busy_port_and_a_repl_are_one_line_each():
         stop.set()
         os.close(slave)
         os.close(master)
+
+
+def test_a_request_whose_header_the_board_got_damaged_is_sent_again():
+    # the board reads a length over the limit (a byte of the header dropped) and answers error 2
+    # with the seq intact; the client sends the request again instead of giving up
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    seen = []
+
+    def board():
+        decoder = F.Decoder()
+        while len(seen) < 2:
+            for e in decoder.feed(os.read(master, 4096)):
+                if e[0] == "frame":
+                    seen.append(e[2])
+                    code = F.E_OVERSIZE if len(seen) == 1 else None
+                    os.write(master, F.encode(F.ERROR, e[2], F.error_payload(code, "frame length 9999 exceeds 1024"))
+                             if code else F.encode(F.OK, e[2], b'{"protocol": 1}'))
+    thread = threading.Thread(target=board, daemon=True)
+    thread.start()
+    try:
+        with Client(os.ttyname(slave)) as client:
+            assert client.request(F.HELLO) == {"protocol": 1}
+            assert client.counts["retransmissions"] == 1 and client.counts["damaged"] == 1
+        assert seen[0] == seen[1]  # the same request, same seq
+    finally:
+        thread.join(timeout=5)
+        os.close(slave)
+        os.close(master)
