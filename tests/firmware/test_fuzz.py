@@ -102,7 +102,7 @@ def _hello_works(b):
     assert b.send(F.HELLO)[0] == F.OK
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(pieces=st.lists(damaged_piece(), min_size=1, max_size=6))
 def test_damaged_streams_change_nothing_and_hello_answers(board, pieces):
     before = snapshot(board.core)
@@ -112,7 +112,7 @@ def test_damaged_streams_change_nothing_and_hello_answers(board, pieces):
     _hello_works(board)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(requests=st.lists(request(), min_size=1, max_size=4), garbage=st.binary(max_size=20))
 def test_every_request_gets_one_reply_and_a_refused_one_changes_nothing(tmp_path_factory, requests, garbage):
     b = fresh_board(tmp_path_factory)
