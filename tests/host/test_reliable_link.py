@@ -160,3 +160,15 @@ def test_a_request_whose_header_the_board_got_damaged_is_sent_again():
         thread.join(timeout=5)
         os.close(slave)
         os.close(master)
+
+
+def test_the_webassembly_board_survives_reads_that_yield_no_reply():
+    from skip2lora.emulator import BoardProcess
+    board = BoardProcess("micropython")
+    try:  # garbage, half a frame, idle work: no reply bytes, and the serving process lives on
+        assert board.feed(b"garbage") == b"" and board.feed(F.encode(F.HELLO, 1)[:4]) == b""
+        assert board.work() == b""
+        replies = F.Decoder().feed(board.feed(F.encode(F.HELLO, 2)))
+        assert [(e[1], e[2]) for e in replies] == [(F.OK, 2)]
+    finally:
+        board.close()
