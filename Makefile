@@ -6,13 +6,19 @@ PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test install bench bench-lr clean
+.PHONY: demo test install bench bench-lr fuzz clean
 
 demo: install
 	$(VENV)/bin/skip2lora demo
 
 test: install
 	$(PY) -m pytest
+
+# 10,000+ generated streams into the protocol core (CPython), the fixed corpus under MicroPython,
+# then whole runs over a faulty link (1% of bytes flipped, 0.5% dropped) against the emulator
+fuzz: install
+	FUZZ_EXAMPLES=5000 $(PY) -m pytest -s tests/firmware/test_fuzz.py
+	$(PY) -m skip2lora.relay --runs 3
 
 bench: install
 	$(VENV)/bin/skip2lora bench --runtime numpy --json out/bench-numpy.json

@@ -33,8 +33,15 @@ for (;;) {
   if (head === null) break;
   const n = head.readUInt32LE(1), data = n ? readExactly(n) : Buffer.alloc(0);
   const call = head[0] === 0x46 ? `core.feed(bytes.fromhex("${data.toString("hex")}"))` : "core.work()";
-  mp.runPython(`_out = ${call}.hex()\n_busy = 1 if core.busy else 0`);
-  const out = Buffer.from(mp.globals.get("_out"), "hex");
+  // an empty reply is "" (in this build b"".hex() is not a str); a Python error is logged and
+  // answered with no bytes, as a board would stay silent: the pipe protocol must never stop
+  let out = Buffer.alloc(0);
+  try {
+    mp.runPython(`_r = ${call}\n_out = _r.hex() if _r else ""\n_busy = 1 if core.busy else 0`);
+    out = Buffer.from(String(mp.globals.get("_out")), "hex");
+  } catch (e) {
+    fs.writeSync(2, `mpy_serve: ${e}\n`);
+  }
   const reply = Buffer.alloc(5);
   reply[0] = mp.globals.get("_busy");
   reply.writeUInt32LE(out.length, 1);

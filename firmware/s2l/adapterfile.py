@@ -1,11 +1,18 @@
-# What fine-tuning learned, as a file on flash: the adapters (A, B of each; int16 values on the
-# integer path, exact as float32), or for FT-* methods the float weights and biases they train. Layout, little-endian:
-#   "S2LA" | u8 version | u8 n_arrays | u16 0 | u32 length[n_arrays] | f32 values... | u32 CRC32
+# What fine-tuning learned, as a file on flash: the adapters (A, B of each), or for FT-* methods
+# the float weights and biases they train. The file records its arithmetic path: the integer
+# path's int16 adapters (fixed exponents) mean nothing to the float tuner, and the reverse.
+# Layout, little-endian:
+#   "S2LA" | u8 version | u8 n_arrays | u8 path (0 float, 1 int) | u8 0 | u32 length[n_arrays]
+#   | values: f32 (float path) or i16 (integer path) | u32 CRC32 of everything before it
 import binascii
 import struct
 
 MAGIC = b"S2LA"
-VERSION = 1
+VERSION = 2
+PATHS = ("float", "int")
+_VALUE = ("f", "h")  # struct code of a value, per path
+_HEAD = "<4sBBBB"
+_HEAD_SIZE = 8
 
 
 class AdapterError(ValueError):
@@ -26,32 +33,54 @@ def parameters(tuner):
     return arrays
 
 
-def encode(arrays):
-    out = bytearray(MAGIC + struct.pack("<BBH", VERSION, len(arrays), 0))
+def encode(arrays, path):
+    code = _VALUE[PATHS.index(path)]
+    out = bytearray(struct.pack(_HEAD, MAGIC, VERSION, len(arrays), PATHS.index(path), 0))
     for a in arrays:
         out += struct.pack("<I", len(a))
     for a in arrays:
-        out += struct.pack("<%df" % len(a), *a)
+        out += struct.pack("<%d%s" % (len(a), code), *a)
     return bytes(out + struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
 
 
-def restore(tuner, data):
-    """Copy a saved file into the tuner's arrays; nothing changes unless the file fits them all."""
-    arrays = parameters(tuner)
-    if len(data) < 12 or data[:4] != MAGIC:
+def check(data):
+    """(path, lengths) of a whole, uncorrupted adapter file; AdapterError otherwise."""
+    if len(data) < _HEAD_SIZE + 4 or data[:4] != MAGIC:
         raise AdapterError("not an adapter file")
     if struct.unpack_from("<I", data, len(data) - 4)[0] != binascii.crc32(data[:-4]) & 0xFFFFFFFF:
         raise AdapterError("adapter file failed its CRC")
-    version, n = data[4], data[5]
+    _, version, n, path, _ = struct.unpack_from(_HEAD, data, 0)
     if version != VERSION:
-        raise AdapterError("adapter file version %d, expected %d" % (version, VERSION))
-    lengths = struct.unpack_from("<%dI" % n, data, 8)
-    if list(lengths) != [len(a) for a in arrays]:
-        raise AdapterError("saved shapes %s do not fit this tuner's %s" % (list(lengths), [len(a) for a in arrays]))
-    at = 8 + 4 * n
-    for a in arrays:
-        values = struct.unpack_from("<%df" % len(a), data, at)
-        whole = len(a) and isinstance(a[0], int)  # the integer path's int16 adapters
+        raise AdapterError("adapter file version %d, expected %d: train and SAVE again" % (version, VERSION))
+    if path >= len(PATHS) or len(data) < _HEAD_SIZE + 4 * n + 4:
+        raise AdapterError("adapter file header is malformed")
+    lengths = struct.unpack_from("<%dI" % n, data, _HEAD_SIZE)
+    width = 4 if PATHS[path] == "float" else 2
+    if len(data) != _HEAD_SIZE + 4 * n + width * sum(lengths) + 4:
+        raise AdapterError("adapter file is %d bytes, its header says %d" % (
+            len(data), _HEAD_SIZE + 4 * n + width * sum(lengths) + 4))
+    return PATHS[path], list(lengths)
+
+
+def restore(tuner, data):
+    """Copy a saved file into the tuner's arrays; nothing changes unless every array fits."""
+    path, lengths = check(data)
+    if path != tuner.path:
+        raise AdapterError("the saved adapter is from the %s path, this tuner runs the %s path" % (path, tuner.path))
+    arrays = parameters(tuner)
+    if lengths != [len(a) for a in arrays]:
+        raise AdapterError("saved shapes %s do not fit this tuner's %s" % (lengths, [len(a) for a in arrays]))
+    code = _VALUE[PATHS.index(path)]
+    at = _HEAD_SIZE + 4 * len(lengths)
+    values = []
+    for a in arrays:  # decode and check everything before the first array is touched
+        v = struct.unpack_from("<%d%s" % (len(a), code), data, at)
+        if code == "f":
+            for x in v:
+                if x != x or x in (float("inf"), float("-inf")):
+                    raise AdapterError("the saved adapter holds a non-finite value")
+        values.append(v)
+        at += struct.calcsize("<%d%s" % (len(a), code))
+    for a, v in zip(arrays, values):
         for k in range(len(a)):
-            a[k] = int(values[k]) if whole else values[k]
-        at += 4 * len(a)
+            a[k] = v[k]

@@ -16,6 +16,7 @@ CTRL_C = 0x03
 _ESCAPED = (START, ESC, CTRL_C)
 _START, _ESC = bytes([START]), bytes([ESC])
 MAX_PAYLOAD = 1024
+MAX_ERROR_MESSAGE = 200  # bytes of an ERROR's message; longer ones are cut (short frames survive noise)
 _HEADER = "<BHH"
 HEADER_SIZE = 5
 CRC_SIZE = 4
@@ -32,13 +33,24 @@ EVAL = 0x08
 STATS = 0x09
 SAVE = 0x0A
 LOAD = 0x0B
-RESET = 0x0C
+RESET = 0x0C        # stops training (cancels a TRAIN), drops tuner and samples
+STATUS = 0x0D       # JSON {"after": event number} (optional): training state, kept events, last request
+REPLY = 0x0E        # JSON {"seq", "at", "size"}: a part of the last request's reply, as a PART frame
 # replies (board -> host)
 OK = 0x80           # JSON
-PROGRESS = 0x81     # JSON {"epoch", "epochs", "loss", "ms"}
-DONE = 0x82         # JSON, training finished
 ERROR = 0xEE        # u16 code | UTF-8 message
-REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET)
+PART = 0x84         # u8 reply type | u16 reply length | bytes at..at+size of the reply's payload (REPLY)
+# events (board -> host, unasked, numbered by their own seq; STATUS returns them again)
+PROGRESS = 0x81     # JSON {"epoch", "loss" (null when not finite), "ms", "left"}
+DONE = 0x82         # JSON {"epochs", "loss"}: training finished
+FAILED = 0x83       # JSON {"code", "error", "epoch"}: training stopped by an error (E_DIVERGED, ...)
+EVENTS = (PROGRESS, DONE, FAILED)
+REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET,
+            STATUS, REPLY)
+NO_PAYLOAD = (HELLO, MODEL_END, STATS, SAVE, LOAD, RESET)  # a payload on these is an error
+
+PART_HEADER = "<BH"  # reply type, reply length; then the part's bytes
+PART_HEADER_SIZE = 3
 
 # SAMPLES: u8 kind | u8 encoding | u16 count | u16 n_features, then per sample u8 label and
 # n_features float32 (ENC_FLOAT32), or a float32 scale and n_features int8 (ENC_INT8, x = q * scale)
@@ -60,6 +72,7 @@ E_TUNER = 7         # bad config or sample
 E_MEMORY = 8        # out of memory
 E_STORAGE = 9       # flash file missing or unreadable
 E_BUSY = 10         # training in progress
+E_DIVERGED = 11     # training diverged: the loss is not finite (a FAILED event)
 E_INTERNAL = 99
 
 
@@ -87,7 +100,11 @@ def encode(ftype, seq, payload=b""):
 
 
 def error_payload(code, message):
-    return struct.pack("<H", code) + message.encode()
+    """u16 code | the message's UTF-8, cut to MAX_ERROR_MESSAGE bytes: an ERROR frame always fits."""
+    text = message.encode()
+    if len(text) > MAX_ERROR_MESSAGE:
+        text = text[:MAX_ERROR_MESSAGE - 3] + b"..."
+    return struct.pack("<H", code) + text
 
 
 class Decoder:

@@ -151,7 +151,8 @@ class IntSkip2Tuner:
         if len(self.rows):
             raise TunerError("plan before the first sample")
         stride, small = self.rows.stride, self.n_exps + 2  # a row; its exponents, label, flag (RAM)
-        heap = free - RESERVE - stride  # less the reserve and a row's worth of slack
+        # less the reserve and a row's worth of slack (CPython reports no heap: no limit there)
+        heap = (1 << 30 if free is None else free) - RESERVE - stride
         on_flash = 0 if flash_free is None or self.rows.spill_path is None else max(0, flash_free - RESERVE) // stride
         fits = max(0, min(heap // small, (heap + on_flash * stride) // (stride + small)))
         if n > fits:
@@ -171,7 +172,7 @@ class IntSkip2Tuner:
         except MemoryError:
             self.rows.chunks = []
             self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
-            raise TunerError("no memory for %d samples in RAM (%d bytes free)" % (ram, free))
+            raise TunerError("no memory for %d samples in RAM (%s bytes free)" % (ram, free))
         self.n_planned = n
         return {"samples": n, "ram_rows": ram, "spilled_rows": spilled, "row_bytes": self.row_bytes,
                 "ram_bytes": ram * self.rows.stride + small}

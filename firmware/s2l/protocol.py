@@ -11,7 +11,7 @@ import struct
 import sys
 from array import array
 
-from s2l import VERSION, adapterfile, clock
+from s2l import VERSION, adapterfile, clock, configcheck, storage
 from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
@@ -19,9 +19,9 @@ from s2l.tuning import SPILL_PATH, TunerError, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
-# "samples": how many fine-tune samples will follow, so that the board allocates for them up front;
-# with "fit": true, as many of them as the board can hold (the reply's plan says how many)
-CONFIG_KEYS = ("method", "rank", "lr", "epochs", "batch", "seed", "cache_mode", "path", "samples", "fit")
+STATUS_EVENT_BYTES = 256
+KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
+FLOAT32_MAX = 3.4028234e38
 
 
 class ProtocolError(Exception):
@@ -69,16 +69,31 @@ def flash_free(path):
         return None
 
 
-def write_atomic(path, data):
-    # a power cut leaves the old file or the new one, never half of one
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
+def _error_of(e):
+    """(error code, message) for an exception raised while handling a request or training."""
+    if isinstance(e, (ProtocolError, configcheck.ConfigError)):
+        return e.code, str(e)
+    if isinstance(e, TunerError):
+        return F.E_TUNER, str(e)
+    if isinstance(e, ModelError):
+        return F.E_MODEL, str(e)
+    if isinstance(e, adapterfile.AdapterError):
+        return F.E_STORAGE, str(e)
+    if isinstance(e, MemoryError):
+        return F.E_MEMORY, "out of memory"
+    return F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
+
+
+def _error_reply(e):
     try:
-        os.remove(path)
-    except OSError:
-        pass
-    os.rename(tmp, path)
+        code, message = _error_of(e)
+        return F.ERROR, F.error_payload(code, message)
+    except Exception:  # even the message failed (out of memory?): a reply that cannot fail
+        return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
+
+
+def _finite(x):
+    return -FLOAT32_MAX <= x <= FLOAT32_MAX  # false for NaN
 
 
 class Core:
@@ -92,17 +107,23 @@ class Core:
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
         self.epochs_left = 0
         self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
-        self.last = None  # (seq, type, payload, reply) of the last request: a retry gets the reply again
+        self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
+        self.event_number = 0
+        # (seq, type, payload, reply type, reply payload) of the last request: a retry gets the
+        # reply again, and REPLY hands it out in parts (a long reply on a noisy link)
+        self.last = None
         self.handlers = {
             F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
             F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
             F.LOAD: self.load, F.RESET: self.reset,
+            F.STATUS: self.status, F.REPLY: self.reply,
         }
-        try:
-            self.model = Model(self._read(MODEL_FILE))
-        except (OSError, ModelError):
-            pass  # no model stored yet, or a bad one: wait for an upload
+        # a power cut may have interrupted a write: keep the valid copy of each file
+        data, model_state = storage.recover(self._path(MODEL_FILE), Model)
+        self.model = Model(data) if data is not None else None
+        _, adapter_state = storage.recover(self._path(ADAPTER_FILE), adapterfile.check)
+        self.storage = {"model": model_state, "adapter": adapter_state}
 
     @property
     def busy(self):
@@ -130,55 +151,79 @@ class Core:
                 continue
             _, ftype, seq, payload = event
             if self.last is not None and self.last[:3] == (seq, ftype, payload):
-                out += self.last[3]  # a retry: same answer, not done twice
+                out += F.encode(self.last[3], seq, self.last[4])  # a retry: same answer, not done twice
                 continue
-            reply = self._handle(ftype, seq, payload)
-            self.last = (seq, ftype, payload, reply)
-            out += reply
+            rtype, rpayload = self._handle(ftype, seq, payload)
+            if ftype not in (F.STATUS, F.REPLY):  # these only read, and report the last request
+                self.last = (seq, ftype, payload, rtype, rpayload)
+            out += F.encode(rtype, seq, rpayload)
         self.rx_bytes += len(data) if n is None else n
         self.rx_us += clock.ticks_diff(clock.ticks_us(), t0)
         return bytes(out)
 
     def _handle(self, ftype, seq, payload):
+        """(reply type, reply payload) that fits a frame. Never raises: the board serves on."""
         try:
             handler = self.handlers.get(ftype)
             if handler is None:
                 raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
-            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET):
-                raise ProtocolError(F.E_BUSY, "training in progress")
-            return F.encode(F.OK, seq, json.dumps(handler(payload) or {}).encode())
-        except ProtocolError as e:
-            code, message = e.code, str(e)
-        except TunerError as e:
-            code, message = F.E_TUNER, str(e)
-        except ModelError as e:
-            code, message = F.E_MODEL, str(e)
-        except adapterfile.AdapterError as e:
-            code, message = F.E_STORAGE, str(e)
-        except MemoryError:
-            code, message = F.E_MEMORY, "out of memory"
-        except Exception as e:  # the board keeps serving whatever happened
-            code, message = F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
-        return F.encode(F.ERROR, seq, F.error_payload(code, message))
+            if payload and ftype in F.NO_PAYLOAD:
+                raise ProtocolError(F.E_PAYLOAD, "request 0x%02x takes no payload, got %d bytes" % (ftype, len(payload)))
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY):
+                raise ProtocolError(F.E_BUSY, "training in progress (RESET stops it)")
+            result = handler(payload)
+            if ftype == F.REPLY:
+                return F.PART, result
+            body = json.dumps(result or {}).encode()
+            if len(body) > F.MAX_PAYLOAD:
+                raise ProtocolError(F.E_INTERNAL, "reply of %d bytes exceeds the frame limit" % len(body))
+            return F.OK, body
+        except Exception as e:
+            return _error_reply(e)
+
+    def _event(self, ftype, fields):
+        """An event frame, numbered (its seq) and kept for STATUS."""
+        self.event_number = (self.event_number + 1) & 0xFFFF
+        payload = json.dumps(fields).encode()
+        self.events.append((self.event_number, ftype, payload))
+        if len(self.events) > KEPT_EVENTS:
+            self.events.pop(0)
+        return F.encode(ftype, self.event_number, payload)
+
+    def _failed(self, code, message):
+        self.epochs_left = 0
+        return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
+                                      "epoch": len(self.tuner.losses) if self.tuner else 0})
 
     def work(self):
-        """One epoch of pending training; its PROGRESS frame (and DONE after the last), or b""."""
+        """One epoch of pending training; its PROGRESS event (and DONE after the last), or b"".
+        Never raises: a failure ends training with a FAILED event."""
         if not self.busy:
             return b""
-        t0 = clock.ticks_us()
         try:
+            t0 = clock.ticks_us()
             loss = self.tuner.train_epoch()
+            ms = clock.ticks_diff(clock.ticks_us(), t0) // 1000
+            self.epochs_left -= 1
+            epoch = len(self.tuner.losses)
+            finite = _finite(loss)
+            if not finite:  # JSON has no NaN: the host gets null, and training stops
+                loss = None
+                self.epochs_left = 0
+            out = self._event(F.PROGRESS, {"epoch": epoch, "loss": loss, "ms": ms, "left": self.epochs_left})
+            if not finite:
+                return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
+                                                        "lower the learning rate" % epoch)
+            if not self.busy:
+                out += self._event(F.DONE, {"epochs": epoch, "loss": loss})
+            return out
         except Exception as e:
-            self.epochs_left = 0
-            return F.encode(F.ERROR, 0, F.error_payload(F.E_TUNER, "training stopped: %s" % e))
-        self.epochs_left -= 1
-        epoch = len(self.tuner.losses)
-        out = F.encode(F.PROGRESS, epoch & 0xFFFF, json.dumps({
-            "epoch": epoch, "loss": loss, "ms": clock.ticks_diff(clock.ticks_us(), t0) // 1000,
-            "left": self.epochs_left}).encode())
-        if not self.busy:
-            out += F.encode(F.DONE, epoch & 0xFFFF, json.dumps({"epochs": epoch, "loss": loss}).encode())
-        return out
+            try:
+                code, message = _error_of(e)
+                return self._failed(code, "training stopped: %s" % message)
+            except Exception:
+                self.epochs_left = 0
+                return b""
 
     # -- commands ----------------------------------------------------------------------------------
     def hello(self, payload):
@@ -188,7 +233,8 @@ class Core:
         free = free_heap()
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
                 "free_heap": free, "largest_free": largest_free_block(free or 1 << 20) if free else None,
-                "flash_free": flash_free(self.dir), "model": model, "max_payload": F.MAX_PAYLOAD}
+                "flash_free": flash_free(self.dir), "model": model, "max_payload": F.MAX_PAYLOAD,
+                "storage": self.storage}
 
     def model_begin(self, payload):
         args = _json(payload)
@@ -220,7 +266,8 @@ class Core:
         if binascii.crc32(buf) & 0xFFFFFFFF != crc:
             raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
         model = Model(buf)  # validate before anything is replaced (the buffer becomes the model's)
-        write_atomic(self._path(MODEL_FILE), buf)
+        storage.write_atomic(self._path(MODEL_FILE), buf)
+        self.storage["model"] = storage.OK
         self._drop_tuner()
         self.model = model
         return {"dims": model.dims, "bits": model.bits}
@@ -229,12 +276,10 @@ class Core:
         if self.model is None:
             raise ProtocolError(F.E_STATE, "CONFIG before a model is loaded")
         args = _json(payload)
-        unknown = [k for k in args if k not in CONFIG_KEYS]
-        if unknown:
-            raise ProtocolError(F.E_PAYLOAD, "unknown CONFIG field(s): %s" % ", ".join(unknown))
+        configcheck.check(args)  # all of it, before the old tuner is dropped
+        # "samples": how many fine-tune samples will follow, so that the board allocates for them
+        # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
-        if planned is not None and (not isinstance(planned, int) or isinstance(planned, bool) or planned < 1):
-            raise ProtocolError(F.E_PAYLOAD, "samples must be a positive int")
         self._drop_tuner()  # free the old tuner's memory before the new one takes its own
         self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
         self.config = args
@@ -291,23 +336,25 @@ class Core:
         nc = self.model.dims[-1]
         if self.confusion is None:
             self.confusion = array("H", bytes(2 * nc * nc))
+        macs = dict(tuner.macs)  # scoring is not fine-tuning: its MACs are not counted
         for at in starts:
             if floats:
                 guess = tuner.predict(struct.unpack_from("<%df" % n, payload, at + 1))
             else:
                 guess = tuner.predict_int8(payload, at + 1)
             self.confusion[payload[at] * nc + guess] += 1
+        tuner.macs = macs
         return {"kind": kind, "scored": sum(self.confusion)}
 
     def train(self, payload):
         if self.tuner is None or not self.tuner.n_samples:
             raise ProtocolError(F.E_STATE, "TRAIN with no fine-tune samples")
-        epochs = _json(payload).get("epochs", self.tuner.epochs)
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ProtocolError(F.E_PAYLOAD, "epochs must be a positive int")
+        args = _json(payload)
+        configcheck.check_train(args)
+        epochs = args.get("epochs", self.tuner.epochs)
         self.epochs_left = epochs
         self._drop_samples()  # test samples scored from here on are scored after training
-        return {"epochs": epochs, "samples": self.tuner.n_samples}
+        return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number}
 
     def evaluate(self, payload):
         """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion
@@ -343,8 +390,9 @@ class Core:
     def save(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "SAVE before CONFIG")
-        data = adapterfile.encode(adapterfile.parameters(self.tuner))
-        write_atomic(self._path(ADAPTER_FILE), data)
+        data = adapterfile.encode(adapterfile.parameters(self.tuner), self.tuner.path)
+        storage.write_atomic(self._path(ADAPTER_FILE), data)
+        self.storage["adapter"] = storage.OK
         return {"bytes": len(data)}
 
     def load(self, payload):
@@ -358,7 +406,39 @@ class Core:
         return {"bytes": len(data)}
 
     def reset(self, payload):
+        stopped = self.epochs_left > 0  # a cancelled TRAIN: no DONE follows
         self.epochs_left = 0
         self.upload = None
         self._drop_tuner()
-        return {}
+        return {"stopped": stopped}
+
+    def status(self, payload):
+        """Training state, the kept events after `after` if given (a lost PROGRESS or DONE is asked
+        for here, not waited for), and the last request handled: seq, type, OK or not, reply size."""
+        args = _json(payload)
+        after, limit = args.get("after"), args.get("limit", KEPT_EVENTS)
+        if after is not None and type(after) is not int or type(limit) is not int:
+            raise ProtocolError(F.E_PAYLOAD, "STATUS takes {\"after\": event number, \"limit\": events} or nothing")
+        events, size = [], 0
+        for number, ftype, body in self.events if after is not None else ():
+            if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
+                size += len(body) + 16
+                if size > STATUS_EVENT_BYTES or len(events) >= limit:
+                    break  # the rest at the next STATUS (a short reply survives a noisy link)
+                events.append([number, ftype, json.loads(body)])
+        last = None
+        if self.last is not None:
+            last = [self.last[0], self.last[1], self.last[3] == F.OK, len(self.last[4])]
+        return {"busy": self.busy, "left": self.epochs_left, "event": self.event_number,
+                "events": events, "last": last}
+
+    def reply(self, payload):
+        """Bytes at..at+size of the last request's reply payload (that request's seq must match)."""
+        args = _json(payload)
+        seq, at, size = args.get("seq"), args.get("at", 0), args.get("size", F.MAX_PAYLOAD - F.PART_HEADER_SIZE)
+        if type(seq) is not int or type(at) is not int or type(size) is not int or at < 0 or \
+                not 0 < size <= F.MAX_PAYLOAD - F.PART_HEADER_SIZE:
+            raise ProtocolError(F.E_PAYLOAD, "REPLY takes {\"seq\", \"at\", \"size\"} (ints)")
+        if self.last is None or self.last[0] != seq:
+            raise ProtocolError(F.E_STATE, "no stored reply for seq %d" % seq)
+        return struct.pack(F.PART_HEADER, self.last[3], len(self.last[4])) + self.last[4][at:at + size]

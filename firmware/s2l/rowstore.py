@@ -10,8 +10,7 @@ import struct
 from array import array
 
 from s2l import kernels as K
-
-ENCODINGS = ("float", "compact")
+from s2l.tuning import CACHE_MODES as ENCODINGS
 BLOCK_ROWS = 16
 
 

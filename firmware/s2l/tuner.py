@@ -128,8 +128,8 @@ class Tuner:
         if len(x) != n_in:
             raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
         for v in x:
-            if v != v or v in (float("inf"), float("-inf")):
-                raise TunerError("sample has a non-finite feature (%r)" % v)
+            if not -3.4028234e38 <= v <= 3.4028234e38:  # NaN, inf, or beyond float32 (an int8 scale too large)
+                raise TunerError("sample has a non-finite feature (%r; float32 ends at 3.4e38)" % v)
         check_label(label, self.n_classes)
 
     def _int8(self, src, at):
@@ -162,7 +162,7 @@ class Tuner:
             if self.cache is not None:
                 self.cache.reserve(n)
         except MemoryError as e:
-            raise TunerError("no memory for %d samples (%s; %d bytes free)" % (n, e, free))
+            raise TunerError("no memory for %d samples (%s; %s bytes free)" % (n, e, free))
         return {"samples": n}
 
     def add_sample(self, x, label):

@@ -5,6 +5,7 @@ import sys
 
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 PATHS = ("float", "int")
+CACHE_MODES = ("float", "compact")  # how the float path stores samples and skip-cache rows
 BOARDS = ("rp2", "esp32")
 ON_BOARD = sys.platform in BOARDS
 SPILL_PATH = "skipcache.bin"

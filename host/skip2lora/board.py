@@ -60,7 +60,8 @@ def flash_steps(port, lib, model_path, uart_path=None):
     return steps
 
 
-def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None, limit=None):
+def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None, limit=None,
+            retries=3):
     """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
@@ -71,7 +72,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
     report = progress or (lambda *a: None)
     X, y = scenario.finetune
     Xt, yt = scenario.test
-    with Client(url, baudrate=baudrate) as board:
+    with Client(url, baudrate=baudrate, retries=retries) as board:
         hello = board.hello()
         board.upload_model(model_bytes)
         wanted = len(y) if limit is None else min(limit, len(y))
@@ -102,6 +103,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         train_seconds = time.monotonic() - t0
         stats = board.stats()
         after = score("test (after)")
+        retransmissions = dict(board.counts)
     per_sample = wire_bytes / len(y)
     phases = {k: v / 1e6 for k, v in stats["us"].items()}
     board_seconds = (after_stream["rx_us"] - before_stream["rx_us"]) / 1e6
@@ -120,7 +122,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"], "cache_mode": stats["cache_mode"],
         "cache_spilled_bytes": stats["cache_spilled_bytes"], "path": stats["path"], "kernels": stats["kernels"],
         "peak_alloc": stats["peak_alloc"], "free_heap_after": stats["free_heap"],
-        "link": {"finetune_samples": len(y), "sample_payload_bytes": sample_bytes, "wire_bytes": wire_bytes,
+        "link": {"retransmissions": retransmissions, "finetune_samples": len(y), "sample_payload_bytes": sample_bytes, "wire_bytes": wire_bytes,
                  "payload_share": sample_bytes / wire_bytes, "stream_seconds": stream_seconds,
                  "encoding": "int8" if encoding == F.ENC_INT8 else "float32",
                  "samples_per_second": {str(b): (b / 10) / per_sample for b in BAUDS},
@@ -171,5 +173,7 @@ def format_run(result):
         "%.0f samples/s at 115200 baud, %.0f at 921600 (8N1, from bytes on the wire)" % (
             link["finetune_samples"], link["encoding"], link["sample_payload_bytes"], link["wire_bytes"],
             100 * link["payload_share"], link["samples_per_second"]["115200"], link["samples_per_second"]["921600"]),
+        "link faults: %(retransmissions)d retransmissions (%(damaged)d damaged frames, %(timeouts)d timeouts), "
+        "%(reply_parts)d reply parts, frames shrunk %(shrinks)d times" % link["retransmissions"],
     ]
     return "\n".join(lines)

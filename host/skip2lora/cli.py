@@ -116,6 +116,12 @@ def _add_tuning(p, lr_help=None):
                         "(default: %(default)s)")
 
 
+def _add_retries(p):
+    p.add_argument("--retries", type=_positive, default=3,
+                   help="requests sent again before a silent board is given up; damaged replies do not count "
+                        "(default: %(default)s)")
+
+
 def _config(args):
     return reference.Config(rank=args.rank, lr=args.lr, epochs=args.epochs, batch=args.batch, seed=args.seed)
 
@@ -256,7 +262,7 @@ def cmd_demo(args):
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
-        run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None,
+        run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
@@ -306,7 +312,8 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
                 print("the board trains (a line per epoch) ...", flush=True)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
-    result = run_job(port, model_bytes, scenario, _board_config(args, lr), encoding, args.baud, progress, args.limit)
+    result = run_job(port, model_bytes, scenario, _board_config(args, lr), encoding, args.baud, progress, args.limit,
+                     args.retries)
     for b in bars.values():
         b.close()
     result["model"] = {"path": model_path, "dims": dims, "bits": bits}
@@ -462,6 +469,7 @@ def build_parser():
 
     p = sub.add_parser("run", help="stream data to a board (or emulator), fine-tune there, report")
     p.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://host:port, ... (required)")
+    _add_retries(p)
     p.add_argument("--model", metavar="FILE", help="model file, checked on the host, exported first if missing "
                                                    "(default: %s)" % MODEL_NAMES)
     _add_data(p)

@@ -15,8 +15,7 @@ Properties of the WebAssembly MicroPython build worth knowing:
   accurate.
 
 The unix port ("micropython-unix") runs `@micropython.native`/`viper` code for real (x86-64), with
-a fixed heap (`heap=`, default BOARD_HEAP: an RP2040's free heap at boot) that is collected as on a
-board. A viper int is 64-bit there and 32-bit on boards, so kernels keep their sums inside int32.
+a fixed heap (`heap=`; BOARD_HEAP is an RP2040's free heap at boot) that is collected as on a board. A viper int is 64-bit there and 32-bit on boards, so kernels keep their sums inside int32.
 """
 import os
 import posixpath
@@ -38,6 +37,7 @@ RUNTIMES = ("cpython", "micropython", "micropython-unix")
 DEFAULT_TIMEOUT = 120.0
 BOARD_HEAP = "241k"  # free heap of an RP2040 at boot under MicroPython 1.28 (measured on a Pico)
 ESP32_HEAP = "110k"  # an ESP32 without PSRAM
+SCRIPT_HEAP = "4m"  # a host-side script's data (JSON of test cases) besides the firmware
 
 
 class ScriptError(RuntimeError):
@@ -187,16 +187,16 @@ def _in_folder(files, fn):
         return fn(cwd)
 
 
-def run_unix(script, *, heap=BOARD_HEAP, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=False, on_line=None):
-    """Run `script` (dedented) under the MicroPython unix port with a `heap`-byte GC heap (a board's,
-    by default), in a fresh working directory holding `files`; return its stdout. steps and on_line
+def run_unix(script, *, heap=SCRIPT_HEAP, files=None, args=(), timeout=DEFAULT_TIMEOUT, steps=False, on_line=None):
+    """Run `script` (dedented) under the MicroPython unix port with a `heap`-byte GC heap (room for a
+    test's data by default; BOARD_HEAP holds a script to a board's budget), in a fresh working directory holding `files`; return its stdout. steps and on_line
     as for run_micropython (garbage is collected during the run here, as on a board)."""
     script = textwrap.dedent(script) + ("\nfor _ in steps:\n    pass\n" if steps else "")
 
     def go(cwd):
         path = Path(cwd) / "__main__.py"
         path.write_text(script, encoding="utf-8")
-        cmd = unix_command(heap or BOARD_HEAP) + [str(path), *map(str, args)]
+        cmd = unix_command(heap or SCRIPT_HEAP) + [str(path), *map(str, args)]
         return _run(cmd, None, "MicroPython (unix)", MicroPythonError, timeout, on_line, cwd=cwd, env=unix_env())
     return _in_folder(files, go)
 

@@ -356,7 +356,7 @@ def _heap_kb(result):
 
 
 def heap_is_a_boards(result):
-    from s2l.tuner import BOARDS
+    from s2l.tuning import BOARDS
     if result["runtime"] == "serial":
         return result.get("board", {}).get("platform") in BOARDS
     return result["runtime"] == "micropython"

@@ -82,7 +82,8 @@ def test_model_reads_every_configuration_as_the_host_does(run):
 TUNER_SCRIPT = """
 import json
 from s2l.model import load
-from s2l.tuner import Tuner, TunerError
+from s2l.tuner import Tuner
+from s2l.tuning import TunerError
 m = load("model.s2lm")
 t = Tuner(m, "skip2-lora", rank=%d, epochs=1, seed=3)
 print(json.dumps([[list(ad.a), list(ad.b)] for ad in t.adapters]))

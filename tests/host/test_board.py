@@ -96,7 +96,7 @@ def test_run_options_are_checked(capsys):
 
 def test_run_against_a_silent_port_is_a_clear_error(tmp_path):
     import pytest
-    with pytest.raises(SystemExit, match="error: cannot open /dev/no-such-board"):
+    with pytest.raises(SystemExit, match="error: no port /dev/no-such-board: is the board plugged in"):
         cli.main(["run", "--port", "/dev/no-such-board", "--quiet", "--model", str(tmp_path / "m.s2lm")])
 
 
