@@ -189,8 +189,11 @@ class IntSkip2Tuner:
 
     def check_int8(self, src, at, label):
         """An int8 sample in the wire's layout (f32 scale, then the values) and its label."""
-        if (struct.unpack_from("<I", src, at)[0] >> 23) & 0xFF == 0xFF:
+        field = (struct.unpack_from("<I", src, at)[0] >> 23) & 0xFF
+        if field == 0xFF:
             raise TunerError("sample has a non-finite scale")
+        if field and not -127 <= field - 142 <= 105:  # the stored exponent -(shift + field - 142) fits int8
+            raise TunerError("sample scale out of the integer path's range (2^%d)" % (field - 127))
         check_label(label, self.n_classes)
 
     @staticmethod

@@ -42,7 +42,10 @@ def _json(payload):
 
 def largest_free_block(limit):
     """The largest bytearray the heap can give now (up to `limit`), found by trying: MicroPython
-    has no call that tells, and what fragmentation leaves decides which buffers can exist."""
+    has no call that tells, and what fragmentation leaves decides which buffers can exist. None on
+    the WebAssembly build, whose heap grows on demand and is collected only between calls."""
+    if sys.platform == "webassembly":
+        return None
     low, high = 0, limit
     while low < high:
         size = (low + high + 1) // 2
@@ -232,7 +235,7 @@ class Core:
             model = {"dims": self.model.dims, "bits": self.model.bits}
         free = free_heap()
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
-                "free_heap": free, "largest_free": largest_free_block(free or 1 << 20) if free else None,
+                "free_heap": free, "largest_free": largest_free_block(free) if free else None,
                 "flash_free": flash_free(self.dir), "model": model, "max_payload": F.MAX_PAYLOAD,
                 "storage": self.storage}
 

@@ -131,3 +131,28 @@ def test_the_integer_path_reads_format_v2():
     a0 = np.array(out["start"]["a0"]) * 2.0 ** -out["start"]["fa0"]
     np.testing.assert_allclose(a0, start[0][0].ravel()[:4], atol=2.0 ** -out["start"]["fa0"])
     np.testing.assert_allclose(np.array(out["start"]["b0"]) / 4096, start[1][0].ravel()[:4], atol=1 / 4096)
+
+
+PLAN_SCRIPT = """
+import json
+from s2l.model import load
+from s2l.tuning import new_tuner, TunerError
+out = []
+for free, flash, fit in ((400000, None, False), (20000, 1000000, False), (20000, 2000, False), (20000, 2000, True)):
+    t = new_tuner(load("model.s2lm"), "skip2-lora", path="int", spill_path="rows.bin")
+    try:
+        out.append(t.plan(200, free, flash, fit))
+    except TunerError as e:
+        out.append(str(e))
+print(json.dumps(out))
+"""
+
+
+def test_a_plan_puts_rows_in_ram_then_on_flash_and_says_how_many_fit(runtime):
+    model, *_ = fixed_problem()
+    all_ram, spilled, refused, fitted = json.loads(run_firmware_script(PLAN_SCRIPT, runtime, files={"model.s2lm": model}))
+    assert (all_ram["ram_rows"], all_ram["spilled_rows"]) == (200, 0)
+    assert spilled["ram_rows"] + spilled["spilled_rows"] == 200 and 0 < spilled["ram_rows"] < 200
+    assert refused.startswith("200 fine-tune samples do not fit") and "at most" in refused
+    most = int(refused.rsplit("at most ", 1)[1].split()[0])
+    assert fitted["samples"] == most < 200

@@ -64,7 +64,7 @@ def ready_board(folder, problem, **config):
 
 def snapshot(core):
     t = core.tuner
-    return (core.model and core.model.dims, id(t), core.config, t and len(t.labels), bytes(core.test_labels),
+    return (core.model and core.model.dims, id(t), core.config, t and t.n_samples, core.confusion and list(core.confusion),
             t and [list(a) for a in adapterfile.parameters(t)], t and list(t.losses), core.epochs_left)
 
 
@@ -115,6 +115,9 @@ def test_a_rejected_config_changes_nothing(tmp_path, problem, fields, code, word
     reply = b.send(F.CONFIG, json.dumps(dict({"method": "skip2-lora"}, **fields)).encode())
     assert reply[:2] == ("ERROR", code) and words in reply[2], reply
     assert snapshot(b.core) == before  # trained adapters, samples, epochs kept
+    _, _, _, (Xt, yt) = problem
+    for at in (0, 15):  # scored as they arrive: after training
+        assert b.send(F.SAMPLES, samples_payload(Xt[at:at + 15], yt[at:at + 15], F.KIND_TEST))[0] == F.OK
     assert b.send(F.EVAL)[0] == F.OK
 
 
@@ -130,13 +133,13 @@ def test_requests_that_take_no_payload_refuse_one_and_train_checks_its_fields(tm
 
 def test_int8_samples_whose_scale_overflows_float32_are_rejected(tmp_path, problem):
     b = ready_board(tmp_path, problem)
-    stored = len(b.core.tuner.labels)
+    stored = b.core.tuner.n_samples
     n = problem[2][0].shape[1]
     payload = struct.pack(F.SAMPLES_HEADER, F.KIND_FINETUNE, F.ENC_INT8, 1, n) + struct.pack("<Bf", 0, 3e38) + \
         bytes([127] * n)
     reply = b.send(F.SAMPLES, payload)
     assert reply[:2] == ("ERROR", F.E_TUNER) and "non-finite" in reply[2]
-    assert len(b.core.tuner.labels) == stored
+    assert b.core.tuner.n_samples == stored
 
 
 def test_events_are_kept_and_a_lost_one_is_fetched_by_status(tmp_path, problem):
