@@ -18,3 +18,12 @@ def mem_alloc():
         return gc.mem_alloc()
     except AttributeError:  # CPython has no GC heap to report
         return 0
+
+
+def mem_free():
+    """Free heap after a collection; None on CPython, which has no GC heap to report."""
+    try:
+        gc.collect()
+        return gc.mem_free()
+    except AttributeError:
+        return None

@@ -45,6 +45,12 @@ class Rows:
             raise
         self.ram_limit = ram_rows
 
+    def release(self, ram_rows):
+        """Hold only `ram_rows` rows in RAM (before any row is stored): the chunks past them go."""
+        keep = (ram_rows + self.per_chunk - 1) // self.per_chunk
+        del self.chunks[keep:]
+        self.ram_limit = ram_rows
+
     def append(self):
         """A new row; returns its offset in self.buf, to fill, then call stored(index)."""
         k = self.n

@@ -23,10 +23,15 @@ from s2l.introws import Rows
 from s2l.rng import XorShift32
 from s2l.tuning import SPILL_PATH, TunerError, check_label, evaluate
 
-RESERVE = 16 * 1024  # heap a plan leaves free for serving: frames, replies, a step's few objects
+RESERVE = 24 * 1024  # heap a plan leaves free for serving: frames, replies, the spill file, JSON
 # |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
 # differences of logits (and their rounding) stay inside int32
 MAX_LAYERS_X_RANK = 16
+
+
+def _zeros(typecode, n):
+    # from zero bytes, read as raw memory by both MicroPython and CPython: no list of n ints first
+    return array(typecode, bytes(n * {"b": 1, "h": 2, "H": 2, "i": 4}[typecode]))
 
 
 def _exponent(values, limit, zero=0):
@@ -78,6 +83,7 @@ class IntSkip2Tuner:
         self.n_exps = n + 1
         self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
         self.n_planned = None  # samples allocated for up front by plan()
+        self.order = array("H")  # an epoch's sample order
         self.hits = 0
         # frozen layers: per-channel scales as integer multipliers round(scale * 2^K), |M| <= 2^14,
         # biases as int32 at exponent KB, |bias| <= 2^29; the rest of a layer's parameters in lp
@@ -90,27 +96,28 @@ class IntSkip2Tuner:
                              self.z_at if last else self.x_at[i + 1], 1 if last else 0, I.INT12 if last else I.INT8])
             self.layers.append((lp, array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]),
                                 array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]])))
-        self.acc = array("i", [0] * max(dims))
+        self.acc = _zeros("i", max(dims))
         # adapters in one int16 array, A from the float path's init (uniform +-sqrt(6 / n_in), the
         # same PRNG draws) or the model's starting adapter, at an exponent whose bound uses a quarter
         # of int16; B zero or the starting adapter's, at FB
         start = model.adapter
         if start is not None and start[0] != rank:
             raise TunerError("the model's starting adapter has rank %d, not %d" % (start[0], rank))
-        self.w = array("h", [0] * sum(dims[i] * rank + rank * nc for i in range(n)))
+        self.w = _zeros("h", sum(dims[i] * rank + rank * nc for i in range(n)))
         self.adapters, self.fa = [], []
         meta = [n, rank, nc, self.z_at, 0, 0]
         at = 0
         for i in range(n):
             bound = math.sqrt(6.0 / dims[i])
-            a = [self.rng.uniform(-bound, bound) for _ in range(dims[i] * rank)]
-            b = None
+            a = b = None
             if start is not None:
                 a, b = start[1][i], start[2][i]
                 bound = max(bound, max(abs(v) for v in a))
             fa = int(math.floor(math.log(8191.0 / bound) / math.log(2)))
-            for k in range(dims[i] * rank):
-                self.w[at + k] = int(math.floor(a[k] * 2 ** fa + 0.5))
+            scale = 2 ** fa
+            for k in range(dims[i] * rank):  # the PRNG is drawn either way: the same sample order
+                v = self.rng.uniform(-bound, bound)
+                self.w[at + k] = int(math.floor((v if a is None else a[k]) * scale + 0.5))
             if b is not None:
                 if max(abs(v) for v in b) * 2 ** I.FB > I.INT16_MAX:
                     raise TunerError("the model's starting adapter B of layer %d leaves the integer path's "
@@ -125,7 +132,7 @@ class IntSkip2Tuner:
         meta[5] = _exponent([lr], 16383.0)
         meta[4] = int(math.floor(lr * 2 ** meta[5] + 0.5))
         self.meta = array("i", meta)
-        self.scratch = array("i", [0] * I.scratch_size(n, rank, nc))
+        self.scratch = _zeros("i", I.scratch_size(n, rank, nc))
         self.probe = bytearray(self.rows.stride)  # a sample being predicted
         self.probe_exps = array("b", [0] * self.n_exps)
         self.macs = {"frozen_forward": 0, "adapter_forward": 0, "backward": 0, "update": 0}
@@ -141,8 +148,8 @@ class IntSkip2Tuner:
     # -- memory ----------------------------------------------------------------------------------
     @property
     def row_bytes(self):
-        """Bytes a fine-tune sample costs: its row, its exponents, label and cached flag."""
-        return self.rows.stride + self.n_exps + 2
+        """Bytes a fine-tune sample costs: its row, its exponents, label, cached flag and order."""
+        return self.rows.stride + self.n_exps + 4
 
     def plan(self, n, free, flash_free=None, fit=False):
         """Allocate for n fine-tune samples now: rows in RAM while `free` heap bytes (less a
@@ -150,7 +157,7 @@ class IntSkip2Tuner:
         even with flash: with `fit`, plan for as many as fit; else TunerError saying how many."""
         if len(self.rows):
             raise TunerError("plan before the first sample")
-        stride, small = self.rows.stride, self.n_exps + 2  # a row; its exponents, label, flag (RAM)
+        stride, small = self.rows.stride, self.n_exps + 4  # a row; its exponents, label, flag, order (RAM)
         # less the reserve and a row's worth of slack (CPython reports no heap: no limit there)
         heap = (1 << 30 if free is None else free) - RESERVE - stride
         on_flash = 0 if flash_free is None or self.rows.spill_path is None else max(0, flash_free - RESERVE) // stride
@@ -160,22 +167,34 @@ class IntSkip2Tuner:
                 raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of heap free, "
                                  "%s bytes of flash; at most %d fit" % (n, stride + small, free, flash_free, fits))
             n = fits
-        ram = max(0, min(n, (heap - n * small) // stride))
-        if ram < n:
-            ram -= ram % self.rows.per_chunk  # whole chunks when some rows spill
-        spilled = n - ram
-        small *= n
         try:
-            self.rows.reserve(ram)
-            self.exps = array("b", bytes(n * self.n_exps))
+            self.exps = _zeros("b", n * self.n_exps)
             self.labels, self.cached = bytearray(n), bytearray(n)
+            self.order = _zeros("H", n)
         except MemoryError:
-            self.rows.chunks = []
             self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
-            raise TunerError("no memory for %d samples in RAM (%s bytes free)" % (ram, free))
+            raise TunerError("no memory for %d samples' exponents and labels (%s bytes free)" % (n, free))
+        # RAM rows: the estimate, then what the heap really gives, keeping RESERVE free (object
+        # headers and block rounding are not in the estimate); the rest on flash
+        ram = max(0, min(n, (heap - n * small) // stride))
+        per_chunk = self.rows.per_chunk
+        while True:
+            try:
+                self.rows.reserve(ram)
+                break
+            except MemoryError:
+                ram = max(0, ram - ram % per_chunk - per_chunk)
+        while ram and (clock.mem_free() or RESERVE) < RESERVE:
+            ram = max(0, ram - ram % per_chunk - per_chunk)
+            self.rows.release(ram)
+        if (n - ram) * stride > (on_flash * stride if on_flash else 0):
+            self.rows.release(0)
+            self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
+            raise TunerError("%d fine-tune samples do not fit: %d in RAM, and %s bytes of flash for the rest; "
+                             "at most %d fit" % (n, ram, flash_free, ram + on_flash))
         self.n_planned = n
-        return {"samples": n, "ram_rows": ram, "spilled_rows": spilled, "row_bytes": self.row_bytes,
-                "ram_bytes": ram * self.rows.stride + small}
+        return {"samples": n, "ram_rows": ram, "spilled_rows": n - ram, "row_bytes": self.row_bytes,
+                "ram_bytes": ram * stride + n * small}
 
     # -- samples: int8 rows with an exponent, as the skip-cache holds them ------------------------
     def check_sample(self, x, label):
@@ -275,7 +294,11 @@ class IntSkip2Tuner:
         n = len(self.rows)
         if not n:
             raise TunerError("no fine-tune samples stored")
-        order = list(range(n))  # n small ints: the one allocation an epoch makes besides the loss
+        order = self.order  # allocated with the samples, not per epoch: a 1.4 KB block may not exist later
+        if len(order) != n:
+            order = self.order = _zeros("H", n)
+        for i in range(n):
+            order[i] = i
         self.rng.shuffle(order)
         total = 0.0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes

@@ -245,8 +245,13 @@ class Core:
         if not isinstance(size, int) or not isinstance(crc, int) or not 0 < size <= 256 * 1024:
             raise ProtocolError(F.E_PAYLOAD, "MODEL_BEGIN needs an int size (1..262144) and crc")
         self.upload = None
-        gc.collect()
-        self.upload = (bytearray(size), crc)
+        free = free_heap()
+        try:
+            self.upload = (bytearray(size), crc)
+        except MemoryError:  # the model is one block: what fragmentation leaves decides
+            raise ProtocolError(F.E_MEMORY, "no memory for the model's %d bytes in one block (%s bytes free, "
+                                            "the largest block %s): this board cannot hold this model" % (
+                                                size, free, largest_free_block(free) if free else None))
         return {"size": size}
 
     def model_chunk(self, payload):
@@ -284,7 +289,13 @@ class Core:
         # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
         self._drop_tuner()  # free the old tuner's memory before the new one takes its own
-        self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+        try:
+            self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+        except MemoryError:
+            self._drop_tuner()
+            raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
+                                            "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
+                                                free_heap(), len(self.model.buf)))
         self.config = args
         reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
         if planned is not None:
