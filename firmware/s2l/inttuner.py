@@ -135,7 +135,7 @@ class IntSkip2Tuner:
         self.scratch = _zeros("i", I.scratch_size(n, rank, nc))
         self.probe = bytearray(self.rows.stride)  # a sample being predicted
         self.probe_exps = array("b", [0] * self.n_exps)
-        self.macs = {"frozen_forward": 0, "adapter_forward": 0, "backward": 0, "update": 0}
+        self.macs = {"frozen_forward": 0, "adapter_forward": 0, "backward": 0, "update": 0, "cache": 0}
         self.us = {"frozen_forward": 0, "step": 0, "cache": 0}
         # MACs per step, counted once: the adapter forward and backward do the same work each step
         self.macs_forward = sum(d * rank + rank * nc for d in dims[:-1])

@@ -10,11 +10,18 @@
 import struct
 from array import array
 
-from s2l import kernels, modelfile
+from s2l import modelfile
 
 
 def floats(buf, offset, n):
     return array("f", struct.unpack_from("<%df" % n, buf, offset))
+
+
+def _kernels():
+    # the float path's kernels, imported when the float path first needs them: the integer path
+    # reads the packed weights with its own kernels and must not pay their heap
+    from s2l import kernels
+    return kernels
 
 
 class Model:
@@ -47,7 +54,13 @@ class Model:
         if layout.norm_at is not None:
             n0 = self.dims[0]
             self.norm = (floats(buf, layout.norm_at, n0), floats(buf, layout.norm_at + 4 * n0, n0))
-        self.row = kernels.zeros(max(self.dims), "i")  # scratch for one unpacked weight row
+        self._row = None  # scratch for one unpacked weight row (the float path's)
+
+    @property
+    def row(self):
+        if self._row is None:
+            self._row = _kernels().zeros(max(self.dims), "i")
+        return self._row
 
     @property
     def n_layers(self):
@@ -59,11 +72,13 @@ class Model:
 
     def mv(self, i, x, out):
         # out += W_i x
+        kernels = _kernels()
         kernels.mv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i], self.group[i],
                           self.dims[i + 1], self.dims[i], x, out, self.row)
 
     def mtv(self, i, g, out):
         # out += W_i^T g
+        kernels = _kernels()
         kernels.mtv_packed(self.packed(i), self.row_bytes[i], self.bits[i], self.scales[i], self.group[i],
                            self.dims[i + 1], self.dims[i], g, out, self.row)
 
@@ -71,6 +86,7 @@ class Model:
         # float copy of layer i's weights, for the methods that train them (FT-*)
         n_out, n_in, group = self.dims[i + 1], self.dims[i], self.group[i]
         per_row = (n_in + group - 1) // group if group else 1
+        kernels = _kernels()
         w = kernels.zeros(n_out * n_in)
         for r in range(n_out):
             kernels.unpack_row(self.packed(i), r * self.row_bytes[i], self.bits[i], n_in, self.row)

@@ -510,10 +510,10 @@ def build_parser():
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,
                    help="the board's interpreter: the WebAssembly MicroPython, CPython, or the MicroPython "
-                        "unix port (viper kernels for real, a board's heap: the closest to a board)")
+                        "unix port (viper kernels for real, a board's heap: the closest to a board) (default: %(default)s)")
     p.add_argument("--heap", default=BOARD_HEAP,
-                   help="GC heap of the micropython-unix board (default %%(default)s: an RP2040's free heap "
-                        "at boot; %s: an ESP32 without PSRAM)" % ESP32_HEAP)
+                   help="GC heap of the micropython-unix board, %s for an ESP32 without PSRAM (default: "
+                        "%%(default)s, an RP2040's free heap at boot)" % ESP32_HEAP)
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")

@@ -299,8 +299,8 @@ def bench(record, scenario_name, base_steps=600, epochs=30, seeds=(1, 2, 3), plo
 
 # -- the command line (registered by cli.py) ------------------------------------------------------------
 def add_export_flags(p):
-    p.add_argument("--budget-bytes", type=int, help="pick the best CoA-front configuration whose file fits N bytes")
-    p.add_argument("--board", help="the same with a board's budget: %s" % ", ".join(
+    p.add_argument("--budget-bytes", type=int, help="pick the best CoA-front configuration whose file fits N bytes (default: none, --bits decides)")
+    p.add_argument("--board", help="the same with a board's budget: %s (default: none)" % ", ".join(
         "%s %d B" % kv for kv in sorted(BOARD_BUDGETS.items())))
     p.add_argument("--coa", default=DEFAULT_RECORD, help="results of `skip2lora coa train` (default: %(default)s)")
 

@@ -107,15 +107,15 @@ def board_budget(dims, bits, rank=reference.Config.rank):
 def check_board_budget(dims, bits, n_finetune=None):
     """One line about the budget; ValueError when the model and adapters leave no room to train."""
     b = board_budget(dims, bits)
-    line = ("board budget (RP2040, %d KB heap): firmware %d KB + model %.1f KB + adapters %.1f KB = %.1f KB; "
-            "room in RAM for %d fine-tune samples of %d features (%d bytes each with their skip-cache rows; "
-            "more go to flash)" % (
-                b["heap"] // 1024, b["firmware"] // 1024, b["model"] / 1024, b["adapters"] / 1024,
-                b["fixed"] / 1024, b["samples_that_fit"], dims[0], b["sample"]))
+    line = ("board budget (RP2040, %d KB heap; a sample and its skip-cache row %d bytes, in RAM while it "
+            "holds them, then on flash): firmware %d KB + model %.1f KB + adapters %.1f KB = %.1f KB; "
+            "room for %d fine-tune samples of %d features" % (
+                b["heap"] // 1024, b["sample"], b["firmware"] // 1024, b["model"] / 1024, b["adapters"] / 1024,
+                b["fixed"] / 1024, b["samples_that_fit"], dims[0]))
     if b["samples_that_fit"] < 10:
         raise ValueError(line + ": too little for fine-tuning; use fewer features (or coarser --bits)")
     if n_finetune is not None and n_finetune > b["samples_that_fit"]:
-        line += "; of your %d fine-tune samples the rest spill to flash (or run --limit %d)" % (
+        line += " in RAM; of your %d fine-tune samples the rest go to flash (or run --limit %d)" % (
             n_finetune, b["samples_that_fit"])
     return line
 

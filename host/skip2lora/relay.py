@@ -96,7 +96,7 @@ class FaultyRelay:
 
 
 def run_session(port, model_bytes, finetune, test, config, encoding=None, retries=8):
-    """The whole job over `port`: upload, stream, evaluate, train, evaluate, save. Returns
+    """The whole job over `port`: upload, stream, score the test set, train, score it again, save. Returns
     (results dict, the client's counts)."""
     from s2l import frames as F
 
@@ -105,17 +105,18 @@ def run_session(port, model_bytes, finetune, test, config, encoding=None, retrie
     with Client(port, retries=retries) as board:
         board.hello()
         board.upload_model(model_bytes)
-        board.configure(**config)
+        board.configure(samples=len(finetune[1]), **config)
         board.send_samples(*finetune, F.KIND_FINETUNE, encoding)
-        board.send_samples(*test, F.KIND_TEST, encoding)
+        board.send_samples(*test, F.KIND_TEST, encoding)  # scored as they arrive: before training
         before = board.evaluate()["accuracy"]
         done = board.train()
+        board.send_samples(*test, F.KIND_TEST, encoding)  # and after
         after = board.evaluate()
         stats = board.stats()
         saved = board.save()
         return {"accuracy_before": before, "accuracy": after["accuracy"], "confusion": after["confusion"],
                 "epochs": done["epochs"], "loss": done["loss"], "samples": stats["samples"],
-                "test_samples": stats["test_samples"], "adapter_bytes": saved["bytes"]}, dict(board.counts)
+                "test_samples": after["samples"], "adapter_bytes": saved["bytes"]}, dict(board.counts)
 
 
 def main(argv=None):

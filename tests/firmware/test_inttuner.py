@@ -138,7 +138,7 @@ import json
 from s2l.model import load
 from s2l.tuning import new_tuner, TunerError
 out = []
-for free, flash, fit in ((400000, None, False), (20000, 1000000, False), (20000, 2000, False), (20000, 2000, True)):
+for free, flash, fit in ((400000, None, False), (30000, 1000000, False), (30000, 2000, False), (30000, 2000, True)):
     t = new_tuner(load("model.s2lm"), "skip2-lora", path="int", spill_path="rows.bin")
     try:
         out.append(t.plan(200, free, flash, fit))

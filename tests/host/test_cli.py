@@ -107,7 +107,7 @@ def test_options_that_cannot_act_are_refused_with_one_line(own, tmp_path, capsys
         (["bench", "--port", "loop://"], "--port is for --runtime serial"),
         (["bench", "--data", lab], "give what the board sees with --drift FILE"),
         (["bench", "--data", lab, "--drift", drift, "--finetune", drift, "--test", drift], "not both"),
-        (["export", "--bits", "8,3,8"], "3 is not a bit width the model format has"),
+        (["export", "--bits", "8,5,8"], "5 is not a bit width the model format has"),
         (["run", "--port", "loop://", "--model", TRACKED_MODEL, "--bits", "8,4,8"],
          "has bits 8,8,8, not the --bits 8,4,8 asked for"),
         (["run", "--port", "loop://", "--model", str(empty)], "%s is not a valid model file" % empty),

@@ -90,7 +90,7 @@ def test_export_writes_a_valid_model_file(tmp_path, capsys):
 
 def test_bad_bits_are_refused_before_any_pretraining(capsys):
     for bits, reason in (("8,8", "--bits needs 3 values, one per layer; got 2"),
-                         ("8,3,8", "--bits: 3 is not a bit width the model format has (8, 4, 2)")):
+                         ("8,5,8", "--bits: 5 is not a bit width the model format has (8, 4, 3, 2)")):
         with pytest.raises(SystemExit):
             cli.main(["export", "--bits", bits, "--model", "/dev/null", "--quiet"])
         assert reason in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""The board's own figures, per firmware runtime: how fast the protocol core takes SAMPLES frames
+(bytes per second of the interpreter's own time, ticks_us), the heap left after the imports, after
+the samples, after the skip-cache is filled, and at its lowest while training, and the kernel calls
+and time of a cached training step. The default job of `run` on the integer path: the digits
+rotate model, 200 fine-tune samples as int8, 10 epochs.
+
+    python -m skip2lora.boardbench [--runtimes cpython,micropython,micropython-unix]
+
+A benchmark, not a test: it prints what it measured. Under the unix port the heap is an RP2040's
+free heap at boot (BOARD_HEAP) and the viper kernels run for real; under CPython there is no GC
+heap to report; the WebAssembly build grows its heap on demand (its figures are that build's)."""
+import argparse
+import binascii
+import json
+import struct
+
+from s2l import frames as F
+
+from .client import encode_samples
+from .mpyrun import BOARD_HEAP, RUNTIMES, run_firmware_script
+from .pipeline import load_scenario
+
+SCRIPT = """
+import gc, json
+from s2l.clock import mem_alloc, mem_free, ticks_diff, ticks_us
+def heap():
+    f = mem_free()
+    return None if f is None or f > 1 << 26 else f  # None: no GC heap, or one that grows on demand
+out = {"boot": heap()}
+from s2l.protocol import Core
+core = Core(".")
+out["after_imports"] = heap()
+rx_bytes = rx_us = 0
+for line in open("frames.txt"):  # a frame at a time: the heap holds what a board's would
+    kind, frame = line.split()
+    frame = bytes.fromhex(frame)
+    t0 = ticks_us()
+    reply = core.feed(frame)
+    if kind == "S":
+        rx_us += ticks_diff(ticks_us(), t0)
+        rx_bytes += len(frame)
+out["after_samples"] = heap()
+out["samples_bytes_per_s"] = rx_bytes * 1e6 / rx_us
+core.feed(bytes.fromhex(open("train.txt").read()))
+lowest, epoch_us = None, []
+while core.busy:
+    t0 = ticks_us()
+    core.work()
+    epoch_us.append(ticks_diff(ticks_us(), t0))
+    h = heap()
+    if len(epoch_us) == 1:
+        out["after_cache"] = h
+    lowest = h if lowest is None or (h is not None and h < lowest) else lowest
+t = core.tuner
+n = t.n_samples
+out["lowest_while_training"] = lowest
+out["kernels"] = t.kernels
+# every kernel call the tuner made, less the first epoch's (a frozen layer each, then the step)
+out["kernel_calls_per_cached_step"] = (t.kernel_calls - (len(t.layers) + 1) * n) / (n * (len(epoch_us) - 1))
+out["cached_step_ms"] = sum(epoch_us[1:]) / (len(epoch_us) - 1) / n / 1000
+out["first_epoch_ms_per_sample"] = epoch_us[0] / n / 1000
+out["samples"] = n
+print(json.dumps(out))
+"""
+
+
+def frames_for(model_bytes, X, y, epochs):
+    """The requests of a `run`, as (kind, frame hex) lines: model upload, CONFIG, SAMPLES."""
+    lines, seq = [], 0
+
+    def add(kind, ftype, payload=b""):
+        nonlocal seq
+        seq += 1
+        lines.append("%s %s" % (kind, F.encode(ftype, seq, payload).hex()))
+    add("M", F.MODEL_BEGIN, json.dumps({"size": len(model_bytes), "crc": binascii.crc32(model_bytes)}).encode())
+    for at in range(0, len(model_bytes), F.MAX_PAYLOAD - 4):
+        add("M", F.MODEL_CHUNK, struct.pack("<I", at) + model_bytes[at:at + F.MAX_PAYLOAD - 4])
+    add("M", F.MODEL_END)
+    add("C", F.CONFIG, json.dumps({"method": "skip2-lora", "path": "int", "epochs": epochs, "samples": len(y)}).encode())
+    for payload in encode_samples(X, y, F.KIND_FINETUNE, F.ENC_INT8)[0]:
+        add("S", F.SAMPLES, payload)
+    return "\n".join(lines) + "\n", F.encode(F.TRAIN, seq + 1).hex()
+
+
+def measure(runtime, model_bytes, X, y, epochs=10):
+    frames, train = frames_for(model_bytes, X, y, epochs)
+    files = {"frames.txt": frames.encode(), "train.txt": train.encode()}
+    kwargs = {"heap": BOARD_HEAP} if runtime == "micropython-unix" else {}
+    return json.loads(run_firmware_script(SCRIPT, runtime, files=files, timeout=900, **kwargs))
+
+
+def _kb(v):
+    return "n/a" if v is None else "%.1f" % (v / 1024)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m skip2lora.boardbench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--model", default="models/digits-rotate.s2lm", help="model file (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=200, help="fine-tune samples (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs (default: %(default)s)")
+    args = parser.parse_args(argv)
+    model_bytes = open(args.model, "rb").read()
+    X, y = (v[:args.samples] for v in load_scenario("rotate").finetune)
+    print("%-17s %9s %7s %9s %9s %9s %9s %10s %9s %7s" % (
+        "runtime", "kernels", "KB/s", "imports", "samples", "cache", "lowest", "calls/step", "step ms", "fwd ms"))
+    print("%-17s %9s %7s %9s %9s %9s %9s %10s %9s %7s" % (
+        "", "", "SAMPLES", "KB free", "KB free", "KB free", "KB free", "", "(cached)", "/sample"))
+    for runtime in args.runtimes.split(","):
+        r = measure(runtime, model_bytes, X, y, args.epochs)
+        print("%-17s %9s %7.1f %9s %9s %9s %9s %10.1f %9.3f %7.2f" % (
+            runtime, r["kernels"], r["samples_bytes_per_s"] / 1024, _kb(r["after_imports"]), _kb(r["after_samples"]),
+            _kb(r["after_cache"]), _kb(r["lowest_while_training"]), r["kernel_calls_per_cached_step"],
+            r["cached_step_ms"], r["first_epoch_ms_per_sample"]))
+    print("(%d samples x %d epochs, integer path; the wire at 115200 baud delivers 11.25 KB/s; times are this "
+          "machine's, not a board's)" % (len(y), args.epochs))
+
+
+if __name__ == "__main__":
+    main()
