@@ -10,7 +10,7 @@ from s2l import frames as F
 from s2l.modelfile import SUPPORTED_BITS
 
 from . import __version__, coaflow, reference
-from .client import BoardError, LinkError
+from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
 from .pipeline import (FAN_DATA, RUNTIMES, SCENARIOS, bench_record, check_bits, check_board_budget, compare_methods,
@@ -536,6 +536,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except Stopped as exc:  # Ctrl-C: the client reset the board, which confirmed it is idle
+        print(exc, file=sys.stderr)
+        sys.exit(130)
     except (ValueError, OSError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
         sys.exit("error: %s" % exc)
 

@@ -190,3 +190,17 @@ def test_export_refuses_data_too_wide_for_the_board_before_pretraining(tmp_path)
     with pytest.raises(SystemExit, match="board budget .* room for 0 fine-tune samples of 2000 features: too little"):
         cli.main(["export", "--data", str(wide), "--model", str(tmp_path / "w.s2lm"), "--quiet"])
     assert not (tmp_path / "w.s2lm").exists()
+
+
+def test_ctrl_c_on_a_board_command_ends_with_one_line_and_no_traceback(monkeypatch, capsys):
+    # the client turns Ctrl-C into RESET and raises Stopped once the board says it is idle
+    # (tests/host/test_reliable_link.py); the command line prints that one line and exits 130
+    from skip2lora.client import Stopped
+
+    def interrupted(args):
+        raise Stopped("stopped; the board is idle")
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "--port", "loop://"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "stopped; the board is idle\n"
