@@ -60,6 +60,20 @@ def _least_shift(top, limit):
     return s
 
 
+def _fit12(s, at, n):
+    # s[at:at + n] rounded into int12 in place with the least shift that fits them all; returns it
+    top = 0
+    for k in range(at, at + n):
+        a = s[k] if s[k] >= 0 else -s[k]
+        if a > top:
+            top = a
+    sh = _least_shift(top, INT12)
+    for k in range(at, at + n):
+        q = rshift(s[k], sh)
+        s[k] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
+    return sh
+
+
 def _sat16(w):
     return INT16_MAX if w > INT16_MAX else (-INT16_MAX if w < -INT16_MAX else w)
 
@@ -167,7 +181,6 @@ def step(rb, ro, ex, eo, w, meta, s, label, train):
     for i in range(n_layers):
         m = META_HEADER + META_LAYER * i
         n_in, xo, ao, fa = meta[m], ro + meta[m + 1], meta[m + 2], meta[m + 4]
-        top = 0
         for c in range(r):
             acc = 0
             k = ao + c
@@ -175,15 +188,7 @@ def step(rb, ro, ex, eo, w, meta, s, label, train):
                 acc += w[k] * _s8(rb[xo + j])
                 k += r
             s[i * r + c] = acc
-            if acc < 0:
-                acc = -acc
-            if acc > top:
-                top = acc
-        sh = _least_shift(top, INT12)
-        for c in range(r):
-            q = rshift(s[i * r + c], sh)
-            s[i * r + c] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
-        he = fa + _s8(ex[eo + i]) - sh
+        he = fa + _s8(ex[eo + i]) - _fit12(s, i * r, r)
         s[HE + i] = he
         if FB + he < low:
             low = FB + he
@@ -235,39 +240,20 @@ def step(rb, ro, ex, eo, w, meta, s, label, train):
     # g = (onehot - p / sum p) * lr at exponent 15 + lr exponent: recip = 2^29 // sum p, so that
     # p * recip / 2^14 is p / sum p in Q15 (products under 2^29); then rounded to int12
     recip = (1 << 29) // total
-    top = 0
     for c in range(nc):
-        g = ((32768 if c == label else 0) - rshift(s[P + c] * recip, 14)) * meta[4]
-        s[G + c] = g
-        if g < 0:
-            g = -g
-        if g > top:
-            top = g
-    sh = _least_shift(top, INT12)
-    for c in range(nc):
-        q = rshift(s[G + c], sh)
-        s[G + c] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
-    eg = 15 + meta[5] - sh
+        s[G + c] = ((32768 if c == label else 0) - rshift(s[P + c] * recip, 14)) * meta[4]
+    eg = 15 + meta[5] - _fit12(s, G, nc)
     for i in range(n_layers):
         m = META_HEADER + META_LAYER * i
         n_in, xo, ao, bo, fa = meta[m], ro + meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
         he = s[HE + i]
         # gh = B g, before B's update
-        top = 0
         for j in range(r):
             acc = 0
             for c in range(nc):
                 acc += w[bo + j * nc + c] * s[G + c]
             s[GH + j] = acc
-            if acc < 0:
-                acc = -acc
-            if acc > top:
-                top = acc
-        sh = _least_shift(top, INT12)
-        for j in range(r):
-            q = rshift(s[GH + j], sh)
-            s[GH + j] = INT12 if q > INT12 else (-INT12 if q < -INT12 else q)
-        egh = FB + eg - sh
+        egh = FB + eg - _fit12(s, GH, r)
         # B += h g^T, A += x gh^T, each in its own units
         sh = he + eg - FB
         for j in range(r):

@@ -5,6 +5,9 @@
 # subtract), (v ^ 0x8000) - 0x8000 for int16, (v ^ b31) - b31 for int32 (b31 = 1 << 31, computed at
 # run time: as a literal it would be a Python object on a 32-bit board). On a 32-bit board the last
 # is the identity. Shifts stay below 31 bits, so no result depends on the word's width.
+# The repeated blocks (fit to int12, the saturating updates) are written out where the portable
+# twin calls a helper: a call from one viper function to another goes through the runtime, with
+# its arguments boxed, which is the overhead these kernels exist to remove.
 # Imported by ikernels.py on boards; elsewhere (no native emitter) the import fails.
 import micropython
 

@@ -20,14 +20,18 @@ def check_label(label, n_classes):
         raise TunerError("label %r out of range 0..%d" % (label, n_classes - 1))
 
 
-def evaluate(predict, samples, labels, n_classes):
-    """Accuracy and confusion counts (rows: true class, columns: predicted) of predict(x)."""
-    confusion = [[0] * n_classes for _ in range(n_classes)]
+def evaluate(tuner, samples, labels):
+    """Accuracy and confusion counts (rows: true class, columns: predicted) of tuner.predict(x).
+    Evaluation is not fine-tuning: the tuner's MAC counters are left as they were."""
+    n = tuner.n_classes
+    counted = dict(tuner.macs)
+    confusion = [[0] * n for _ in range(n)]
     correct = 0
     for x, label in zip(samples, labels):
-        p = predict(x)
+        p = tuner.predict(x)
         confusion[label][p] += 1
         correct += p == label
+    tuner.macs = counted
     return correct / max(1, len(labels)), confusion
 
 
