@@ -106,6 +106,8 @@ class Core:
         self.model = None
         self.tuner = None
         self.config = None
+        self.guarding = (None, None)  # CONFIG's holdout and patience (None: guard.py's defaults)
+        self.guard = None  # the Guard of the training in progress
         self.upload = None  # (buffer, expected CRC) during a model upload
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
         self.epochs_left = 0
@@ -205,20 +207,33 @@ class Core:
             return b""
         try:
             t0 = clock.ticks_us()
-            loss = self.tuner.train_epoch()
-            ms = clock.ticks_diff(clock.ticks_us(), t0) // 1000
+            guard = self.guard
+            if guard is None:
+                fields = {"loss": self.tuner.train_epoch()}
+            else:  # validation, best adapters, restores: guard.py
+                fields = guard.epoch()
+                fields["loss"] = self.tuner.losses[-1]
+                if guard.stopped:
+                    self.epochs_left = 1
+            fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
             self.epochs_left -= 1
-            epoch = len(self.tuner.losses)
-            finite = _finite(loss)
-            if not finite:  # JSON has no NaN: the host gets null, and training stops
-                loss = None
-                self.epochs_left = 0
-            out = self._event(F.PROGRESS, {"epoch": epoch, "loss": loss, "ms": ms, "left": self.epochs_left})
-            if not finite:
+            epoch = fields["epoch"] = len(self.tuner.losses)
+            finite = _finite(fields["loss"])
+            if not finite:  # JSON has no NaN: the host gets null
+                fields["loss"] = None
+                if guard is None:  # unguarded, training stops
+                    self.epochs_left = 0
+            fields["left"] = self.epochs_left
+            out = self._event(F.PROGRESS, fields)
+            if not (finite or guard):
                 return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
                                                         "lower the learning rate" % epoch)
             if not self.busy:
-                out += self._event(F.DONE, {"epochs": epoch, "loss": loss})
+                done = {"epochs": epoch, "loss": fields["loss"]}
+                if guard is not None:
+                    done.update(guard.finish())
+                    self.guard = None
+                out += self._event(F.DONE, done)
             return out
         except Exception as e:
             try:
@@ -288,6 +303,8 @@ class Core:
         # "samples": how many fine-tune samples will follow, so that the board allocates for them
         # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
+        # the epoch guard's settings (guard.py); a holdout of 0 trains on every sample, unguarded
+        guarding = args.pop("holdout", None), args.pop("patience", None)
         self._drop_tuner()  # free the old tuner's memory before the new one takes its own
         try:
             self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
@@ -296,7 +313,7 @@ class Core:
             raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
                                             "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
                                                 free_heap(), len(self.model.buf)))
-        self.config = args
+        self.config, self.guarding = args, guarding
         reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
         if planned is not None:
             try:
@@ -310,7 +327,7 @@ class Core:
     def _drop_tuner(self):
         if self.tuner is not None:
             self.tuner.cache and self.tuner.cache.close()
-        self.tuner, self.config = None, None
+        self.tuner, self.config, self.guard = None, None, None
         self._drop_samples()
         gc.collect()
 
@@ -366,9 +383,14 @@ class Core:
         args = _json(payload)
         configcheck.check_train(args)
         epochs = args.get("epochs", self.tuner.epochs)
+        from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
+        self.guard = Guard(self.tuner, *self.guarding)
+        if not self.guard.active:  # a holdout of 0, or too few samples to hold any out
+            self.guard = None
         self.epochs_left = epochs
         self._drop_samples()  # test samples scored from here on are scored after training
-        return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number}
+        return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number,
+                "validation_samples": self.guard.n_val if self.guard else 0}
 
     def evaluate(self, payload):
         """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion

@@ -82,9 +82,10 @@ def problem():
 
 
 def test_a_full_session_matches_the_reference(runtime, problem):
+    # unguarded (holdout 0): every sample trains, as in the reference
     model, net, (X, y), (Xt, yt) = problem
     s = Session().send(F.HELLO)
-    s.upload(model).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.upload(model).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:12], y[:12], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE), seq=s.seq)  # a retry: not stored twice
@@ -95,7 +96,7 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     s.send(F.EVAL)  # nothing scored since TRAIN
     s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
-    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.LOAD).send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
     replies = s.run(runtime)
@@ -130,14 +131,14 @@ def test_a_session_on_the_integer_path(runtime, problem):
     from s2l.tuning import new_tuner
     model, _, (X, y), (Xt, yt) = problem
     config = dict(CONFIG, batch=1)
-    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", holdout=0, **config)
     for at in (0, 10):  # frames of at most 10 samples
         s.send(F.SAMPLES, samples_payload(X[at:at + 10], y[at:at + 10], F.KIND_FINETUNE))
     s.send(F.TRAIN)
     s.lines.append("WORK")
     for at in (0, 10, 20):
         s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
-    s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", holdout=0, **config)
     s.send(F.LOAD)
     for at in (0, 10, 20):
         s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
@@ -171,7 +172,7 @@ def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
     s.send(F.MODEL_CHUNK, struct.pack("<I", 900) + bytes(broken[900:]))
     s.send(F.MODEL_END)                                                # model fails validation
     s.upload(model).json(F.CONFIG, method="skip2-lora", rank=0)        # bad config
-    s.json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:2], y[:2], F.KIND_FINETUNE)[:-3])  # wrong size
     labels = y[:3].copy()
     labels[2] = 9

@@ -1,0 +1,132 @@
+# Fine-tuning a board can be left alone with: a slice of the fine-tune samples is held out for
+# validation and scored after every epoch; the best adapters seen are kept (a copy of a few KB);
+# training stops when validation stops improving; a loss that jumps (or is not finite) brings the
+# best adapters back at half the learning rate; and training never ends worse on validation than
+# where it started: if no epoch reached the starting adapters' score, they are what the board keeps.
+# One Guard drives either tuner (float or integer path) through the same few calls:
+# train_epoch(count), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
+from array import array
+
+from s2l.adapterfile import parameters
+from s2l.tuning import sample_order
+
+HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
+PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
+MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has twice that many samples
+SPIKE = 1.5  # a loss above SPIKE x the lowest epoch loss so far (+ SPIKE_FLOOR) is a spike
+SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything going wrong
+MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
+
+
+def _finite(x):
+    return -3.4e38 <= x <= 3.4e38  # false for NaN and the infinities
+
+
+def split(labels, n_classes, holdout):
+    """Indices of the validation samples: per class, round(holdout x its count) but at least
+    min(MIN_VAL_PER_CLASS, half its count), spread evenly over its samples in arrival order."""
+    counts = [0] * n_classes
+    for c in labels:
+        counts[c] += 1
+    want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 2)) if holdout > 0 else 0 for c in counts]
+    seen = [0] * n_classes
+    held = []
+    for i in range(len(labels)):
+        c = labels[i]
+        j, k, v = seen[c], counts[c], want[c]
+        if (j + 1) * v // k > j * v // k:  # the j-th of k samples takes one of v places
+            held.append(i)
+        seen[c] = j + 1
+    return held
+
+
+class Guard:
+    def __init__(self, tuner, holdout=None, patience=None):
+        holdout = HOLDOUT if holdout is None else holdout
+        self.tuner, self.patience = tuner, PATIENCE if patience is None else patience
+        self.lr = tuner.lr
+        n = tuner.n_samples
+        held = split(tuner.labels, tuner.n_classes, holdout)
+        self.n_val = len(held)
+        self.n_train = n - self.n_val
+        # the epoch order array holds the training samples first, the validation samples after
+        # them; train_epoch(n_train) shuffles and trains only the first part
+        order = sample_order(tuner)
+        t = v = 0
+        for i in range(n):
+            if v < self.n_val and held[v] == i:
+                order[self.n_train + v] = i
+                v += 1
+            else:
+                order[t] = i
+                t += 1
+        code = "h" if tuner.path == "int" else "f"  # int16 adapters, or float arrays
+        # (kept copy, live array) as memoryviews: slices of one copy into the other in both runtimes
+        self.pairs = [(memoryview(array(code, a)), memoryview(a)) for a in parameters(tuner)]
+        self.start_epoch = len(tuner.losses)
+        self.best_epoch = self.start_epoch  # the epoch whose adapters are kept (the start: none trained)
+        self.val_start = self.val_best = None
+        self.best_loss = None  # the training loss of the kept epoch (None for the start)
+        self.lowest = None  # the lowest epoch loss so far
+        self.since_gain = 0
+        self.restores = 0
+        self.stopped = None  # why training ended early: "patience" or "diverged"
+
+    @property
+    def active(self):
+        return self.n_val > 0 and self.n_train > 0
+
+    def validate(self):
+        """Accuracy of the current adapters on the held-out samples."""
+        t, order = self.tuner, self.tuner.order
+        correct = 0
+        for k in range(self.n_train, self.n_train + self.n_val):
+            index = order[k]
+            correct += t.predict_stored(index) == t.labels[index]
+        return correct / self.n_val
+
+    def _keep(self):
+        for saved, live in self.pairs:
+            saved[:] = live
+
+    def _restore(self):
+        for saved, live in self.pairs:
+            live[:] = saved
+
+    def epoch(self):
+        """One guarded epoch; the fields its PROGRESS event adds: val, lr, restored, best."""
+        t = self.tuner
+        if self.val_start is None:  # the starting adapters' score: the floor training must reach
+            self.val_start = self.val_best = self.validate()
+        lr = self.lr
+        loss = t.train_epoch(self.n_train)
+        epoch = len(t.losses)
+        spike = not _finite(loss) or (self.lowest is not None and loss > SPIKE * self.lowest + SPIKE_FLOOR)
+        if spike:  # back to the best adapters, at half the rate
+            self._restore()
+            self.restores += 1
+            self.lr = self.lr / 2
+            t.set_lr(self.lr)
+            self.since_gain += 1
+            if self.restores > MAX_RESTORES:
+                self.stopped = "diverged"
+            return {"val": self.val_best, "lr": lr, "restored": True, "best": self.best_epoch}
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        val = self.validate()
+        # ties go to the epoch that fits the training samples better: the later one, usually
+        if val > self.val_best or (val == self.val_best and (self.best_loss is None or loss < self.best_loss)):
+            self.since_gain = 0 if val > self.val_best else self.since_gain + 1
+            self.val_best, self.best_loss, self.best_epoch = val, loss, epoch
+            self._keep()
+        else:
+            self.since_gain += 1
+        if self.patience and self.since_gain >= self.patience:
+            self.stopped = "patience"
+        return {"val": val, "lr": lr, "restored": False, "best": self.best_epoch}
+
+    def finish(self):
+        """Put the kept adapters back; what the DONE event says about them."""
+        self._restore()  # a later TRAIN goes on from them, at the rate reached here
+        return {"kept": self.best_epoch, "trained": self.best_epoch > self.start_epoch,
+                "val_start": self.val_start, "val": self.val_best, "val_samples": self.n_val,
+                "restores": self.restores, "stopped": self.stopped}
