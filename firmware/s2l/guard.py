@@ -12,7 +12,7 @@ from s2l.tuning import sample_order
 
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
-MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has twice that many samples
+MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has four times that many samples
 SPIKE = 1.5  # a loss above SPIKE x the lowest epoch loss so far (+ SPIKE_FLOOR) is a spike
 SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything going wrong
 MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
@@ -24,11 +24,11 @@ def _finite(x):
 
 def split(labels, n_classes, holdout):
     """Indices of the validation samples: per class, round(holdout x its count) but at least
-    min(MIN_VAL_PER_CLASS, half its count), spread evenly over its samples in arrival order."""
+    min(MIN_VAL_PER_CLASS, a quarter of its count), spread evenly over its samples in arrival order."""
     counts = [0] * n_classes
     for c in labels:
         counts[c] += 1
-    want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 2)) if holdout > 0 else 0 for c in counts]
+    want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 4)) if holdout > 0 else 0 for c in counts]
     seen = [0] * n_classes
     held = []
     for i in range(len(labels)):

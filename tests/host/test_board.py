@@ -78,11 +78,15 @@ def test_run_on_the_integer_path_with_a_sample_limit_reports_the_boards_speed(tm
                   "--json", str(out), "--model", str(tmp_path / "model.s2lm")])
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["path"] == "int" and result["link"]["finetune_samples"] == 40 and result["cache_hits"] == 80
+    assert result["path"] == "int" and result["link"]["finetune_samples"] == 40
+    # epochs 2 and 3 hit the cache for every training sample, and the guard's scoring after each
+    # epoch for every validation sample (its first scoring, before epoch 1, fills their rows)
+    assert result["cache_hits"] == 80 + result["guard"]["val_samples"]
     speed = result["speed"]
     assert len(result["epoch_ms"]) == 3 and speed["finetune_seconds"] == sum(result["epoch_ms"]) / 1000
     assert speed["frozen_forward_ms"] > 0 and speed["cached_step_ms"] > 0
-    assert "speed on the board (int path): frozen forward %.1f ms a sample; a cached training step %.2f ms; " \
+    assert "speed on the board (int path): frozen forward %.1f ms a sample; a cached epoch per sample (training " \
+           "and validation) %.2f ms; " \
            "40 samples x 3 epochs" % (speed["frozen_forward_ms"], speed["cached_step_ms"]) in printed
 
 
