@@ -5,6 +5,7 @@
 # where it started: if no epoch reached the starting adapters' score, they are what the board keeps.
 # One Guard drives either tuner (float or integer path) through the same few calls:
 # train_epoch(count), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
+import math
 from array import array
 
 from s2l.adapterfile import parameters
@@ -13,7 +14,7 @@ from s2l.tuning import sample_order
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
 MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has four times that many samples
-SPIKE = 1.5  # a loss above SPIKE x the lowest epoch loss so far (+ SPIKE_FLOOR) is a spike
+SPIKE = 1.5  # a loss above SPIKE x the lowest so far (+ SPIKE_FLOOR) is a spike
 SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything going wrong
 MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
 
@@ -67,7 +68,9 @@ class Guard:
         self.best_epoch = self.start_epoch  # the epoch whose adapters are kept (the start: none trained)
         self.val_start = self.val_best = None
         self.best_loss = None  # the training loss of the kept epoch (None for the start)
-        self.lowest = None  # the lowest epoch loss so far
+        # the lowest epoch loss so far, from that of guessing uniformly: a first epoch far above it
+        # has diverged already
+        self.lowest = math.log(tuner.n_classes)
         self.since_gain = 0
         self.restores = 0
         self.stopped = None  # why training ended early: "patience" or "diverged"
@@ -93,15 +96,24 @@ class Guard:
         for saved, live in self.pairs:
             live[:] = saved
 
+    @property
+    def started(self):
+        return self.val_start is not None
+
+    def start(self):
+        """Score the starting adapters: the floor training must reach (their first scoring runs the
+        validation samples' frozen layers into the skip-cache)."""
+        self.val_start = self.val_best = self.validate()
+
     def epoch(self):
         """One guarded epoch; the fields its PROGRESS event adds: val, lr, restored, best."""
         t = self.tuner
-        if self.val_start is None:  # the starting adapters' score: the floor training must reach
-            self.val_start = self.val_best = self.validate()
+        if not self.started:
+            self.start()
         lr = self.lr
         loss = t.train_epoch(self.n_train)
         epoch = len(t.losses)
-        spike = not _finite(loss) or (self.lowest is not None and loss > SPIKE * self.lowest + SPIKE_FLOOR)
+        spike = not _finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
         if spike:  # back to the best adapters, at half the rate
             self._restore()
             self.restores += 1
@@ -111,10 +123,11 @@ class Guard:
             if self.restores > MAX_RESTORES:
                 self.stopped = "diverged"
             return {"val": self.val_best, "lr": lr, "restored": True, "best": self.best_epoch}
-        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        self.lowest = min(self.lowest, loss)
         val = self.validate()
-        # ties go to the epoch that fits the training samples better: the later one, usually
-        if val > self.val_best or (val == self.val_best and (self.best_loss is None or loss < self.best_loss)):
+        # only a better score replaces the starting adapters ("nothing helped" keeps them); between
+        # trained epochs, a tie goes to the one that fits the training samples better
+        if val > self.val_best or (val == self.val_best and self.best_loss is not None and loss < self.best_loss):
             self.since_gain = 0 if val > self.val_best else self.since_gain + 1
             self.val_best, self.best_loss, self.best_epoch = val, loss, epoch
             self._keep()
