@@ -23,57 +23,65 @@ def _finite(x):
     return -3.4e38 <= x <= 3.4e38  # false for NaN and the infinities
 
 
-def split(labels, n_classes, holdout):
-    """Indices of the validation samples: per class, round(holdout x its count) but at least
-    min(MIN_VAL_PER_CLASS, a quarter of its count), spread evenly over its samples in arrival order."""
+def split(labels, n_classes, holdout, order):
+    """Arrange `order` (one entry per sample) as the training samples' indices, then the
+    validation samples'; returns how many are validation: per class, round(holdout x its count)
+    but at least min(MIN_VAL_PER_CLASS, a quarter of its count), spread evenly over its samples in
+    arrival order. No list of indices: a board's heap is planned to the last rows."""
     counts = [0] * n_classes
     for c in labels:
         counts[c] += 1
     want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 4)) if holdout > 0 else 0 for c in counts]
+    n_val = sum(want)
     seen = [0] * n_classes
-    held = []
+    t, v = 0, len(labels) - n_val
     for i in range(len(labels)):
         c = labels[i]
-        j, k, v = seen[c], counts[c], want[c]
-        if (j + 1) * v // k > j * v // k:  # the j-th of k samples takes one of v places
-            held.append(i)
+        j, k, w = seen[c], counts[c], want[c]
+        if (j + 1) * w // k > j * w // k:  # the j-th of k samples takes one of w places
+            order[v] = i
+            v += 1
+        else:
+            order[t] = i
+            t += 1
         seen[c] = j + 1
-    return held
+    return n_val
 
 
 class Guard:
+    """Made with the tuner, before its samples' memory is planned (its copy of the adapters must
+    not take the heap a plan counted on); arrange() at each TRAIN, then epoch() per epoch."""
+
     def __init__(self, tuner, holdout=None, patience=None):
-        holdout = HOLDOUT if holdout is None else holdout
-        self.tuner, self.patience = tuner, PATIENCE if patience is None else patience
-        self.lr = tuner.lr
-        n = tuner.n_samples
-        held = split(tuner.labels, tuner.n_classes, holdout)
-        self.n_val = len(held)
-        self.n_train = n - self.n_val
-        # the epoch order array holds the training samples first, the validation samples after
-        # them; train_epoch(n_train) shuffles and trains only the first part
-        order = sample_order(tuner)
-        t = v = 0
-        for i in range(n):
-            if v < self.n_val and held[v] == i:
-                order[self.n_train + v] = i
-                v += 1
-            else:
-                order[t] = i
-                t += 1
+        self.tuner = tuner
+        self.holdout = HOLDOUT if holdout is None else holdout
+        self.patience = PATIENCE if patience is None else patience
         code = "h" if tuner.path == "int" else "f"  # int16 adapters, or float arrays
         # (kept copy, live array) as memoryviews: slices of one copy into the other in both runtimes
         self.pairs = [(memoryview(array(code, a)), memoryview(a)) for a in parameters(tuner)]
-        self.start_epoch = len(tuner.losses)
+        self.n_val = self.n_train = 0
+
+    def arrange(self):
+        """Split the stored samples (the epoch order array holds the training samples first and the
+        validation samples after them: train_epoch(n_train) shuffles and trains only the first
+        part) and start over from the adapters as they are. False when there is nothing to hold
+        out (a holdout of 0, or classes too small): then train unguarded."""
+        t = self.tuner
+        self.n_val = split(t.labels, t.n_classes, self.holdout, sample_order(t))
+        self.n_train = t.n_samples - self.n_val
+        self.lr = t.lr
+        self._keep()
+        self.start_epoch = len(t.losses)
         self.best_epoch = self.start_epoch  # the epoch whose adapters are kept (the start: none trained)
         self.val_start = self.val_best = None
         self.best_loss = None  # the training loss of the kept epoch (None for the start)
         # the lowest epoch loss so far, from that of guessing uniformly: a first epoch far above it
         # has diverged already
-        self.lowest = math.log(tuner.n_classes)
+        self.lowest = math.log(t.n_classes)
         self.since_gain = 0
         self.restores = 0
         self.stopped = None  # why training ended early: "patience" or "diverged"
+        return self.active
 
     @property
     def active(self):

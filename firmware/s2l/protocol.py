@@ -106,8 +106,8 @@ class Core:
         self.model = None
         self.tuner = None
         self.config = None
-        self.guarding = (None, None)  # CONFIG's holdout and patience (None: guard.py's defaults)
-        self.guard = None  # the Guard of the training in progress
+        self.guard = None  # the tuner's epoch guard (guard.py), unless CONFIG's holdout is 0
+        self.guarded = False  # whether the training in progress is guarded
         self.upload = None  # (buffer, expected CRC) during a model upload
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
         self.epochs_left = 0
@@ -206,7 +206,7 @@ class Core:
         if not self.busy:
             return b""
         try:
-            guard = self.guard
+            guard = self.guard if self.guarded else None
             if guard is not None and not guard.started:  # a call of its own: the board answers between
                 guard.start()
                 return b""
@@ -235,7 +235,6 @@ class Core:
                 done = {"epochs": epoch, "loss": fields["loss"]}
                 if guard is not None:
                     done.update(guard.finish())
-                    self.guard = None
                 out += self._event(F.DONE, done)
             return out
         except Exception as e:
@@ -307,16 +306,19 @@ class Core:
         # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
         # the epoch guard's settings (guard.py); a holdout of 0 trains on every sample, unguarded
-        guarding = args.pop("holdout", None), args.pop("patience", None)
+        holdout, patience = args.pop("holdout", None), args.pop("patience", None)
         self._drop_tuner()  # free the old tuner's memory before the new one takes its own
         try:
             self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+            if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
+                from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
+                self.guard = Guard(self.tuner, holdout, patience)
         except MemoryError:
             self._drop_tuner()
             raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
                                             "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
                                                 free_heap(), len(self.model.buf)))
-        self.config, self.guarding = args, guarding
+        self.config = args
         reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
         if planned is not None:
             try:
@@ -386,14 +388,12 @@ class Core:
         args = _json(payload)
         configcheck.check_train(args)
         epochs = args.get("epochs", self.tuner.epochs)
-        from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
-        self.guard = Guard(self.tuner, *self.guarding)
-        if not self.guard.active:  # a holdout of 0, or too few samples to hold any out
-            self.guard = None
+        # unguarded when there is no guard, or too few samples to hold any out
+        self.guarded = self.guard is not None and self.guard.arrange()
         self.epochs_left = epochs
         self._drop_samples()  # test samples scored from here on are scored after training
         return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number,
-                "validation_samples": self.guard.n_val if self.guard else 0}
+                "validation_samples": self.guard.n_val if self.guarded else 0}
 
     def evaluate(self, payload):
         """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion

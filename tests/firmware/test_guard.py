@@ -1,6 +1,8 @@
 """The epoch guard (guard.py): the validation split, a diverging rate caught and halved, the
 starting adapters kept when nothing helps, early stopping; on both paths, and through the protocol
 under every runtime."""
+from array import array
+
 import numpy as np
 import pytest
 
@@ -16,17 +18,24 @@ from .test_tuner import CONFIG
 MODEL = "models/digits-rotate.s2lm"
 
 
+def _held(labels, n_classes, holdout):
+    order = array("H", bytes(2 * len(labels)))
+    n_val = split(labels, n_classes, holdout, order)
+    assert sorted(order) == list(range(len(labels)))  # every sample once: trained or validated
+    return list(order[len(labels) - n_val:])
+
+
 def test_split_holds_out_a_share_of_each_class_spread_over_its_samples():
     labels = bytearray([0] * 50 + [1] * 10 + [2] * 4 + [3] * 2 + [4])
-    held = split(labels, 5, HOLDOUT)
+    held = _held(labels, 5, HOLDOUT)
     per_class = [sum(labels[i] == c for i in held) for c in range(5)]
     # 20% of 50 and of 10; "a few" (2) once a class has 8; 1 of 4 by the share; none of 2 or 1
     assert per_class == [10, 2, 1, 0, 0]
     zeros = [i for i in held if labels[i] == 0]
     assert np.diff(zeros).tolist() == [5] * 9  # spread evenly, not the first ten
-    assert split(labels, 5, 0) == []
+    assert _held(labels, 5, 0) == []
     # every second sample of each class, in arrival order
-    assert split(bytearray([0, 1] * 20), 2, 0.5) == [i for i in range(40) if (i // 2) % 2 == 1]
+    assert _held(bytearray([0, 1] * 20), 2, 0.5) == [i for i in range(40) if (i // 2) % 2 == 1]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +53,7 @@ def _guarded(rotate, path, lr, epochs, patience=0):
         tuner.add_sample(x, label)
     before = tuner.evaluate(Xt, yt)[0]
     guard = Guard(tuner, patience=patience)
+    assert guard.arrange()
     events = []
     while len(events) < epochs and not guard.stopped:
         events.append(guard.epoch())
