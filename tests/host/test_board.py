@@ -122,3 +122,23 @@ def test_bench_over_serial_matches_the_reference(tmp_path, capsys):
     # the emulator's heap is the host's interpreter's, not a board's: no figure for it
     heap_rows = [line.split() for line in printed.splitlines() if line.startswith(("lora-all ", "skip2-lora "))][-2:]
     assert [row[-3] for row in heap_rows] == ["n/a", "n/a"]
+
+
+def test_run_at_a_diverging_rate_is_caught_by_the_boards_guard_and_the_json_says_how(tmp_path, capsys):
+    # lr 0.5 blows up from the first epoch: the board restores its best adapters at half the rate
+    # until one trains; every epoch's validation score, rate and restore are in the results JSON
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "run.json"
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--path", "int", "--limit", "100", "--epochs", "5", "--lr", "0.5",
+                  "--quiet", "--json", str(out), "--model", MODEL])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    log, guard = result["epoch_log"], result["guard"]
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4, 5] and log[0]["restored"] and log[0]["loss"] is not None
+    restored = [e for e in log if e["restored"]]
+    assert [e["lr"] for e in restored] == [0.5 / 2 ** k for k in range(len(restored))]
+    assert guard["restores"] == len(restored) and guard["trained"] and guard["val"] > guard["val_start"]
+    assert result["accuracy"] > result["accuracy_before"]
+    assert "guard: %d validation samples" % guard["val_samples"] in printed
+    assert "%d restores" % len(restored) in printed
