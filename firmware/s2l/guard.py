@@ -113,8 +113,9 @@ class Guard:
         validation samples' frozen layers into the skip-cache)."""
         self.val_start = self.val_best = self.validate()
 
-    def epoch(self):
-        """One guarded epoch; the fields its PROGRESS event adds: val, lr, restored, best."""
+    def epoch(self, last=False):
+        """One guarded epoch (`last`: the last one asked for, so not a stop worth reporting); the
+        fields its PROGRESS event adds: val, lr, restored, best."""
         t = self.tuner
         if not self.started:
             self.start()
@@ -128,7 +129,7 @@ class Guard:
             self.lr = self.lr / 2
             t.set_lr(self.lr)
             self.since_gain += 1
-            if self.restores > MAX_RESTORES:
+            if self.restores > MAX_RESTORES and not last:
                 self.stopped = "diverged"
             return {"val": self.val_best, "lr": lr, "restored": True, "best": self.best_epoch}
         self.lowest = min(self.lowest, loss)
@@ -141,7 +142,7 @@ class Guard:
             self._keep()
         else:
             self.since_gain += 1
-        if self.patience and self.since_gain >= self.patience:
+        if self.patience and self.since_gain >= self.patience and not last:
             self.stopped = "patience"
         return {"val": val, "lr": lr, "restored": False, "best": self.best_epoch}
 

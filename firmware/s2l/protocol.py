@@ -214,7 +214,7 @@ class Core:
             if guard is None:
                 fields = {"loss": self.tuner.train_epoch()}
             else:  # validation, best adapters, restores: guard.py
-                fields = guard.epoch()
+                fields = guard.epoch(self.epochs_left == 1)
                 fields["loss"] = self.tuner.losses[-1]
                 if guard.stopped:
                     self.epochs_left = 1

@@ -163,8 +163,10 @@ def _guard_line(guard):
            None: "ran every epoch"}[guard["stopped"]]
     kept = ("kept epoch %d's adapters" % guard["kept"] if guard["trained"] else
             "kept the starting adapters: no epoch reached their validation score")
-    return "guard: %d validation samples, %.1f%% at the start -> %.1f%%; %s; %d restores; %s" % (
-        guard["val_samples"], 100 * guard["val_start"], 100 * guard["val"], kept, guard["restores"], why)
+    from .pipeline import plural
+    return "guard: %d validation samples, %.1f%% at the start -> %.1f%%; %s; %s; %s" % (
+        guard["val_samples"], 100 * guard["val_start"], 100 * guard["val"], kept, plural(guard["restores"], "restore"),
+        why)
 
 
 def format_run(result):

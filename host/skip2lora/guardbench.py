@@ -42,7 +42,7 @@ def fine_tune(model_bytes, path, lr, epochs, finetune, test, holdout, patience, 
         guard = Guard(tuner, holdout, patience)
         guard.arrange()
         while len(events) < epochs and not guard.stopped:
-            events.append(guard.epoch())
+            events.append(guard.epoch(len(events) == epochs - 1))
             tick()
         summary = guard.finish()
     else:

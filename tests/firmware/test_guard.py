@@ -56,7 +56,7 @@ def _guarded(rotate, path, lr, epochs, patience=0):
     assert guard.arrange()
     events = []
     while len(events) < epochs and not guard.stopped:
-        events.append(guard.epoch())
+        events.append(guard.epoch(len(events) == epochs - 1))
     done = guard.finish()
     return tuner, events, done, before, tuner.evaluate(Xt, yt)[0]
 

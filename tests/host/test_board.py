@@ -141,4 +141,4 @@ def test_run_at_a_diverging_rate_is_caught_by_the_boards_guard_and_the_json_says
     assert guard["restores"] == len(restored) and guard["trained"] and guard["val"] > guard["val_start"]
     assert result["accuracy"] > result["accuracy_before"]
     assert "guard: %d validation samples" % guard["val_samples"] in printed
-    assert "%d restores" % len(restored) in printed
+    assert "%d restore" % len(restored) in printed
