@@ -9,7 +9,7 @@ from s2l import modelfile as fmt
 
 from . import reference
 from .fan import FAN_SCENARIOS, load_fan_scenario
-from .modelfile import quantization_report, quantize, read_model, write_model
+from .modelfile import fit_norm, normalise, quantization_report, quantize, read_model, write_model
 from .pretrain import DEFAULT_HIDDEN, pretrain
 from .progress import bar
 from .scenarios import DRIFTS, SPLIT_SEED, load_digits_scenario
@@ -21,11 +21,24 @@ SCENARIOS = sorted(DRIFTS) + sorted(FAN_SCENARIOS)
 
 @dataclass
 class Prepared:
-    scenario: object
+    scenario: object  # its data as the user's files hold it: raw readings, what a board is sent
     float_net: reference.Network
     quantized_net: reference.Network
     model_bytes: bytes
     report: dict
+    layers: list = None  # the QuantizedLayers of model_bytes
+    norm: tuple = None   # (mean, inv_std) in the model file, or None
+
+    def inputs(self, part):
+        """(X, y) of a scenario part ("finetune", "test", ...) as the network takes it: the raw
+        readings normalised with the model file's constants, as the board normalises them."""
+        X, y = getattr(self.scenario, part)
+        return normalise(X, self.norm), y
+
+    def with_lr(self, lr):
+        """This export with `lr` written into the model file as the board's default learning rate."""
+        model_bytes = write_model(self.layers, norm=self.norm, lr=lr)
+        return replace(self, model_bytes=model_bytes, report=dict(self.report, model_bytes=len(model_bytes), lr=lr))
 
 
 def accuracy(net, X, y):
@@ -50,19 +63,22 @@ def prepare(scenario, bits=None, seed=0, progress=True, data_path=None):
     if isinstance(scenario, str):
         scenario = load_scenario(scenario, data_path)
     bits = check_bits(bits)
-    net = pretrain(*scenario.pretrain, len(scenario.classes), seed=seed, progress=progress)
+    norm = fit_norm(scenario.pretrain[0]) if scenario.normalise else None
+    X, y = scenario.pretrain
+    net = pretrain(normalise(X, norm), y, len(scenario.classes), seed=seed, progress=progress)
     layers = [quantize(w, b, n) for w, b, n in zip(net.W, net.b, bits)]
-    model_bytes = write_model(layers)
+    model_bytes = write_model(layers, norm=norm)
     qnet = network_from_model(model_bytes)
-    report = {
+    prepared = Prepared(scenario, net, qnet, model_bytes, None, layers, norm)
+    prepared.report = {
         "dims": qnet.dims, "bits": bits, "model_bytes": len(model_bytes), "classes": scenario.classes,
-        "layers": quantization_report(list(zip(net.W, net.b)), layers),
-        "source_accuracy_float": accuracy(net, *scenario.source_test),
-        "source_accuracy_quantized": accuracy(qnet, *scenario.source_test),
+        "normalised": norm is not None, "layers": quantization_report(list(zip(net.W, net.b)), layers),
+        "source_accuracy_float": accuracy(net, *prepared.inputs("source_test")),
+        "source_accuracy_quantized": accuracy(qnet, *prepared.inputs("source_test")),
     }
     if scenario.test is not None:
-        report["drifted_accuracy_before"] = accuracy(qnet, *scenario.test)
-    return Prepared(scenario, net, qnet, model_bytes, report)
+        prepared.report["drifted_accuracy_before"] = accuracy(qnet, *prepared.inputs("test"))
+    return prepared
 
 
 N_LAYERS = len(DEFAULT_HIDDEN) + 1
@@ -132,7 +148,7 @@ def probe_lr(prepared, config, progress=True):
     cannot tell 0.02 from 0.05; they can tell a rate that diverges or collapses); then the best
     rate wins, a tie going to the lower held-out loss. The test set is not touched. Returns the
     pick and each rate's held-out accuracy and loss."""
-    X, y = prepared.scenario.finetune
+    X, y = prepared.inputs("finetune")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     cut = len(y) - max(1, int(round(LR_HOLDOUT * len(y))))
     train, held = (X[order[:cut]], y[order[:cut]]), (X[order[cut:]], y[order[cut:]])
@@ -168,7 +184,7 @@ def check_lr_probe(prepared, config, progress=True):
     with bar(len(LR_CHOICES) * config.epochs, "lr check (test set)", progress, "epochs") as b:
         for lr in LR_CHOICES:
             result, _ = reference.run(prepared.quantized_net, replace(config, method="skip2-lora", lr=lr),
-                                      prepared.scenario.finetune, prepared.scenario.test,
+                                      prepared.inputs("finetune"), prepared.inputs("test"),
                                       on_epoch=lambda *_: b.update())
             test[str(lr)] = result["accuracy"]
     probe["test_accuracy"] = test
@@ -195,7 +211,7 @@ def compare_methods(prepared, config, methods=reference.METHODS, progress=True, 
             for method in methods:
                 b.set_postfix(method=method)
                 result, _ = reference.run(prepared.quantized_net, replace(config, method=method),
-                                          prepared.scenario.finetune, prepared.scenario.test,
+                                          prepared.inputs("finetune"), prepared.inputs("test"),
                                           on_epoch=lambda *_: b.update(), curve=True)
                 results.append(dict(result, runtime="numpy"))
         return results
