@@ -14,7 +14,7 @@ from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
 from .pipeline import (FAN_DATA, RUNTIMES, SCENARIOS, bench_record, check_bits, check_board_budget, compare_methods,
-                       format_table, load_scenario, plural, prepare, probe_lr)
+                       describe_probe, format_table, load_scenario, plural, prepare, probe_lr)
 from .progress import bar
 from .scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
 
@@ -182,6 +182,7 @@ def _export(args, scenario, model_path):
     dims = [scenario.n_features, *DEFAULT_HIDDEN, len(scenario.classes)]
     print(check_board_budget(dims, bits, None if scenario.finetune is None else len(scenario.finetune[1])))
     prepared = prepare(scenario, bits, progress=not args.quiet)
+    print("classes: %s" % ", ".join(scenario.classes))
     probe = None
     if scenario.finetune is not None:
         probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
@@ -359,15 +360,18 @@ def cmd_probe_lr(args):
     scenario = _scenario(args)
     prepared = prepare(scenario, args.bits, progress=not args.quiet)
     result = check_lr_probe(prepared, reference.Config(), progress=not args.quiet)
-    print("%s: lr probe (Skip2-LoRA, numpy, %s, %d fine-tune samples, %d held out; test set %d samples)" % (
-        scenario.name, plural(result["epochs"], "epoch"), result["train_samples"], result["held_out_samples"],
-        len(scenario.test[1])))
-    print("  %-6s %10s %10s" % ("lr", "held-out", "test"))
+    seeds = ",".join(map(str, result["seeds"]))
+    print("%s: lr probe (%s, numpy; test set %d samples, not seen by the probe)" % (
+        scenario.name, describe_probe(result), len(scenario.test[1])))
+    print("  %-6s %10s %14s %16s %s" % ("lr", "held-out", "held-out loss", "test, mean", "test, seeds " + seeds))
     for lr, held in result["held_out_accuracy"].items():
-        print("  %-6s %9.1f%% %9.1f%%%s" % (lr, 100 * held, 100 * result["test_accuracy"][lr],
-                                          "  <- pick" if float(lr) == result["lr"] else ""))
-    print("  pick lr %g: %.1f points below the best rate on the test set" % (
-        result["lr"], result["pick_below_best_points"]))
+        print("  %-6s %9.1f%% %14.3f %15.1f%% %s%s" % (
+            lr, 100 * held, result["held_out_loss"][lr], 100 * result["test_accuracy"][lr],
+            " / ".join("%.1f%%" % (100 * a) for a in result["test_accuracy_per_seed"][lr]),
+            "  <- pick" if float(lr) == result["lr"] else ""))
+    print("  pick lr %g: %.1f points below the best rate on the test set (mean of seeds %s); %.1f with seed %d alone" % (
+        result["lr"], result["pick_below_best_points"], seeds, result["pick_below_best_points_first_seed"],
+        result["seeds"][0]))
     if args.json:
         _write(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
         print("results written to %s" % args.json)
