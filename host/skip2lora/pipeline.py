@@ -112,7 +112,7 @@ FIRMWARE_HEAP_BYTES = 96 * 1024
 def board_budget(dims, bits, rank=reference.Config.rank):
     """Bytes the board needs before samples, and how many fine-tune samples fit in RAM after it."""
     n_layers = len(dims) - 1
-    model = fmt.file_size(dims, bits, [fmt.PER_CHANNEL] * n_layers)
+    model = fmt.file_size(dims, bits, [fmt.PER_CHANNEL] * n_layers, norm=True, lr=True)  # as export writes a user's
     adapters = 2 * rank * (sum(dims[:-1]) + n_layers * dims[-1])
     fixed = model + adapters + FIRMWARE_HEAP_BYTES
     sample = sum(dims[:-1]) + 2 * dims[-1] + n_layers + 3

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skip2lora import cli, pipeline
+from skip2lora import cli
 from skip2lora.modelfile import read_model_file
 from skip2lora.pipeline import LR_CHOICES
 
@@ -184,7 +184,7 @@ def test_class_names_from_classes_and_separate_finetune_and_test_files(own, tmp_
     printed = capsys.readouterr().out
     assert "ft.csv: fine-tune 100 rows; %s: test 200 rows" % (tmp_path / "test.csv") in printed
     assert "classes: %s" % ", ".join(CLASSES) in printed
-    assert "cross-validation on 100 fine-tune samples" in printed
+    assert "2-fold cross-validation on 100 fine-tune samples x 1 seed" in printed  # tests/host/conftest.py
     _refused(["export", "--data", str(numbered), "--classes", "a,b", "--model", str(tmp_path / "x.s2lm")],
              "labels must be below 2", capsys)
 
