@@ -319,7 +319,8 @@ class Core:
                                             "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
                                                 free_heap(), len(self.model.buf)))
         self.config = args
-        reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
+        reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path,
+                 "lr": self.tuner.lr}  # CONFIG's, else the model file's default
         if planned is not None:
             try:
                 reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
