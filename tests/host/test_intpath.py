@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from s2l import modelfile as fmt
 from skip2lora import reference
+from skip2lora.modelfile import quantize, write_model
 from skip2lora.onboard import run_methods
 from skip2lora.pipeline import FAN_DATA, prepare
 
@@ -25,3 +27,15 @@ def test_integer_path_is_within_a_point_of_the_float_path(scenario):
     assert abs(it["accuracy"] - fl["accuracy"]) <= 0.01
     assert it["accuracy"] - prepared.report["drifted_accuracy_before"] >= 0.10
     assert it["macs"] == fl["macs"] and it["cache_hits"] == fl["cache_hits"]
+
+
+def test_integer_path_on_scales_per_group_is_within_a_point_and_a_half_of_the_float_path():
+    # the rotate network requantized at 4 bits with a scale per group of 32 inputs, 3 bits per
+    # group of 16, and 8 bits per tensor (measured: 94.8% on both paths; 2/g32 4/tensor 3/g16
+    # gave 92.0% integer vs 93.2% float)
+    prepared = prepare("rotate", progress=False)
+    s, config, net = prepared.scenario, reference.Config(), prepared.float_net
+    model = write_model([quantize(w, b, n, g) for w, b, n, g in zip(net.W, net.b, (4, 3, 8), (32, 16, fmt.PER_TENSOR))])
+    [fl] = run_methods(model, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="float")
+    [it] = run_methods(model, config, s.finetune, s.test, ["skip2-lora"], "cpython", path="int")
+    assert abs(it["accuracy"] - fl["accuracy"]) <= 0.015
