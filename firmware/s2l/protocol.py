@@ -288,22 +288,32 @@ class Core:
         # "samples": how many fine-tune samples will follow, so that the board allocates for them
         # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
-        self._drop_tuner()  # free the old tuner's memory before the new one takes its own
+        # the new tuner is built beside the old one, so that a refusal (a range the integer path
+        # cannot hold, ...) leaves the old tuner and its samples serving; the old one is freed only
+        # when there is no room for both, and before a plan, which divides the memory it holds
+        kept = self.tuner is not None
         try:
-            self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+            tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+        except TunerError as e:
+            raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if kept else ""))
         except MemoryError:
             self._drop_tuner()
-            raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
-                                            "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
-                                                free_heap(), len(self.model.buf)))
-        self.config = args
-        reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path}
+            try:
+                tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+            except MemoryError:
+                raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
+                                                "this board cannot fine-tune this model (a smaller model, or more "
+                                                "RAM)%s" % (free_heap(), len(self.model.buf),
+                                                            "; the previous tuner was freed to try" if kept else ""))
+        self._drop_tuner()
+        reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path}
         if planned is not None:
             try:
-                reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
-            except TunerError:
-                self._drop_tuner()
-                raise
+                reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
+            except TunerError as e:
+                tuner.cache and tuner.cache.close()
+                raise TunerError("%s%s" % (e, " (the previous tuner was freed to plan)" if kept else ""))
+        self.tuner, self.config = tuner, args
         reply["free_heap"] = free_heap()
         return reply
 
