@@ -289,9 +289,11 @@ class IntSkip2Tuner:
             self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
         self.kernel_calls += len(self.layers)
 
-    def train_epoch(self):
+    def train_epoch(self, tick=None):
         """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss.
-        The first visit of a sample runs the frozen layers into its row; later ones only step."""
+        The first visit of a sample runs the frozen layers into its row; later ones only step.
+        tick(done, of), if given, is called after each frozen forward (the slow part of an epoch;
+        a cached step stays free of it)."""
         n = len(self.rows)
         if not n:
             raise TunerError("no fine-tune samples stored")
@@ -304,6 +306,7 @@ class IntSkip2Tuner:
         total = 0.0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
         us = self.us
+        fresh = 0  # samples whose frozen forward ran in this epoch
         for index in order:
             t0 = clock.ticks_us()
             at = self.rows.row(index)
@@ -315,6 +318,9 @@ class IntSkip2Tuner:
                 self._frozen_forward(buf, at, self.exps, eo)
                 self.rows.stored(index)
                 self.cached[index] = 1
+                fresh += 1
+                if tick:
+                    tick(fresh, n)
                 t0 = t1
                 t1 = clock.ticks_us()
                 us["frozen_forward"] += clock.ticks_diff(t1, t0)

@@ -22,6 +22,9 @@ ADAPTER_FILE = "adapter.s2la"
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 FLOAT32_MAX = 3.4028234e38
+# during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
+# apart, so that the host hears the board is alive well within its 2 s heartbeat
+WORKING_EVERY_US = 1000000
 
 
 class ProtocolError(Exception):
@@ -111,6 +114,7 @@ class Core:
         self.epochs_left = 0
         self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
         self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
+        self.working_every_us = WORKING_EVERY_US
         self.event_number = 0
         # (seq, type, payload, reply type, reply payload) of the last request: a retry gets the
         # reply again, and REPLY hands it out in parts (a long reply on a noisy link)
@@ -198,14 +202,29 @@ class Core:
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
                                       "epoch": len(self.tuner.losses) if self.tuner else 0})
 
-    def work(self):
+    def _working(self, emit, t0):
+        """tick(done, of) for the tuner's epoch: emit(a WORKING frame) when working_every_us have
+        passed since the epoch began or the last one went out."""
+        last = [t0]
+        epoch = len(self.tuner.losses) + 1
+
+        def tick(done, of):
+            now = clock.ticks_us()
+            if clock.ticks_diff(now, last[0]) >= self.working_every_us:
+                last[0] = now
+                emit(F.encode(F.WORKING, 0, json.dumps({"epoch": epoch, "done": done, "of": of}).encode()))
+        return tick
+
+    def work(self, emit=None):
         """One epoch of pending training; its PROGRESS event (and DONE after the last), or b"".
-        Never raises: a failure ends training with a FAILED event."""
+        emit(bytes), if given, takes WORKING frames during the epoch (the one place the core sends
+        before it returns: an epoch may outlast the host's patience). Never raises: a failure ends
+        training with a FAILED event."""
         if not self.busy:
             return b""
         try:
             t0 = clock.ticks_us()
-            loss = self.tuner.train_epoch()
+            loss = self.tuner.train_epoch(self._working(emit, t0) if emit else None)
             ms = clock.ticks_diff(clock.ticks_us(), t0) // 1000
             self.epochs_left -= 1
             epoch = len(self.tuner.losses)

@@ -349,8 +349,9 @@ class Tuner:
                 K.sub_scaled(self.bias[i], self.gbias[i], self.lr)
         self.us["update"] += clock.ticks_diff(clock.ticks_us(), t0)
 
-    def train_epoch(self):
-        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss."""
+    def train_epoch(self, tick=None):
+        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss.
+        tick(done, of), if given, is called after each mini-batch."""
         if not self.labels:
             raise TunerError("no fine-tune samples stored")
         if self.cache is not None:
@@ -369,6 +370,8 @@ class Tuner:
             for index in idx:
                 total += step(index, scale)
             self._update()
+            if tick:
+                tick(start + len(idx), len(order))
         # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
         # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
