@@ -265,3 +265,43 @@ def test_a_tuner_with_no_room_beside_the_old_one_frees_it_and_says_so(monkeypatc
         if fails == 2:
             assert body[2:].decode().endswith("; the previous tuner was freed to try")
         monkeypatch.undo()
+
+
+WORKING_SCRIPT = """
+import json
+from s2l import frames as F
+from s2l.protocol import Core
+core = Core(".")
+core.working_every_us = 0  # a WORKING frame at every chance
+decoder = F.Decoder()
+for line in open("requests.txt"):
+    core.feed(bytes.fromhex(line.strip()))
+epochs = []
+while core.busy:
+    sent = []
+    reply = core.work(sent.append)
+    working = [e for data in sent for e in decoder.feed(data)]
+    epochs.append([[e[1], e[2], json.loads(e[3])] for e in working] + [[e[1] for e in decoder.feed(reply)]])
+print(json.dumps(epochs))
+"""
+
+
+@pytest.mark.parametrize("path,batch", [("int", 1), ("float", 4)])
+def test_the_board_sends_working_frames_during_an_epoch(runtime, problem, path, batch):
+    # the integer path after each frozen forward (the first epoch only: a cached step pays nothing),
+    # the float path after each mini-batch; each before the epoch's PROGRESS
+    from skip2lora.mpyrun import run_firmware_script
+    model, _, (X, y), _ = problem
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path=path, **dict(CONFIG, batch=batch))
+    s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
+    epochs = json.loads(run_firmware_script(WORKING_SCRIPT, runtime, files={"requests.txt": "\n".join(s.lines).encode()}))
+    assert len(epochs) == CONFIG["epochs"]
+    for k, epoch in enumerate(epochs):
+        working, after = epoch[:-1], epoch[-1]
+        assert after[0] == F.PROGRESS and all(w[:2] == [F.WORKING, 0] for w in working)
+        done = [w[2]["done"] for w in working]
+        if path == "int":
+            assert done == (list(range(1, 11)) if k == 0 else [])
+        else:
+            assert done == [4, 8, 10]
+        assert all(w[2]["epoch"] == k + 1 and w[2]["of"] == 10 for w in working)
