@@ -164,6 +164,17 @@ def test_the_cases_reach_the_edges(results):
     assert any(c["train"] and r[0] > 0 and r[1] == c["w"] for c, r in steps)  # the tiny lr
     ingests = [r for c, r in zip(cases, out["cpython"][1]) if c["kind"] == "ingest8"]
     assert {r[0] for r in ingests} >= {0, 1, 16, 17}
+    # a frozen row's sum reaches 99% of 2^29, the bound of its products' part (the bias adds at most
+    # as much: 2^30 in all), with a scale per channel and per group
+    tops = {}
+    for c in cases:
+        if c["kind"] == "frozen_layer":
+            acc = array("i", [0] * len(c["mult"]))
+            portable.frozen_layer(bytes.fromhex(c["packed"]), array("i", c["lp"]), array("i", c["mult"]),
+                                  array("i", c["bias"]), bytearray.fromhex(c["rb"]), c["ro"], c["e"], acc)
+            grouped = c["lp"][10] < c["lp"][3]
+            tops[grouped] = max(tops.get(grouped, 0), max(abs(v) for v in acc[:c["lp"][2]]))
+    assert tops[False] > 0.99 * 2 ** 29 and tops[True] > 0.99 * 2 ** 29, tops
 
 
 def test_ingest8_scales_an_int8_sample_into_the_int8_range():
