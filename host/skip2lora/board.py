@@ -65,7 +65,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
     """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
-    done, total, info) reports streaming ("upload", "finetune", "test") and training ("train").
+    done, total, info) reports streaming ("upload", "finetune", "test") and training ("first epoch":
+    its samples as the board reports them, then "train": epochs).
     limit: stream the first `limit` fine-tune samples, or fail before streaming if the board cannot
     hold them; None: as many as the board's memory plan holds (all, where they fit). The test set
     is scored by the board as it arrives, once before training and once after: it is never stored."""
@@ -99,7 +100,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             losses.append(p["loss"])
             epoch_ms.append(p["ms"])
             report("train", p["epoch"], p["epoch"] + p["left"], p)
-        board.train(on_progress=on_progress)
+        board.train(on_progress=on_progress,  # the first epoch runs the frozen layers: its samples
+                    on_working=lambda w: w["epoch"] == 1 and report("first epoch", w["done"], w["of"], None))
         train_seconds = time.monotonic() - t0
         stats = board.stats()
         after = score("test (after)")

@@ -382,19 +382,22 @@ class Client:
                     continue  # the board holds more than one STATUS carries
             return out, status
 
-    def train(self, epochs=None, on_progress=None, heartbeat=2.0):
+    def train(self, epochs=None, on_progress=None, heartbeat=2.0, on_working=None):
         """Train; blocks until DONE, calling on_progress(progress dict) each epoch. A FAILED event
         (divergence, out of memory) raises BoardError. When no event (nor WORKING frame: the board
         in a long epoch, at least once a second) came for `heartbeat` s (or twice the longest epoch
         so far) the board is asked for its state: a lost event is fetched, a dead board is noticed
-        in seconds."""
+        in seconds. on_working(fields) sees each WORKING frame (the samples of a long epoch done)."""
         started = self.request(F.TRAIN, json.dumps({"epochs": epochs} if epochs else {}).encode())
         self.last_event = started["event"]
         longest, quiet_since = 0.0, time.monotonic()
         while True:
             self._read()
             got = self._next_events()
-            quiet_since = max(quiet_since, self.working_at)
+            if self.working_at > quiet_since:
+                quiet_since = self.working_at
+                if on_working:
+                    on_working(self.working)
             quiet = max(heartbeat, 2 * longest)
             if not got and time.monotonic() - quiet_since > quiet:
                 # the heartbeat, with quick retries: a dead board is noticed in seconds
