@@ -8,6 +8,7 @@ MAX_EPOCHS = 10000
 MAX_BATCH = 1024
 MAX_SAMPLES = 65535
 LR_RANGE = (1e-6, 10.0)
+MAX_HOLDOUT = 0.5
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,14 @@ def _lr(args, name):
         raise ConfigError(F.E_TUNER, "lr must be in %g..%g, got %r" % (LR_RANGE[0], LR_RANGE[1], v))
 
 
+def _holdout(args, name):
+    v = args[name]
+    if type(v) not in (int, float):
+        raise ConfigError(F.E_PAYLOAD, "holdout must be a number")
+    if not 0 <= v <= MAX_HOLDOUT:
+        raise ConfigError(F.E_TUNER, "holdout must be in 0..%g (0: no validation guard), got %r" % (MAX_HOLDOUT, v))
+
+
 def _bool(args, name):
     if type(args[name]) is not bool:
         raise ConfigError(F.E_PAYLOAD, "%s must be true or false" % name)
@@ -61,6 +70,8 @@ FIELDS = {
     "path": _path,
     "samples": lambda a, n: _int(a, n, 1, MAX_SAMPLES),  # fine-tune samples to plan memory for
     "fit": _bool,  # with samples: as many of them as fit
+    "holdout": _holdout,  # the share of each class's samples the guard validates on
+    "patience": lambda a, n: _int(a, n, 0, MAX_EPOCHS),  # epochs without gain before it stops
 }
 
 

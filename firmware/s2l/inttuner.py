@@ -21,12 +21,13 @@ from s2l import clock
 from s2l import ikernels as I
 from s2l.introws import Rows
 from s2l.rng import XorShift32
-from s2l.tuning import SPILL_PATH, TunerError, check_label, evaluate
+from s2l.tuning import SPILL_PATH, TunerError, check_label, epoch_order, evaluate
 
 RESERVE = 24 * 1024  # heap a plan leaves free for serving: frames, replies, the spill file, JSON
 # |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
 # differences of logits (and their rounding) stay inside int32
 MAX_LAYERS_X_RANK = 16
+INF = float("inf")
 
 
 def _zeros(typecode, n):
@@ -129,10 +130,8 @@ class IntSkip2Tuner:
             self.fa.append(fa)
             meta += [dims[i], self.x_at[i], at, at + dims[i] * rank, fa]
             at += dims[i] * rank + rank * nc
-        # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
-        meta[5] = _exponent([lr], 16383.0)
-        meta[4] = int(math.floor(lr * 2 ** meta[5] + 0.5))
         self.meta = array("i", meta)
+        self.set_lr(lr)
         self.scratch = _zeros("i", I.scratch_size(n, rank, nc))
         self.probe = bytearray(self.rows.stride)  # a sample being predicted
         self.probe_exps = array("b", [0] * self.n_exps)
@@ -289,48 +288,29 @@ class IntSkip2Tuner:
             self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
         self.kernel_calls += len(self.layers)
 
-    def train_epoch(self, tick=None):
-        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss.
-        The first visit of a sample runs the frozen layers into its row; later ones only step.
-        tick(done, of), if given, is called after each frozen forward (the slow part of an epoch;
-        a cached step stays free of it)."""
-        n = len(self.rows)
-        if not n:
-            raise TunerError("no fine-tune samples stored")
-        order = self.order  # allocated with the samples, not per epoch: a 1.4 KB block may not exist later
-        if len(order) != n:
-            order = self.order = _zeros("H", n)
-        for i in range(n):
-            order[i] = i
-        self.rng.shuffle(order)
+    def train_epoch(self, count=None, tick=None):
+        """One epoch over the stored samples (or the first `count` of the order the guard
+        arranged) in a shuffled order; returns the mean loss, infinite when the logits left the
+        integer range. The first visit of a sample runs the frozen layers into its row; later ones
+        only step. tick(done, of), if given, is called after each frozen forward (the slow part of
+        an epoch; a cached step stays free of it)."""
+        order, n = epoch_order(self, count)
         total = 0.0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
         us = self.us
-        fresh = 0  # samples whose frozen forward ran in this epoch
-        for index in order:
-            t0 = clock.ticks_us()
-            at = self.rows.row(index)
-            buf = self.rows.buf
-            eo = index * self.n_exps
+        for k in range(n):
+            index = order[k]
+            fresh = not self.cached[index]
+            at = self._cached_row(index)
+            if fresh and tick:
+                tick(k + 1, n)
             t1 = clock.ticks_us()
-            us["cache"] += clock.ticks_diff(t1, t0)
-            if not self.cached[index]:
-                self._frozen_forward(buf, at, self.exps, eo)
-                self.rows.stored(index)
-                self.cached[index] = 1
-                fresh += 1
-                if tick:
-                    tick(fresh, n)
-                t0 = t1
-                t1 = clock.ticks_us()
-                us["frozen_forward"] += clock.ticks_diff(t1, t0)
-            else:
-                self.hits += 1
             label = self.labels[index]
-            s = I.step(buf, at, self.exps, eo, self.w, self.meta, self.scratch, label, 1)
+            s = I.step(self.rows.buf, at, self.exps, index * self.n_exps, self.w, self.meta, self.scratch, label, 1)
             us["step"] += clock.ticks_diff(clock.ticks_us(), t1)
-            if s < 0:
-                raise TunerError("logits out of the integer path's range")
+            if s < 0:  # the logits left the range the softmax takes: this rate diverges
+                total = INF
+                break
             # the cross-entropy, -log(p[label] / sum p); a label whose p rounds to 0 counts as 1/32767
             total += math.log(s / max(self.scratch[p_at + label], 1))
         self.kernel_calls += n
@@ -340,6 +320,34 @@ class IntSkip2Tuner:
         loss = total / n
         self.losses.append(loss)
         return loss
+
+    def _cached_row(self, index):
+        """The offset of sample `index`'s row in rows.buf, its frozen layers run into it on the
+        first visit (a skip-cache miss), read back from the cache on later ones."""
+        t0 = clock.ticks_us()
+        at = self.rows.row(index)
+        t1 = clock.ticks_us()
+        self.us["cache"] += clock.ticks_diff(t1, t0)
+        if self.cached[index]:
+            self.hits += 1
+            return at
+        self._frozen_forward(self.rows.buf, at, self.exps, index * self.n_exps)
+        self.rows.stored(index)
+        self.cached[index] = 1
+        self.us["frozen_forward"] += clock.ticks_diff(clock.ticks_us(), t1)
+        return at
+
+    def predict_stored(self, index):
+        """The prediction for stored sample `index` (a validation sample), from the skip-cache."""
+        at = self._cached_row(index)
+        self.kernel_calls += 1
+        return I.step(self.rows.buf, at, self.exps, index * self.n_exps, self.w, self.meta, self.scratch, 0, 0)
+
+    def set_lr(self, lr):
+        # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
+        self.lr = lr
+        self.meta[5] = _exponent([lr], 16383.0)
+        self.meta[4] = int(math.floor(lr * 2 ** self.meta[5] + 0.5))
 
     def train(self, on_epoch=None):
         for epoch in range(self.epochs):

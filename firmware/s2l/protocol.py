@@ -109,6 +109,8 @@ class Core:
         self.model = None
         self.tuner = None
         self.config = None
+        self.guard = None  # the tuner's epoch guard (guard.py), unless CONFIG's holdout is 0
+        self.guarded = False  # whether the training in progress is guarded
         self.upload = None  # (buffer, expected CRC) during a model upload
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
         self.epochs_left = 0
@@ -202,9 +204,9 @@ class Core:
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
                                       "epoch": len(self.tuner.losses) if self.tuner else 0})
 
-    def _working(self, emit, t0):
-        """tick(done, of) for the tuner's epoch: emit(a WORKING frame) when working_every_us have
-        passed since the epoch began or the last one went out."""
+    def _working(self, emit, t0, phase):
+        """tick(done, of) for an epoch (phase "train") or the guard's first scoring ("validate"):
+        emit(a WORKING frame) when working_every_us have passed since t0 or the last one went out."""
         last = [t0]
         epoch = len(self.tuner.losses) + 1
 
@@ -212,7 +214,8 @@ class Core:
             now = clock.ticks_us()
             if clock.ticks_diff(now, last[0]) >= self.working_every_us:
                 last[0] = now
-                emit(F.encode(F.WORKING, 0, json.dumps({"epoch": epoch, "done": done, "of": of}).encode()))
+                emit(F.encode(F.WORKING, 0, json.dumps({"epoch": epoch, "phase": phase, "done": done,
+                                                        "of": of}).encode()))
         return tick
 
     def work(self, emit=None):
@@ -223,21 +226,37 @@ class Core:
         if not self.busy:
             return b""
         try:
+            guard = self.guard if self.guarded else None
+            if guard is not None and not guard.started:  # a call of its own: the board answers between
+                guard.start(self._working(emit, clock.ticks_us(), "validate") if emit else None)
+                return b""
             t0 = clock.ticks_us()
-            loss = self.tuner.train_epoch(self._working(emit, t0) if emit else None)
-            ms = clock.ticks_diff(clock.ticks_us(), t0) // 1000
+            tick = self._working(emit, t0, "train") if emit else None
+            if guard is None:
+                fields = {"loss": self.tuner.train_epoch(None, tick)}
+            else:  # validation, best adapters, restores: guard.py
+                fields = guard.epoch(self.epochs_left == 1, tick)
+                fields["loss"] = self.tuner.losses[-1]
+                if guard.stopped:
+                    self.epochs_left = 1
+            fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
             self.epochs_left -= 1
-            epoch = len(self.tuner.losses)
-            finite = _finite(loss)
-            if not finite:  # JSON has no NaN: the host gets null, and training stops
-                loss = None
-                self.epochs_left = 0
-            out = self._event(F.PROGRESS, {"epoch": epoch, "loss": loss, "ms": ms, "left": self.epochs_left})
-            if not finite:
+            epoch = fields["epoch"] = len(self.tuner.losses)
+            finite = _finite(fields["loss"])
+            if not finite:  # JSON has no NaN: the host gets null
+                fields["loss"] = None
+                if guard is None:  # unguarded, training stops
+                    self.epochs_left = 0
+            fields["left"] = self.epochs_left
+            out = self._event(F.PROGRESS, fields)
+            if not (finite or guard):
                 return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
                                                         "lower the learning rate" % epoch)
             if not self.busy:
-                out += self._event(F.DONE, {"epochs": epoch, "loss": loss})
+                done = {"epochs": epoch, "loss": fields["loss"]}
+                if guard is not None:
+                    done.update(guard.finish())
+                out += self._event(F.DONE, done)
             return out
         except Exception as e:
             try:
@@ -307,18 +326,20 @@ class Core:
         # "samples": how many fine-tune samples will follow, so that the board allocates for them
         # up front; with "fit": true, as many of them as it can hold (the reply's plan says how many)
         planned, fit = args.pop("samples", None), args.pop("fit", False)
-        # the new tuner is built beside the old one, so that a refusal (a range the integer path
-        # cannot hold, ...) leaves the old tuner and its samples serving; the old one is freed only
-        # when there is no room for both, and before a plan, which divides the memory it holds
+        # the epoch guard's settings (guard.py); a holdout of 0 trains on every sample, unguarded
+        holdout, patience = args.pop("holdout", None), args.pop("patience", None)
+        # the new tuner (and its guard) is built beside the old one, so that a refusal (a range the
+        # integer path cannot hold, ...) leaves the old tuner and its samples serving; the old one is
+        # freed only when there is no room for both, and before a plan, which divides the memory it holds
         kept = self.tuner is not None
         try:
-            tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+            tuner, guard = self._new_tuner(args, holdout, patience)
         except TunerError as e:
             raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if kept else ""))
         except MemoryError:
             self._drop_tuner()
             try:
-                tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+                tuner, guard = self._new_tuner(args, holdout, patience)
             except MemoryError:
                 raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
                                                 "this board cannot fine-tune this model (a smaller model, or more "
@@ -332,14 +353,23 @@ class Core:
             except TunerError as e:
                 tuner.cache and tuner.cache.close()
                 raise TunerError("%s%s" % (e, " (the previous tuner was freed to plan)" if kept else ""))
-        self.tuner, self.config = tuner, args
+        self.tuner, self.guard, self.config = tuner, guard, args
         reply["free_heap"] = free_heap()
         return reply
+
+    def _new_tuner(self, args, holdout, patience):
+        """(tuner, its epoch guard or None) for CONFIG's settings."""
+        tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+        guard = None
+        if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
+            from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
+            guard = Guard(tuner, holdout, patience)
+        return tuner, guard
 
     def _drop_tuner(self):
         if self.tuner is not None:
             self.tuner.cache and self.tuner.cache.close()
-        self.tuner, self.config = None, None
+        self.tuner, self.config, self.guard = None, None, None
         self._drop_samples()
         gc.collect()
 
@@ -395,9 +425,12 @@ class Core:
         args = _json(payload)
         configcheck.check_train(args)
         epochs = args.get("epochs", self.tuner.epochs)
+        # unguarded when there is no guard, or too few samples to hold any out
+        self.guarded = self.guard is not None and self.guard.arrange()
         self.epochs_left = epochs
         self._drop_samples()  # test samples scored from here on are scored after training
-        return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number}
+        return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number,
+                "validation_samples": self.guard.n_val if self.guarded else 0}
 
     def evaluate(self, payload):
         """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion

@@ -22,8 +22,8 @@ class XorShift32:
     def below(self, n):
         return self.next_u32() % n
 
-    def shuffle(self, items):
-        # Fisher-Yates, in place
-        for i in range(len(items) - 1, 0, -1):
+    def shuffle(self, items, n=None):
+        # Fisher-Yates, in place, of items[:n] (all of them by default)
+        for i in range((len(items) if n is None else n) - 1, 0, -1):
             j = self.below(i + 1)
             items[i], items[j] = items[j], items[i]

@@ -3,13 +3,14 @@
 # per-sample forward, gradients summed over a mini-batch, then one SGD update.
 import math
 import struct
+from array import array
 
 from s2l import clock
 from s2l import kernels as K
 from s2l.rng import XorShift32
 from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
-from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_label, evaluate
+from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_label, epoch_order, evaluate
 
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
 # On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and
@@ -39,6 +40,14 @@ def _relu(v):
     for k in range(len(v)):
         if v[k] < 0.0:
             v[k] = 0.0
+
+
+def _argmax(z):
+    best = 0
+    for c in range(1, len(z)):
+        if z[c] > z[best]:
+            best = c
+    return best
 
 
 def _softmax_grad(z, label, scale, g):
@@ -109,6 +118,7 @@ class Tuner:
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
         self.losses = []
+        self.order = array("H")  # an epoch's sample order
         self.kernels = K.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
 
@@ -224,6 +234,14 @@ class Tuner:
         K.mtv(ad.b, ad.rank, ad.n_out, ad.h, out)
         self.macs["adapter_forward"] += ad.n_in * ad.rank + ad.rank * ad.n_out
 
+    def _reserve_cache(self):
+        if self.cache is not None:
+            try:
+                self.cache.reserve(len(self.labels))
+            except MemoryError as e:
+                raise TunerError("the skip-cache for %d samples does not fit (%s); use cache mode "
+                                 "compact, or a cache budget with a spill file" % (len(self.labels), e))
+
     def _skip_frozen(self, index):
         """Layer inputs and frozen logits of sample `index`, from the skip-cache when it has them."""
         x0 = self.sample(index)
@@ -253,7 +271,8 @@ class Tuner:
         return z
 
     # -- training --------------------------------------------------------------------------------
-    def _step_skip(self, index, scale):
+    def _skip_logits(self, index):
+        """Layer inputs and logits of stored sample `index`: the frozen part from the skip-cache."""
         inputs, z0 = self._skip_frozen(index)
         t0 = clock.ticks_us()
         z = K.zeros(self.n_classes)
@@ -261,8 +280,12 @@ class Tuner:
             z[c] = z0[c]
         for i, ad in enumerate(self.adapters):
             self._adapter_out(ad, inputs[i], z)
+        self.us["adapter_forward"] += clock.ticks_diff(clock.ticks_us(), t0)
+        return inputs, z
+
+    def _step_skip(self, index, scale):
+        inputs, z = self._skip_logits(index)
         t1 = clock.ticks_us()
-        self.us["adapter_forward"] += clock.ticks_diff(t1, t0)
         loss = _softmax_grad(z, self.labels[index], scale, self.g)
         for i, ad in enumerate(self.adapters):
             self._adapter_backward(ad, inputs[i], self.g)
@@ -349,35 +372,31 @@ class Tuner:
                 K.sub_scaled(self.bias[i], self.gbias[i], self.lr)
         self.us["update"] += clock.ticks_diff(clock.ticks_us(), t0)
 
-    def train_epoch(self, tick=None):
-        """One epoch over the stored samples in this epoch's shuffled order; returns the mean loss.
-        tick(done, of), if given, is called after each mini-batch."""
-        if not self.labels:
-            raise TunerError("no fine-tune samples stored")
-        if self.cache is not None:
-            try:
-                self.cache.reserve(len(self.labels))
-            except MemoryError as e:
-                raise TunerError("the skip-cache for %d samples does not fit (%s); use cache mode "
-                                 "compact, or a cache budget with a spill file" % (len(self.labels), e))
+    def train_epoch(self, count=None, tick=None):
+        """One epoch over the stored samples (or the first `count` of the order the guard
+        arranged) in a shuffled order; returns the mean loss. tick(done, of), if given, is called
+        after each mini-batch."""
+        order, count = epoch_order(self, count)
+        self._reserve_cache()
         step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
-        order = list(range(len(self.labels)))
-        self.rng.shuffle(order)
         total = 0.0
-        for start in range(0, len(order), self.batch):
-            idx = order[start:start + self.batch]
+        for start in range(0, count, self.batch):
+            idx = order[start:min(count, start + self.batch)]
             scale = -self.lr if self.fused else 1.0 / len(idx)
             for index in idx:
                 total += step(index, scale)
             self._update()
             if tick:
-                tick(start + len(idx), len(order))
+                tick(start + len(idx), count)
         # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
         # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
-        loss = total / len(order)
+        loss = total / count
         self.losses.append(loss)
         return loss
+
+    def set_lr(self, lr):
+        self.lr = lr
 
     def train(self, on_epoch=None):
         for epoch in range(self.epochs):
@@ -387,12 +406,15 @@ class Tuner:
         return self.losses
 
     def predict(self, x):
-        z = self.logits(x)
-        best = 0
-        for c in range(1, len(z)):
-            if z[c] > z[best]:
-                best = c
-        return best
+        return _argmax(self.logits(x))
+
+    def predict_stored(self, index):
+        """The prediction for stored sample `index` (a validation sample); Skip2-LoRA's from the
+        skip-cache."""
+        if self.family != "skip2":
+            return self.predict(self.sample(index))
+        self._reserve_cache()
+        return _argmax(self._skip_logits(index)[1])
 
     def evaluate(self, samples, labels):
         return evaluate(self, samples, labels)

@@ -2,6 +2,7 @@
 # only the tuner its job needs (the integer path must not pay the heap for the seven float methods,
 # nor the float path for the integer kernels).
 import sys
+from array import array
 
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 PATHS = ("float", "int")
@@ -33,6 +34,29 @@ def evaluate(tuner, samples, labels):
         correct += p == label
     tuner.macs = counted
     return correct / max(1, len(labels)), confusion
+
+
+def epoch_order(tuner, count):
+    """The tuner's sample order for an epoch, shuffled: all stored samples (count None), or the
+    first `count` entries as the caller (the guard) arranged them. One array, allocated once."""
+    n = tuner.n_samples
+    if not n:
+        raise TunerError("no fine-tune samples stored")
+    order = sample_order(tuner)
+    if count is None:
+        for i in range(n):
+            order[i] = i
+        count = n
+    tuner.rng.shuffle(order, count)
+    return order, count
+
+
+def sample_order(tuner):
+    """The tuner's order array, one entry per stored sample (allocated with the samples where the
+    tuner planned for them: a block of this size may not exist later)."""
+    if len(tuner.order) != tuner.n_samples:
+        tuner.order = array("H", bytes(2 * tuner.n_samples))
+    return tuner.order
 
 
 def new_tuner(model, method="skip2-lora", path=None, **config):

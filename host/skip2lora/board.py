@@ -94,14 +94,16 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             return board.evaluate()
         before = score("test (before)")
         t0 = time.monotonic()
-        losses, epoch_ms = [], []
+        losses, epoch_ms, epochs_log = [], [], []
 
         def on_progress(p):
             losses.append(p["loss"])
             epoch_ms.append(p["ms"])
+            epochs_log.append(p)
             report("train", p["epoch"], p["epoch"] + p["left"], p)
-        board.train(on_progress=on_progress,  # the first epoch runs the frozen layers: its samples
-                    on_working=lambda w: w["epoch"] == 1 and report("first epoch", w["done"], w["of"], None))
+        done = board.train(on_progress=on_progress,  # the first epoch runs the frozen layers: its samples
+                           on_working=lambda w: w["epoch"] == 1 and w["phase"] == "train" and report(
+                               "first epoch", w["done"], w["of"], None))
         train_seconds = time.monotonic() - t0
         stats = board.stats()
         after = score("test (after)")
@@ -116,6 +118,9 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         "confusion": after["confusion"], "test_samples": after["samples"],
         "finetune_seconds_wall": train_seconds, "phase_seconds": phases,
         "macs": stats["macs"], "losses": losses, "epochs": stats["epochs"], "epoch_ms": epoch_ms,
+        # per epoch as PROGRESS said it (with the guard: validation score, lr, restored, best epoch),
+        # and what the guard kept (None when unguarded)
+        "epoch_log": epochs_log, "guard": _guard_summary(done),
         "speed": {  # per sample, as the board timed it
             "frozen_forward_ms": 1000 * phases["frozen_forward"] / len(y),
             "cached_step_ms": sum(epoch_ms[1:]) / (len(epoch_ms) - 1) / len(y) if len(epoch_ms) > 1 else None,
@@ -133,6 +138,12 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
     }
 
 
+def _guard_summary(done):
+    if "kept" not in done:
+        return None
+    return {k: done[k] for k in ("kept", "trained", "val_start", "val", "val_samples", "restores", "stopped")}
+
+
 def _heap(hello):
     if hello.get("free_heap") is None:
         return "free heap not reported"
@@ -146,6 +157,19 @@ def _plan(plan):
         return "%d fine-tune samples" % plan["samples"]
     return "%d fine-tune samples planned, %d rows in RAM, %d on flash, %d bytes each" % (
         plan["samples"], plan["ram_rows"], plan["spilled_rows"], plan["row_bytes"])
+
+
+def _guard_line(guard):
+    if guard is None:
+        return "guard: off (every fine-tune sample trained, the last epoch's adapters kept)"
+    why = {"patience": "stopped early: validation stopped improving", "diverged": "stopped: the loss kept jumping",
+           None: "ran every epoch"}[guard["stopped"]]
+    kept = ("kept epoch %d's adapters" % guard["kept"] if guard["trained"] else
+            "kept the starting adapters: no epoch reached their validation score")
+    from .pipeline import plural
+    return "guard: %d validation samples, %.1f%% at the start -> %.1f%%; %s; %s; %s" % (
+        guard["val_samples"], 100 * guard["val_start"], 100 * guard["val"], kept, plural(guard["restores"], "restore"),
+        why)
 
 
 def format_run(result):
@@ -165,11 +189,14 @@ def format_run(result):
         "skip-cache: %d hits, %.1f KB (%s), %.1f KB of it on flash" % (
             result["cache_hits"], result["cache_bytes"] / 1024, result["cache_mode"],
             result["cache_spilled_bytes"] / 1024),
-        "speed on the board (%s path): frozen forward %.1f ms a sample; a cached training step %s; "
+        "speed on the board (%s path): frozen forward %.1f ms a sample; %s %s; "
         "%d samples x %d epochs in %.2f s" % (
             result["path"], speed["frozen_forward_ms"],
+            "a cached training step" if result["guard"] is None else "a cached epoch per sample (training and "
+                                                                      "validation)",
             "n/a (one epoch)" if speed["cached_step_ms"] is None else "%.2f ms" % speed["cached_step_ms"],
             link["finetune_samples"], result["epochs"], speed["finetune_seconds"]),
+        _guard_line(result["guard"]),
         "link, board side: SAMPLES frames handled at %s bytes per second of board time; the wire at "
         "115200 baud delivers 11520" % (
             "n/a" if link["board_bytes_per_second"] is None else "%.0f" % link["board_bytes_per_second"]),

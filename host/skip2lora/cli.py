@@ -7,6 +7,8 @@ import os
 import sys
 
 from s2l import frames as F
+from s2l import guard
+from s2l.configcheck import MAX_HOLDOUT
 from s2l.modelfile import SUPPORTED_BITS
 
 from . import __version__, coaflow, reference
@@ -65,6 +67,22 @@ def _positive_float(text):
     return value
 
 
+def _holdout(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_HOLDOUT:
+        raise argparse.ArgumentTypeError("expected a share in 0..%g, got %r" % (MAX_HOLDOUT, text))
+    return value
+
+
+def _count(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("expected an integer >= 0, got %r" % text)
+    return int(text)
+
+
 def _methods(text):
     methods = [m.strip() for m in text.split(",")]
     unknown = [m for m in methods if m not in reference.METHODS]
@@ -114,6 +132,16 @@ def _add_tuning(p, lr_help=None):
     p.add_argument("--seed", type=int, default=d.seed,
                    help="adapter initialisation and sample order; pretraining always uses seed 0 "
                         "(default: %(default)s)")
+
+
+def _add_guard(p):
+    p.add_argument("--holdout", type=_holdout, default=guard.HOLDOUT,
+                   help="share of each class's fine-tune samples the board holds out to score every epoch: it keeps "
+                        "the best adapters, stops early, restores them at half the lr when the loss jumps, and never "
+                        "ends below where it started; 0 trains on every sample, unguarded (default: %(default)s)")
+    p.add_argument("--patience", type=_count, default=guard.PATIENCE,
+                   help="with --holdout: epochs without a better validation score before the board stops; 0 never "
+                        "stops early (default: %(default)s)")
 
 
 def _add_retries(p):
@@ -264,7 +292,8 @@ def cmd_demo(args):
         print("emulated board on %s" % emu.port)
         run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
-                                      batch=config.batch, seed=config.seed, lr=None, bits=args.bits)
+                                      batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
+                                      holdout=guard.HOLDOUT, patience=guard.PATIENCE)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
         _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
     print("\nrendering the report of the three runs ...", flush=True)
@@ -277,10 +306,22 @@ def cmd_demo(args):
 
 def _board_config(args, lr):
     config = {"method": args.method, "rank": args.rank, "lr": lr, "epochs": args.epochs,
-              "batch": args.batch, "seed": args.seed}
+              "batch": args.batch, "seed": args.seed, "holdout": args.holdout, "patience": args.patience}
     if args.path:
         config["path"] = args.path
     return config
+
+
+def _epoch_postfix(info):
+    """What a training bar shows of a PROGRESS event: the loss, and the guard's validation score,
+    lr and restores."""
+    shown = {"loss": "n/a" if info["loss"] is None else "%.4f" % info["loss"]}
+    if info.get("val") is not None:
+        shown["val"] = "%.1f%%" % (100 * info["val"])
+        shown["lr"] = "%g" % info["lr"]
+    if info.get("restored"):
+        shown["restored"] = "yes"
+    return shown
 
 
 def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
@@ -307,7 +348,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
                                          "test (after)": "score the test set after training (frames)"}.get(kind, kind),
                                  not args.quiet, {"train": "epochs", "first epoch": "samples"}.get(kind, "frames"))
         if info:
-            b.set_postfix(loss="%.4f" % info["loss"], ms=info["ms"])
+            b.set_postfix(ms=info["ms"], **_epoch_postfix(info))
         b.update(done - b.n)
         if done == total:
             b.close()
@@ -484,6 +525,7 @@ def build_parser():
                    help="method on the board (default: %(default)s)")
     p.add_argument("--path", choices=["float", "int"],
                    help="the tuner's arithmetic (default: the board's choice, integer Skip2-LoRA on boards)")
+    _add_guard(p)
     p.add_argument("--encoding", default="int8", choices=["int8", "float32"],
                    help="samples on the wire (default: %(default)s)")
     p.add_argument("--baud", type=_positive, default=115200,

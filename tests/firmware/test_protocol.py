@@ -82,9 +82,10 @@ def problem():
 
 
 def test_a_full_session_matches_the_reference(runtime, problem):
+    # unguarded (holdout 0): every sample trains, as in the reference
     model, net, (X, y), (Xt, yt) = problem
     s = Session().send(F.HELLO)
-    s.upload(model).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.upload(model).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:12], y[:12], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE), seq=s.seq)  # a retry: not stored twice
@@ -95,7 +96,7 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     s.send(F.EVAL)  # nothing scored since TRAIN
     s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
-    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.LOAD).send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
     replies = s.run(runtime)
@@ -130,14 +131,14 @@ def test_a_session_on_the_integer_path(runtime, problem):
     from s2l.tuning import new_tuner
     model, _, (X, y), (Xt, yt) = problem
     config = dict(CONFIG, batch=1)
-    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", holdout=0, **config)
     for at in (0, 10):  # frames of at most 10 samples
         s.send(F.SAMPLES, samples_payload(X[at:at + 10], y[at:at + 10], F.KIND_FINETUNE))
     s.send(F.TRAIN)
     s.lines.append("WORK")
     for at in (0, 10, 20):
         s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
-    s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    s.send(F.EVAL).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", path="int", holdout=0, **config)
     s.send(F.LOAD)
     for at in (0, 10, 20):
         s.send(F.SAMPLES, samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST))
@@ -171,7 +172,7 @@ def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
     s.send(F.MODEL_CHUNK, struct.pack("<I", 900) + bytes(broken[900:]))
     s.send(F.MODEL_END)                                                # model fails validation
     s.upload(model).json(F.CONFIG, method="skip2-lora", rank=0)        # bad config
-    s.json(F.CONFIG, method="skip2-lora", **CONFIG)
+    s.json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:2], y[:2], F.KIND_FINETUNE)[:-3])  # wrong size
     labels = y[:3].copy()
     labels[2] = 9
@@ -292,16 +293,35 @@ def test_the_board_sends_working_frames_during_an_epoch(runtime, problem, path, 
     # the float path after each mini-batch; each before the epoch's PROGRESS
     from skip2lora.mpyrun import run_firmware_script
     model, _, (X, y), _ = problem
-    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path=path, **dict(CONFIG, batch=batch))
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path=path, holdout=0, **dict(CONFIG, batch=batch))
     s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
     epochs = json.loads(run_firmware_script(WORKING_SCRIPT, runtime, files={"requests.txt": "\n".join(s.lines).encode()}))
     assert len(epochs) == CONFIG["epochs"]
+    _check_working(epochs, path)
+
+
+def _check_working(epochs, path, n=10):
     for k, epoch in enumerate(epochs):
         working, after = epoch[:-1], epoch[-1]
         assert after[0] == F.PROGRESS and all(w[:2] == [F.WORKING, 0] for w in working)
         done = [w[2]["done"] for w in working]
         if path == "int":
-            assert done == (list(range(1, 11)) if k == 0 else [])
+            assert done == (list(range(1, n + 1)) if k == 0 else [])
         else:
             assert done == [4, 8, 10]
-        assert all(w[2]["epoch"] == k + 1 and w[2]["of"] == 10 for w in working)
+        assert all(w[2]["epoch"] == k + 1 and w[2]["of"] == n and w[2]["phase"] == "train" for w in working)
+
+
+def test_the_guards_first_scoring_sends_working_frames_too(runtime, problem):
+    # a call of its own before the first epoch, which runs the validation samples' frozen layers
+    from skip2lora.mpyrun import run_firmware_script
+    model, _, (X, y), _ = problem
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", holdout=0.5, **dict(CONFIG, batch=1))
+    s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
+    calls = json.loads(run_firmware_script(WORKING_SCRIPT, runtime, files={"requests.txt": "\n".join(s.lines).encode()}))
+    start, epochs = calls[0], calls[1:]
+    assert start[-1] == [] and len(epochs) == CONFIG["epochs"]  # no event: the guard's start
+    n_val = start[0][2]["of"]
+    assert [w[2]["done"] for w in start[:-1]] == list(range(1, n_val + 1)) and 0 < n_val < 10
+    assert all(w[2]["phase"] == "validate" and w[2]["epoch"] == 1 for w in start[:-1])
+    _check_working(epochs, "int", 10 - n_val)

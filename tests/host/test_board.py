@@ -78,11 +78,15 @@ def test_run_on_the_integer_path_with_a_sample_limit_reports_the_boards_speed(tm
                   "--json", str(out), "--model", str(tmp_path / "model.s2lm")])
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["path"] == "int" and result["link"]["finetune_samples"] == 40 and result["cache_hits"] == 80
+    assert result["path"] == "int" and result["link"]["finetune_samples"] == 40
+    # epochs 2 and 3 hit the cache for every training sample, and the guard's scoring after each
+    # epoch for every validation sample (its first scoring, before epoch 1, fills their rows)
+    assert result["cache_hits"] == 80 + result["guard"]["val_samples"]
     speed = result["speed"]
     assert len(result["epoch_ms"]) == 3 and speed["finetune_seconds"] == sum(result["epoch_ms"]) / 1000
     assert speed["frozen_forward_ms"] > 0 and speed["cached_step_ms"] > 0
-    assert "speed on the board (int path): frozen forward %.1f ms a sample; a cached training step %.2f ms; " \
+    assert "speed on the board (int path): frozen forward %.1f ms a sample; a cached epoch per sample (training " \
+           "and validation) %.2f ms; " \
            "40 samples x 3 epochs" % (speed["frozen_forward_ms"], speed["cached_step_ms"]) in printed
 
 
@@ -118,3 +122,23 @@ def test_bench_over_serial_matches_the_reference(tmp_path, capsys):
     # the emulator's heap is the host's interpreter's, not a board's: no figure for it
     heap_rows = [line.split() for line in printed.splitlines() if line.startswith(("lora-all ", "skip2-lora "))][-2:]
     assert [row[-3] for row in heap_rows] == ["n/a", "n/a"]
+
+
+def test_run_at_a_diverging_rate_is_caught_by_the_boards_guard_and_the_json_says_how(tmp_path, capsys):
+    # lr 0.5 blows up from the first epoch: the board restores its best adapters at half the rate
+    # until one trains; every epoch's validation score, rate and restore are in the results JSON
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "run.json"
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--path", "int", "--limit", "100", "--epochs", "5", "--lr", "0.5",
+                  "--quiet", "--json", str(out), "--model", MODEL])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    log, guard = result["epoch_log"], result["guard"]
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4, 5] and log[0]["restored"] and log[0]["loss"] is not None
+    restored = [e for e in log if e["restored"]]
+    assert [e["lr"] for e in restored] == [0.5 / 2 ** k for k in range(len(restored))]
+    assert guard["restores"] == len(restored) and guard["trained"] and guard["val"] > guard["val_start"]
+    assert result["accuracy"] > result["accuracy_before"]
+    assert "guard: %d validation samples" % guard["val_samples"] in printed
+    assert "%d restore" % len(restored) in printed

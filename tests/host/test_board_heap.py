@@ -21,7 +21,7 @@ def run(port, tmp_path, *args, model=MODEL):
 
 
 def test_the_readme_board_command_completes_on_an_rp2040_heap(tmp_path):
-    command = ("--path", "int", "--limit", "200", "--epochs", "10")
+    command = ("--path", "int", "--limit", "200", "--epochs", "10", "--holdout", "0")
     with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
         board = run(emu.port, tmp_path, *command)
     with Emulator("cpython") as emu:

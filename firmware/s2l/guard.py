@@ -1,0 +1,156 @@
+# Fine-tuning a board can be left alone with: a slice of the fine-tune samples is held out for
+# validation and scored after every epoch; the best adapters seen are kept (a copy of a few KB);
+# training stops when validation stops improving; a loss that jumps (or is not finite) brings the
+# best adapters back at half the learning rate; and training never ends worse on validation than
+# where it started: if no epoch reached the starting adapters' score, they are what the board keeps.
+# One Guard drives either tuner (float or integer path) through the same few calls:
+# train_epoch(count, tick), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
+import math
+from array import array
+
+from s2l.adapterfile import parameters
+from s2l.tuning import sample_order
+
+HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
+PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
+MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has four times that many samples
+SPIKE = 1.5  # a loss above SPIKE x the lowest so far (+ SPIKE_FLOOR) is a spike
+SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything going wrong
+MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
+
+
+def _finite(x):
+    return -3.4e38 <= x <= 3.4e38  # false for NaN and the infinities
+
+
+def split(labels, n_classes, holdout, order):
+    """Arrange `order` (one entry per sample) as the training samples' indices, then the
+    validation samples'; returns how many are validation: per class, round(holdout x its count)
+    but at least min(MIN_VAL_PER_CLASS, a quarter of its count), spread evenly over its samples in
+    arrival order. No list of indices: a board's heap is planned to the last rows."""
+    counts = [0] * n_classes
+    for c in labels:
+        counts[c] += 1
+    want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 4)) if holdout > 0 else 0 for c in counts]
+    n_val = sum(want)
+    seen = [0] * n_classes
+    t, v = 0, len(labels) - n_val
+    for i in range(len(labels)):
+        c = labels[i]
+        j, k, w = seen[c], counts[c], want[c]
+        if (j + 1) * w // k > j * w // k:  # the j-th of k samples takes one of w places
+            order[v] = i
+            v += 1
+        else:
+            order[t] = i
+            t += 1
+        seen[c] = j + 1
+    return n_val
+
+
+class Guard:
+    """Made with the tuner, before its samples' memory is planned (its copy of the adapters must
+    not take the heap a plan counted on); arrange() at each TRAIN, then epoch() per epoch."""
+
+    def __init__(self, tuner, holdout=None, patience=None):
+        self.tuner = tuner
+        self.holdout = HOLDOUT if holdout is None else holdout
+        self.patience = PATIENCE if patience is None else patience
+        code = "h" if tuner.path == "int" else "f"  # int16 adapters, or float arrays
+        # (kept copy, live array) as memoryviews: slices of one copy into the other in both runtimes
+        self.pairs = [(memoryview(array(code, a)), memoryview(a)) for a in parameters(tuner)]
+        self.n_val = self.n_train = 0
+
+    def arrange(self):
+        """Split the stored samples (the epoch order array holds the training samples first and the
+        validation samples after them: train_epoch(n_train) shuffles and trains only the first
+        part) and start over from the adapters as they are. False when there is nothing to hold
+        out (a holdout of 0, or classes too small): then train unguarded."""
+        t = self.tuner
+        self.n_val = split(t.labels, t.n_classes, self.holdout, sample_order(t))
+        self.n_train = t.n_samples - self.n_val
+        self.lr = t.lr
+        self._keep()
+        self.start_epoch = len(t.losses)
+        self.best_epoch = self.start_epoch  # the epoch whose adapters are kept (the start: none trained)
+        self.val_start = self.val_best = None
+        self.best_loss = None  # the training loss of the kept epoch (None for the start)
+        # the lowest epoch loss so far, from that of guessing uniformly: a first epoch far above it
+        # has diverged already
+        self.lowest = math.log(t.n_classes)
+        self.since_gain = 0
+        self.restores = 0
+        self.stopped = None  # why training ended early: "patience" or "diverged"
+        return self.active
+
+    @property
+    def active(self):
+        return self.n_val > 0 and self.n_train > 0
+
+    def validate(self, tick=None):
+        """Accuracy of the current adapters on the held-out samples; tick(done, of) after each."""
+        t, order = self.tuner, self.tuner.order
+        correct = 0
+        for k in range(self.n_train, self.n_train + self.n_val):
+            index = order[k]
+            correct += t.predict_stored(index) == t.labels[index]
+            if tick:
+                tick(k - self.n_train + 1, self.n_val)
+        return correct / self.n_val
+
+    def _keep(self):
+        for saved, live in self.pairs:
+            saved[:] = live
+
+    def _restore(self):
+        for saved, live in self.pairs:
+            live[:] = saved
+
+    @property
+    def started(self):
+        return self.val_start is not None
+
+    def start(self, tick=None):
+        """Score the starting adapters: the floor training must reach (their first scoring runs the
+        validation samples' frozen layers into the skip-cache, a long call: tick(done, of))."""
+        self.val_start = self.val_best = self.validate(tick)
+
+    def epoch(self, last=False, tick=None):
+        """One guarded epoch (`last`: the last one asked for, so not a stop worth reporting); the
+        fields its PROGRESS event adds: val, lr, restored, best. tick: the tuner's (WORKING frames)."""
+        t = self.tuner
+        if not self.started:
+            self.start()
+        lr = self.lr
+        loss = t.train_epoch(self.n_train, tick)
+        epoch = len(t.losses)
+        spike = not _finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
+        if spike:  # back to the best adapters, at half the rate
+            self._restore()
+            self.restores += 1
+            self.lr = self.lr / 2
+            t.set_lr(self.lr)
+            self.since_gain += 1
+            if self.restores > MAX_RESTORES and not last:
+                self.stopped = "diverged"
+            return {"val": self.val_best, "lr": lr, "restored": True, "best": self.best_epoch}
+        self.lowest = min(self.lowest, loss)
+        val = self.validate()
+        # only a better score replaces the starting adapters ("nothing helped" keeps them); between
+        # trained epochs, a tie goes to the one that fits the training samples better
+        if val > self.val_best or (val == self.val_best and self.best_loss is not None and loss < self.best_loss):
+            self.since_gain = 0 if val > self.val_best else self.since_gain + 1
+            self.val_best, self.best_loss, self.best_epoch = val, loss, epoch
+            self._keep()
+        else:
+            self.since_gain += 1
+        if self.patience and self.since_gain >= self.patience and not last:
+            self.stopped = "patience"
+        return {"val": val, "lr": lr, "restored": False, "best": self.best_epoch}
+
+    def finish(self):
+        """Put the kept adapters back; what the DONE event says about them."""
+        self._restore()  # a later TRAIN goes on from them, at the rate reached here
+        return {"kept": self.best_epoch, "trained": self.best_epoch > self.start_epoch,
+                "val_start": self.val_start, "val": self.val_best, "val_samples": self.n_val,
+                "restores": self.restores, "stopped": self.stopped}

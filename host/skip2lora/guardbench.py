@@ -1,0 +1,124 @@
+"""The board's epoch guard (firmware guard.py), measured with the firmware's own tuners under
+CPython, on both paths: on every shipped scenario at the default lr, and on the digits noise and
+rotate scenarios at lr 0.1, the test accuracy of the frozen model, of fine-tuning unguarded (every
+sample, the last epoch's adapters) and guarded (the default holdout and patience); and what the
+guard costs: the time of guarded epochs over unguarded ones, measured in the same run (the guard's
+patience off, so that both run every epoch).
+
+    python -m skip2lora.guardbench [--scenarios rotate,noise,...] [--epochs 30] [--json FILE]
+
+A benchmark, not a test: it prints what it measured (about 10 minutes for all six scenarios)."""
+import argparse
+import json
+import time
+
+from s2l.guard import HOLDOUT, PATIENCE, Guard
+from s2l.model import Model
+from s2l.tuning import new_tuner
+
+from . import reference
+from .pipeline import SCENARIOS, prepare
+from .progress import bar
+
+HIGH_LR = 0.1
+HIGH_LR_SCENARIOS = ("noise", "rotate")
+
+
+def _tuner(model_bytes, path, lr, epochs, finetune):
+    tuner = new_tuner(Model(model_bytes), "skip2-lora", path=path, lr=lr, epochs=epochs, seed=reference.Config.seed)
+    for x, label in zip(*finetune):
+        tuner.add_sample(x, label)
+    return tuner
+
+
+def fine_tune(model_bytes, path, lr, epochs, finetune, test, holdout, patience, tick=lambda: None):
+    """Test accuracy before and after, fine-tune seconds (all epochs, guard included), and the
+    guard's per-epoch events and summary (None unguarded)."""
+    tuner = _tuner(model_bytes, path, lr, epochs, finetune)
+    before = tuner.evaluate(*test)[0]
+    t0 = time.perf_counter()
+    events, summary = [], None
+    if holdout:
+        guard = Guard(tuner, holdout, patience)
+        guard.arrange()
+        while len(events) < epochs and not guard.stopped:
+            events.append(guard.epoch(len(events) == epochs - 1))
+            tick()
+        summary = guard.finish()
+    else:
+        for _ in range(epochs):
+            tuner.train_epoch()
+            tick()
+    seconds = time.perf_counter() - t0
+    return {"before": before, "after": tuner.evaluate(*test)[0], "seconds": seconds, "epochs_run": len(tuner.losses),
+            "losses": tuner.losses, "events": events, "guard": summary}
+
+
+def scenario_rows(name, epochs, progress):
+    prepared = prepare(name, progress=False)
+    sc = prepared.scenario
+    finetune = (sc.finetune[0].tolist(), sc.finetune[1].tolist())
+    test = (sc.test[0].tolist(), sc.test[1].tolist())
+    lrs = [reference.Config.lr] + ([HIGH_LR] if name in HIGH_LR_SCENARIOS else [])
+    rows = []
+    with bar(len(lrs) * 2 * 3 * epochs, "guard bench %s" % name, progress, "epochs") as b:
+        for lr in lrs:
+            for path in ("float", "int"):
+                runs = {}
+                for kind, holdout, patience in (("unguarded", 0, 0), ("guarded", HOLDOUT, PATIENCE),
+                                                ("guarded, every epoch", HOLDOUT, 0)):
+                    b.set_postfix(lr=lr, path=path, run=kind)
+                    runs[kind] = fine_tune(prepared.model_bytes, path, lr, epochs, finetune, test, holdout, patience,
+                                           b.update)
+                    b.update(epochs - runs[kind]["epochs_run"])
+                every = runs["guarded, every epoch"]
+                cost = every["seconds"] / runs["unguarded"]["seconds"]
+                n = len(finetune[1])
+                rows.append({"scenario": name, "lr": lr, "path": path, "samples": n, "runs": runs,
+                             "frozen": runs["unguarded"]["before"], "cost": cost,
+                             "cost_per_trained_sample": cost * n / (n - every["guard"]["val_samples"])})
+    return rows
+
+
+def format_rows(rows):
+    lines = ["%-10s %5s %-5s %7s %9s %9s %9s %6s %8s %7s %9s  %s" % (
+        "scenario", "lr", "path", "frozen", "unguarded", "guarded", "vs frozen", "kept", "restores", "time", "per trained",
+        "stopped"),
+        "%-10s %5s %-5s %7s %9s %9s %9s %6s %8s %7s %9s" % ("", "", "", "test %", "test %", "test %", "points", "epoch",
+                                                          "", "ratio", "sample")]
+    for r in rows:
+        g = r["runs"]["guarded"]
+        lines.append("%-10s %5g %-5s %7.1f %9.1f %9.1f %+9.1f %6s %8d %7.3f %9.3f  %s" % (
+            r["scenario"], r["lr"], r["path"], 100 * r["frozen"], 100 * r["runs"]["unguarded"]["after"],
+            100 * g["after"], 100 * (g["after"] - r["frozen"]),
+            g["guard"]["kept"] if g["guard"]["trained"] else "start", g["guard"]["restores"], r["cost"],
+            r["cost_per_trained_sample"], g["guard"]["stopped"] or "-"))
+    at_or_above = sum(r["runs"]["guarded"]["after"] >= r["frozen"] for r in rows)
+    lines.append("guarded at or above the frozen model on the test set: %d of %d runs" % (at_or_above, len(rows)))
+    lines.append("guard cost, guarded epochs (patience off) / unguarded epochs in the same run: %.3f to %.3f of the "
+                 "fine-tune time; per trained sample (the guard trains on %d%% fewer): %.3f to %.3f" % (
+                     min(r["cost"] for r in rows), max(r["cost"] for r in rows), round(100 * HOLDOUT),
+                     min(r["cost_per_trained_sample"] for r in rows), max(r["cost_per_trained_sample"] for r in rows)))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m skip2lora.guardbench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=reference.Config.epochs, help="epochs (default: %(default)s)")
+    parser.add_argument("--json", metavar="FILE", help="write every run's figures here (default: print only)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output (default: progress on)")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.scenarios.split(","):
+        rows += scenario_rows(name, args.epochs, not args.quiet)
+    print(format_rows(rows))
+    print("(holdout %g, patience %d; firmware tuners under CPython on this machine; cost is a ratio of times "
+          "measured in one run)" % (HOLDOUT, PATIENCE))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
