@@ -91,7 +91,9 @@ def frames_for(model_bytes, X, y, epochs):
     for at in range(0, len(model_bytes), F.MAX_PAYLOAD - 4):
         add("M", F.MODEL_CHUNK, struct.pack("<I", at) + model_bytes[at:at + F.MAX_PAYLOAD - 4])
     add("M", F.MODEL_END)
-    add("C", F.CONFIG, json.dumps({"method": "skip2-lora", "path": "int", "epochs": epochs, "samples": len(y)}).encode())
+    # unguarded (holdout 0), as the board-goal command runs: every sample trains, each work() an epoch
+    add("C", F.CONFIG, json.dumps({"method": "skip2-lora", "path": "int", "epochs": epochs, "samples": len(y),
+                                   "holdout": 0}).encode())
     for payload in encode_samples(X, y, F.KIND_FINETUNE, F.ENC_INT8)[0]:
         add("S", F.SAMPLES, payload)
     return "\n".join(lines) + "\n", F.encode(F.TRAIN, seq + 1).hex()
