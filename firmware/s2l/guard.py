@@ -8,6 +8,7 @@
 import math
 from array import array
 
+from s2l import clock
 from s2l.adapterfile import parameters
 from s2l.tuning import sample_order
 
@@ -81,6 +82,7 @@ class Guard:
         self.since_gain = 0
         self.restores = 0
         self.stopped = None  # why training ended early: "patience" or "diverged"
+        self.us_train = self.us_guard = 0  # time in training epochs, and in validating and copying
         return self.active
 
     @property
@@ -113,16 +115,28 @@ class Guard:
     def start(self, tick=None):
         """Score the starting adapters: the floor training must reach (their first scoring runs the
         validation samples' frozen layers into the skip-cache, a long call: tick(done, of))."""
+        t0 = clock.ticks_us()
         self.val_start = self.val_best = self.validate(tick)
+        self.us_guard += clock.ticks_diff(clock.ticks_us(), t0)
 
     def epoch(self, last=False, tick=None):
         """One guarded epoch (`last`: the last one asked for, so not a stop worth reporting); the
-        fields its PROGRESS event adds: val, lr, restored, best. tick: the tuner's (WORKING frames)."""
-        t = self.tuner
+        fields its PROGRESS event adds: val, lr, restored, best. Its time is split into training
+        and the guard's own work, so that the guard's cost is a ratio measured in one run. tick:
+        the tuner's (WORKING frames)."""
         if not self.started:
             self.start()
+        t0 = clock.ticks_us()
+        loss = self.tuner.train_epoch(self.n_train, tick)
+        t1 = clock.ticks_us()
+        self.us_train += clock.ticks_diff(t1, t0)
+        fields = self._judge(loss, last)
+        self.us_guard += clock.ticks_diff(clock.ticks_us(), t1)
+        return fields
+
+    def _judge(self, loss, last):
+        t = self.tuner
         lr = self.lr
-        loss = t.train_epoch(self.n_train, tick)
         epoch = len(t.losses)
         spike = not _finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
         if spike:  # back to the best adapters, at half the rate
@@ -153,4 +167,5 @@ class Guard:
         self._restore()  # a later TRAIN goes on from them, at the rate reached here
         return {"kept": self.best_epoch, "trained": self.best_epoch > self.start_epoch,
                 "val_start": self.val_start, "val": self.val_best, "val_samples": self.n_val,
-                "restores": self.restores, "stopped": self.stopped}
+                "restores": self.restores, "stopped": self.stopped,
+                "train_ms": self.us_train // 1000, "guard_ms": self.us_guard // 1000}

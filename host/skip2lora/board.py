@@ -141,7 +141,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
 def _guard_summary(done):
     if "kept" not in done:
         return None
-    return {k: done[k] for k in ("kept", "trained", "val_start", "val", "val_samples", "restores", "stopped")}
+    return {k: done[k] for k in ("kept", "trained", "val_start", "val", "val_samples", "restores", "stopped",
+                                 "train_ms", "guard_ms")}
 
 
 def _heap(hello):
@@ -167,9 +168,10 @@ def _guard_line(guard):
     kept = ("kept epoch %d's adapters" % guard["kept"] if guard["trained"] else
             "kept the starting adapters: no epoch reached their validation score")
     from .pipeline import plural
-    return "guard: %d validation samples, %.1f%% at the start -> %.1f%%; %s; %s; %s" % (
-        guard["val_samples"], 100 * guard["val_start"], 100 * guard["val"], kept, plural(guard["restores"], "restore"),
-        why)
+    return "guard: %d validation samples, %.1f%% at the start -> %.1f%%; %s; %s; %s; its own time %.2f s beside " \
+           "%.2f s of training" % (
+               guard["val_samples"], 100 * guard["val_start"], 100 * guard["val"], kept,
+               plural(guard["restores"], "restore"), why, guard["guard_ms"] / 1000, guard["train_ms"] / 1000)
 
 
 def format_run(result):
