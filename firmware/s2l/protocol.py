@@ -25,6 +25,7 @@ FLOAT32_MAX = 3.4028234e38
 # during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
 # apart, so that the host hears the board is alive well within its 2 s heartbeat
 WORKING_EVERY_US = 1000000
+FREED = " (the previous tuner was freed to make room)"  # what a refused CONFIG says when it cost the old tuner
 
 
 class ProtocolError(Exception):
@@ -204,19 +205,13 @@ class Core:
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
                                       "epoch": len(self.tuner.losses) if self.tuner else 0})
 
-    def _working(self, emit, t0, phase):
-        """tick(done, of) for an epoch (phase "train") or the guard's first scoring ("validate"):
-        emit(a WORKING frame) when working_every_us have passed since t0 or the last one went out."""
-        last = [t0]
-        epoch = len(self.tuner.losses) + 1
-
-        def tick(done, of):
-            now = clock.ticks_us()
-            if clock.ticks_diff(now, last[0]) >= self.working_every_us:
-                last[0] = now
-                emit(F.encode(F.WORKING, 0, json.dumps({"epoch": epoch, "phase": phase, "done": done,
-                                                        "of": of}).encode()))
-        return tick
+    def _tick(self, done, of):
+        # the tuner's tick while work() runs with an emit: a WORKING frame whenever working_every_us
+        # have passed (epoch 0: the guard's first scoring, before epoch 1)
+        now = clock.ticks_us()
+        if clock.ticks_diff(now, self.beat[1]) >= self.working_every_us:
+            self.beat[1] = now
+            self.beat[0](F.encode(F.WORKING, 0, json.dumps({"epoch": self.beat[2], "done": done, "of": of}).encode()))
 
     def work(self, emit=None):
         """One epoch of pending training; its PROGRESS event (and DONE after the last), or b"".
@@ -227,11 +222,13 @@ class Core:
             return b""
         try:
             guard = self.guard if self.guarded else None
-            if guard is not None and not guard.started:  # a call of its own: the board answers between
-                guard.start(self._working(emit, clock.ticks_us(), "validate") if emit else None)
-                return b""
             t0 = clock.ticks_us()
-            tick = self._working(emit, t0, "train") if emit else None
+            tick = self._tick if emit else None
+            self.beat = [emit, t0, len(self.tuner.losses) + 1]
+            if guard is not None and not guard.started:  # a call of its own: the board answers between
+                self.beat[2] = 0
+                guard.start(tick)
+                return b""
             if guard is None:
                 fields = {"loss": self.tuner.train_epoch(None, tick)}
             else:  # validation, best adapters, restores: guard.py
@@ -330,21 +327,24 @@ class Core:
         holdout, patience = args.pop("holdout", None), args.pop("patience", None)
         # the new tuner (and its guard) is built beside the old one, so that a refusal (a range the
         # integer path cannot hold, ...) leaves the old tuner and its samples serving; the old one is
-        # freed only when there is no room for both, and before a plan, which divides the memory it holds
-        kept = self.tuner is not None
-        try:
-            tuner, guard = self._new_tuner(args, holdout, patience)
-        except TunerError as e:
-            raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if kept else ""))
-        except MemoryError:
-            self._drop_tuner()
+        # freed when there is no room for both, and before a plan, which divides the memory it holds
+        old = self.tuner
+        while True:
             try:
-                tuner, guard = self._new_tuner(args, holdout, patience)
+                tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+                guard = None
+                if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
+                    from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
+                    guard = Guard(tuner, holdout, patience)
+                break
+            except TunerError as e:
+                raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if old else ""))
             except MemoryError:
-                raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
-                                                "this board cannot fine-tune this model (a smaller model, or more "
-                                                "RAM)%s" % (free_heap(), len(self.model.buf),
-                                                            "; the previous tuner was freed to try" if kept else ""))
+                if not self.tuner:
+                    raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
+                                                    "this board cannot fine-tune this model (a smaller model, or "
+                                                    "more RAM)%s" % (free_heap(), len(self.model.buf), FREED if old else ""))
+                self._drop_tuner()
         self._drop_tuner()
         reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path}
         if planned is not None:
@@ -352,19 +352,10 @@ class Core:
                 reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
             except TunerError as e:
                 tuner.cache and tuner.cache.close()
-                raise TunerError("%s%s" % (e, " (the previous tuner was freed to plan)" if kept else ""))
+                raise TunerError("%s%s" % (e, FREED if old else ""))
         self.tuner, self.guard, self.config = tuner, guard, args
         reply["free_heap"] = free_heap()
         return reply
-
-    def _new_tuner(self, args, holdout, patience):
-        """(tuner, its epoch guard or None) for CONFIG's settings."""
-        tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
-        guard = None
-        if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
-            from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
-            guard = Guard(tuner, holdout, patience)
-        return tuner, guard
 
     def _drop_tuner(self):
         if self.tuner is not None:

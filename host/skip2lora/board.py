@@ -102,8 +102,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             epochs_log.append(p)
             report("train", p["epoch"], p["epoch"] + p["left"], p)
         done = board.train(on_progress=on_progress,  # the first epoch runs the frozen layers: its samples
-                           on_working=lambda w: w["epoch"] == 1 and w["phase"] == "train" and report(
-                               "first epoch", w["done"], w["of"], None))
+                           on_working=lambda w: w["epoch"] == 1 and report("first epoch", w["done"], w["of"], None))
         train_seconds = time.monotonic() - t0
         stats = board.stats()
         after = score("test (after)")
