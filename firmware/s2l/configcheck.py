@@ -1,13 +1,13 @@
 # CONFIG and TRAIN fields checked before anything changes: types (a bool is not an int), ranges,
 # and combinations the tuners refuse, so a rejected request leaves the board as it was.
 from s2l import frames as F
+from s2l.modelfile import LR_RANGE
 from s2l.tuning import CACHE_MODES, METHODS, ON_BOARD, PATHS
 
 MAX_RANK = 64
 MAX_EPOCHS = 10000
 MAX_BATCH = 1024
 MAX_SAMPLES = 65535
-LR_RANGE = (1e-6, 10.0)
 MAX_HOLDOUT = 0.5
 
 

@@ -262,12 +262,15 @@ class IntSkip2Tuner:
         self.labels[k], self.cached[k], self.exps[eo] = label, 0, e
 
     def add_sample(self, x, label):
-        """A float sample (the host's scripts, float32 on the wire)."""
+        """A float sample in raw sensor units (the host's scripts, float32 on the wire): normalised
+        by the model's constants, if it has them."""
         self.check_sample(x, label)
+        x = self.model.normalised(x)
         self._add(label, lambda buf, at: self._q8(x, buf, at))
 
     def add_int8(self, src, at, label):
-        """An int8 sample as the wire carries it at src[at:]: a f32 scale, then the int8 values."""
+        """An int8 sample as the wire carries it at src[at:]: a f32 scale, then the int8 values of
+        the network's input (already normalised by the host)."""
         self.check_int8(src, at, label)
         self._add(label, lambda buf, row_at: self._ingest(buf, row_at, src, at))
 
@@ -363,8 +366,9 @@ class IntSkip2Tuner:
         return I.step(self.probe, 0, self.probe_exps, 0, self.w, self.meta, self.scratch, 0, 0)
 
     def predict(self, x):
+        """The class of a raw reading (float sensor units, as add_sample takes them)."""
         self.check_sample(x, 0)
-        self.probe_exps[0] = self._q8(x, self.probe, 0)
+        self.probe_exps[0] = self._q8(self.model.normalised(x), self.probe, 0)
         return self._predict_probe()
 
     def predict_int8(self, src, at):

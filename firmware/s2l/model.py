@@ -6,7 +6,9 @@
 # tiny), so group[i] = 0; for a layer with a scale per group of G input columns, group[i] = G and
 # scales[i] holds rows * ceil(cols / G) floats, row-major.
 # adapter: None, or (rank, [A_i: in_i x rank], [B_i: rank x n_classes]), flat row-major floats.
-# norm: None, or (mean, inv_std), one float per input.
+# norm: None, or (mean, inv_std), one float per input: raw readings become the network's input
+# (x - mean) * inv_std in normalised(), the one place the board normalises.
+# lr: None, or the default learning rate the file carries (a tuner's lr when CONFIG gives none).
 import struct
 from array import array
 
@@ -54,6 +56,7 @@ class Model:
         if layout.norm_at is not None:
             n0 = self.dims[0]
             self.norm = (floats(buf, layout.norm_at, n0), floats(buf, layout.norm_at + 4 * n0, n0))
+        self.lr = layout.lr
         self._row = None  # scratch for one unpacked weight row (the float path's)
 
     @property
@@ -61,6 +64,17 @@ class Model:
         if self._row is None:
             self._row = _kernels().zeros(max(self.dims), "i")
         return self._row
+
+    def normalised(self, x):
+        # the network's input for a raw reading x (float samples are raw sensor units): a new
+        # array('f') when the file has normalisation constants, else x itself
+        if self.norm is None:
+            return x
+        mean, inv_std = self.norm
+        out = array("f", bytes(4 * len(mean)))
+        for k in range(len(out)):
+            out[k] = (x[k] - mean[k]) * inv_std[k]
+        return out
 
     @property
     def n_layers(self):

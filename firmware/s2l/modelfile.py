@@ -10,7 +10,8 @@
 #   adapter  (flag FLAG_ADAPTER) u32 rank | per layer i: f32 A_i[in_i * rank] (in_i x rank, row-major),
 #            f32 B_i[rank * n_classes] (rank x n_classes, row-major): a starting Skip-LoRA adapter
 #   norm     (flag FLAG_NORM) f32 mean[dims[0]] | f32 inv_std[dims[0]]: input normalisation
-#            x' = (x - mean) * inv_std
+#            x' = (x - mean) * inv_std, applied by the board to raw readings (float samples)
+#   lr       (flag FLAG_LR) f32 lr: the default learning rate (picked at export), in LR_RANGE
 #   trailer  u32 CRC32 of every byte before it
 # Optional sections appear in the order above, each only when its flag is set; unknown flag bits
 # are an error. Version 1: flags 0, bits 8/4/2, granularity per output channel.
@@ -39,7 +40,10 @@ GROUP_SIZES = (16, 32)
 GRANULARITIES = (PER_CHANNEL, 16, 32, PER_TENSOR)
 FLAG_ADAPTER = 1
 FLAG_NORM = 2
-FLAGS = FLAG_ADAPTER | FLAG_NORM
+FLAG_LR = 4
+FLAGS = FLAG_ADAPTER | FLAG_NORM | FLAG_LR
+LR_RANGE = (1e-6, 10.0)  # a learning rate the board accepts (the model file's and CONFIG's)
+LR_SIZE = 4
 MAX_LAYERS = 16
 MAX_DIM = 4096
 MAX_RANK = 64
@@ -110,7 +114,7 @@ def check_config(dims, bits, granularity, version=VERSION):
                                  PER_TENSOR))
 
 
-def file_size(dims, bits, granularity, rank=0, norm=False):
+def file_size(dims, bits, granularity, rank=0, norm=False, lr=False):
     """Exact bytes of the version-2 file holding this configuration (and its optional sections)."""
     n = len(bits)
     size = header_size(n)
@@ -120,14 +124,17 @@ def file_size(dims, bits, granularity, rank=0, norm=False):
         size += adapter_size(dims, rank)
     if norm:
         size += norm_size(dims)
+    if lr:
+        size += LR_SIZE
     return size + CRC_SIZE
 
 
 class Layout:
     """Validated description of a model file: dims, bits, scale granularity, where each layer's
-    data starts, and where the optional sections are (None when absent)."""
+    data starts, where the optional sections are (None when absent), and the default lr (None
+    when absent)."""
 
-    def __init__(self, version, dims, bits, granularity, offsets, rank, adapter_at, norm_at, size):
+    def __init__(self, version, dims, bits, granularity, offsets, rank, adapter_at, norm_at, lr, size):
         self.version = version
         self.dims = dims
         self.bits = bits
@@ -136,6 +143,7 @@ class Layout:
         self.rank = rank  # of the starting adapter; 0 when there is none
         self.adapter_at = adapter_at  # A_0's first byte
         self.norm_at = norm_at
+        self.lr = lr
         self.size = size
 
     @property
@@ -183,7 +191,8 @@ def parse(buf):
         bias_at = pos + 4 * n_scales(dims[i], dims[i + 1], granularity[i])
         offsets.append((pos, bias_at, bias_at + 4 * dims[i + 1]))
         pos += layer_size(dims[i], dims[i + 1], bits[i], granularity[i])
-    rank, adapter_at, norm_at = 0, None, None
+    rank, adapter_at, norm_at, lr_at = 0, None, None, None
+    sections = []  # optional sections (name, first byte, end): where a truncated file ends
     if flags & FLAG_ADAPTER:
         if len(buf) < pos + 4 + CRC_SIZE:
             raise ModelError("model file truncated: %d bytes, the adapter section starts at %d" % (len(buf), pos))
@@ -191,20 +200,41 @@ def parse(buf):
         if not 1 <= rank <= MAX_RANK:
             raise ModelError("bad adapter rank %d (1..%d)" % (rank, MAX_RANK))
         adapter_at = pos + 4
+        sections.append(("adapter", pos, pos + adapter_size(dims, rank)))
         pos += adapter_size(dims, rank)
     if flags & FLAG_NORM:
         norm_at = pos
+        sections.append(("normalisation", pos, pos + norm_size(dims)))
         pos += norm_size(dims)
+    if flags & FLAG_LR:
+        lr_at = pos
+        sections.append(("lr", pos, pos + LR_SIZE))
+        pos += LR_SIZE
     size = pos + CRC_SIZE
     if len(buf) < size:
-        raise ModelError("model file truncated: %d bytes, expected %d" % (len(buf), size))
+        where = ""
+        for name, start, end in sections:
+            if start <= len(buf) < end:
+                where = ", inside the %s section (bytes %d..%d)" % (name, start, end)
+        raise ModelError("model file truncated: %d bytes, expected %d%s" % (len(buf), size, where))
     if len(buf) > size:
         raise ModelError("model file has %d trailing bytes after the CRC" % (len(buf) - size))
     stored = struct.unpack_from("<I", buf, pos)[0]
     actual = binascii.crc32(memoryview(buf)[:pos]) & 0xFFFFFFFF
     if stored != actual:
         raise ModelError("CRC mismatch: file says %08x, contents give %08x" % (stored, actual))
-    return Layout(version, dims, bits, granularity, offsets, rank, adapter_at, norm_at, size)
+    if norm_at is not None:
+        for k in range(2 * dims[0]):
+            v = struct.unpack_from("<f", buf, norm_at + 4 * k)[0]
+            if not -3.4028235e38 <= v <= 3.4028235e38:  # NaN or inf would reach every prediction
+                raise ModelError("non-finite normalisation %s %r for input %d" % (
+                    "mean" if k < dims[0] else "inv_std", v, k % dims[0]))
+    lr = None
+    if lr_at is not None:
+        lr = struct.unpack_from("<f", buf, lr_at)[0]
+        if not LR_RANGE[0] <= lr <= LR_RANGE[1]:  # also false for NaN
+            raise ModelError("bad default lr %r (%g..%g)" % (lr, LR_RANGE[0], LR_RANGE[1]))
+    return Layout(version, dims, bits, granularity, offsets, rank, adapter_at, norm_at, lr, size)
 
 
 def crc_trailer(body):

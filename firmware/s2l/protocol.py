@@ -346,7 +346,8 @@ class Core:
                                                     "more RAM)%s" % (free_heap(), len(self.model.buf), FREED if old else ""))
                 self._drop_tuner()
         self._drop_tuner()
-        reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path}
+        reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
+                 "lr": tuner.lr}  # CONFIG's, else the model file's default
         if planned is not None:
             try:
                 reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)

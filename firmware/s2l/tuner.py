@@ -155,10 +155,13 @@ class Tuner:
         self.check_sample(self._int8(src, at), label)
 
     def add_int8(self, src, at, label):
-        self.add_sample(self._int8(src, at), label)
+        # int8 samples carry the network's input (already normalised by the host)
+        x = self._int8(src, at)
+        self.check_sample(x, label)
+        self._store(x, label)
 
     def predict_int8(self, src, at):
-        return self.predict(self._int8(src, at))
+        return self.predict_input(self._int8(src, at))
 
     @property
     def n_samples(self):
@@ -176,7 +179,11 @@ class Tuner:
         return {"samples": n}
 
     def add_sample(self, x, label):
+        """A float sample in raw sensor units: normalised by the model's constants, if it has them."""
         self.check_sample(x, label)
+        self._store(self.model.normalised(x), label)
+
+    def _store(self, x, label):
         try:
             self.samples.append([x])
         except MemoryError:
@@ -406,13 +413,18 @@ class Tuner:
         return self.losses
 
     def predict(self, x):
+        """The class of a raw reading (float sensor units, as add_sample takes them)."""
+        return self.predict_input(self.model.normalised(x))
+
+    def predict_input(self, x):
+        # x: the network's input (normalised), e.g. a stored sample
         return _argmax(self.logits(x))
 
     def predict_stored(self, index):
         """The prediction for stored sample `index` (a validation sample); Skip2-LoRA's from the
         skip-cache."""
         if self.family != "skip2":
-            return self.predict(self.sample(index))
+            return self.predict_input(self.sample(index))
         self._reserve_cache()
         return _argmax(self._skip_logits(index)[1])
 

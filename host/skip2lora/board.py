@@ -64,7 +64,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             retries=3):
     """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
 
-    config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...). progress(kind,
+    config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...; without lr the board
+    takes the model file's default, and the result's config says which lr it used). progress(kind,
     done, total, info) reports streaming ("upload", "finetune", "test") and training ("first epoch":
     its samples as the board reports them, then "train": epochs).
     limit: stream the first `limit` fine-tune samples, or fail before streaming if the board cannot
@@ -78,6 +79,7 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         board.upload_model(model_bytes)
         wanted = len(y) if limit is None else min(limit, len(y))
         configured = board.configure(samples=wanted, fit=limit is None, **config)
+        config = dict(config, lr=configured["lr"])  # without one in CONFIG: the model file's default
         plan = configured.get("plan", {"samples": wanted})
         X, y = X[:plan["samples"]], y[:plan["samples"]]
         before_stream = board.stats()

@@ -16,7 +16,7 @@ from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
 from .pipeline import (FAN_DATA, RUNTIMES, SCENARIOS, bench_record, check_bits, check_board_budget, compare_methods,
-                       format_table, load_scenario, plural, prepare, probe_lr)
+                       describe_probe, format_table, load_scenario, plural, prepare, probe_lr)
 from .progress import bar
 from .scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
 
@@ -31,12 +31,6 @@ MODEL_NAMES = os.path.join(MODELS, "digits-<scenario>.s2lm, fan-<..>.s2lm or <--
 
 def default_model(name):
     return os.path.join(MODELS, ("digits-" + name if name in DRIFTS else name) + ".s2lm")
-
-
-def sidecar_path(model_path):
-    """The JSON beside a model file: the lr picked at export, the class names. (The lr belongs in the
-    model file; until its format has a field for it, it lives here.)"""
-    return os.path.splitext(model_path)[0] + ".json"
 
 
 def _bits(text):
@@ -209,30 +203,30 @@ def _print_export(path, report):
 
 
 def _export(args, scenario, model_path):
-    """Check the board budget, pretrain, write the model and its sidecar (with the lr probe's pick)."""
+    """Check the board budget, pretrain, probe the lr (given drifted data) and write the model file
+    with it (and, for a user's data, the input normalisation)."""
     from .pretrain import DEFAULT_HIDDEN
     bits = check_bits(args.bits)
     dims = [scenario.n_features, *DEFAULT_HIDDEN, len(scenario.classes)]
     print(check_board_budget(dims, bits, None if scenario.finetune is None else len(scenario.finetune[1])))
     prepared = prepare(scenario, bits, progress=not args.quiet)
+    print("classes: %s" % ", ".join(scenario.classes))
+    probe = None
+    if scenario.finetune is not None:
+        probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
+        prepared = prepared.with_lr(probe["lr"])
     _write(model_path, prepared.model_bytes, "wb")
     _print_export(model_path, prepared.report)
-    side = {"model": os.path.basename(model_path), "scenario": scenario.name, "classes": scenario.classes,
-            "dims": prepared.report["dims"], "bits": bits,
-            "note": "the lr picked at export lives here until the model file has a field for it"}
-    if scenario.finetune is None:
-        print("no drifted data given: no lr probe (the default lr %g applies); --drift FILE picks one"
+    if prepared.norm is not None:
+        print("input normalisation (mean, 1/std per feature, fitted on the %d pretrain rows) in the model file: "
+              "the board normalises the raw readings it is sent" % len(scenario.pretrain[1]))
+    if probe is None:
+        print("no drifted data given: no lr probe (the board's default lr %g applies); --drift FILE picks one"
               % reference.Config().lr)
     else:
-        probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
-        side.update(lr=probe["lr"], lr_probe=probe)
-        print("lr probe (Skip2-LoRA, %s, trained on %d fine-tune samples, scored on %d held out): %s -> lr %g "
-              "(the default %g stays unless beaten by more than %.1f points, one standard error)" % (
-                  plural(probe["epochs"], "epoch"), probe["train_samples"], probe["held_out_samples"],
-                  ", ".join("%s %.1f%%" % (lr, 100 * a) for lr, a in probe["held_out_accuracy"].items()),
-                  probe["lr"], probe["default_lr"], 100 * probe["standard_error"]))
-    _write(sidecar_path(model_path), json.dumps(side, indent=2) + "\n")
-    print("wrote %s (lr pick, classes)" % sidecar_path(model_path))
+        print("lr probe (%s): %s -> lr %g, written into the model file as the board's default" % (
+            describe_probe(probe), ", ".join("%s %.1f%%" % (lr, 100 * a) for lr, a in probe["held_out_accuracy"].items()),
+            probe["lr"]))
     return prepared
 
 
@@ -304,9 +298,12 @@ def cmd_demo(args):
         print("wrote %s" % path)
 
 
-def _board_config(args, lr):
-    config = {"method": args.method, "rank": args.rank, "lr": lr, "epochs": args.epochs,
-              "batch": args.batch, "seed": args.seed, "holdout": args.holdout, "patience": args.patience}
+def _board_config(args):
+    # without --lr the board takes the model file's default lr (or its own, for a file without one)
+    config = {"method": args.method, "rank": args.rank, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
+              "holdout": args.holdout, "patience": args.patience}
+    if args.lr:
+        config["lr"] = args.lr
     if args.path:
         config["path"] = args.path
     return config
@@ -357,7 +354,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
                       flush=True)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
-    result = run_job(port, model_bytes, scenario, _board_config(args, lr), encoding, args.baud, progress, args.limit,
+    result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,
                      args.retries)
     for b in bars.values():
         b.close()
@@ -390,12 +387,10 @@ def _model_for_run(args, scenario, model_path):
                 model_path, dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
     if args.lr:
         return model_bytes, args.lr, "--lr"
-    side = sidecar_path(model_path)
-    if os.path.exists(side):
-        with open(side) as f:
-            picked = json.load(f).get("lr")
-        if picked:
-            return model_bytes, picked, "picked at export, " + side
+    from .modelfile import read_model_file
+    picked = read_model_file(model_bytes).lr
+    if picked is not None:
+        return model_bytes, picked, "picked at export, the model file's default"
     return model_bytes, reference.Config().lr, "the default"
 
 
@@ -411,15 +406,18 @@ def cmd_probe_lr(args):
     scenario = _scenario(args)
     prepared = prepare(scenario, args.bits, progress=not args.quiet)
     result = check_lr_probe(prepared, reference.Config(), progress=not args.quiet)
-    print("%s: lr probe (Skip2-LoRA, numpy, %s, %d fine-tune samples, %d held out; test set %d samples)" % (
-        scenario.name, plural(result["epochs"], "epoch"), result["train_samples"], result["held_out_samples"],
-        len(scenario.test[1])))
-    print("  %-6s %10s %10s" % ("lr", "held-out", "test"))
+    seeds = ",".join(map(str, result["seeds"]))
+    print("%s: lr probe (%s, numpy; test set %d samples, not seen by the probe)" % (
+        scenario.name, describe_probe(result), len(scenario.test[1])))
+    print("  %-6s %10s %14s %16s %s" % ("lr", "held-out", "held-out loss", "test, mean", "test, seeds " + seeds))
     for lr, held in result["held_out_accuracy"].items():
-        print("  %-6s %9.1f%% %9.1f%%%s" % (lr, 100 * held, 100 * result["test_accuracy"][lr],
-                                          "  <- pick" if float(lr) == result["lr"] else ""))
-    print("  pick lr %g: %.1f points below the best rate on the test set" % (
-        result["lr"], result["pick_below_best_points"]))
+        print("  %-6s %9.1f%% %14.3f %15.1f%% %s%s" % (
+            lr, 100 * held, result["held_out_loss"][lr], 100 * result["test_accuracy"][lr],
+            " / ".join("%.1f%%" % (100 * a) for a in result["test_accuracy_per_seed"][lr]),
+            "  <- pick" if float(lr) == result["lr"] else ""))
+    print("  pick lr %g: %.1f points below the best rate on the test set (mean of seeds %s); %.1f with seed %d alone" % (
+        result["lr"], result["pick_below_best_points"], seeds, result["pick_below_best_points_first_seed"],
+        result["seeds"][0]))
     if args.json:
         _write(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
         print("results written to %s" % args.json)
@@ -484,7 +482,7 @@ def build_parser():
     _add_data(p)
     _add_bits(p)
     p.add_argument("--model", metavar="FILE",
-                   help="model file to write; an lr-pick JSON goes beside it (default: %s)" % MODEL_NAMES)
+                   help="model file to write (default: %s)" % MODEL_NAMES)
     _add_quiet(p)
     coaflow.add_export_flags(p)
     p.set_defaults(func=cmd_export)
@@ -519,7 +517,7 @@ def build_parser():
                                                    "(default: %s)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
-    _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the JSON beside the model; "
+    _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the model file; "
                            "else %g)" % reference.Config().lr)
     p.add_argument("--method", default="skip2-lora", choices=reference.METHODS,
                    help="method on the board (default: %(default)s)")

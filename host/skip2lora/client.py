@@ -17,6 +17,8 @@ import serial
 
 from s2l import frames as F
 
+from .modelfile import normalise, read_model_file
+
 __all__ = ["Client", "BoardError", "LinkError", "Stopped", "encode_samples", "dequantize_like_the_board"]
 
 MIN_PAYLOAD = 64        # frames never shrink below this (one sample of up to ~50 int8 features)
@@ -50,15 +52,20 @@ def _int8(x):
     return scale, q
 
 
-def dequantize_like_the_board(X, encoding):
-    """The values the board holds after receiving X with `encoding` (for reference comparisons)."""
-    X = np.asarray(X, np.float32)
+def dequantize_like_the_board(X, encoding, norm=None):
+    """The network's input the board holds after receiving raw readings X with `encoding`, for a
+    model with normalisation `norm` (for reference comparisons)."""
+    X = normalise(X, norm)
     if encoding == F.ENC_FLOAT32:
         return X
     return np.stack([q.astype(np.float32) * s for s, q in map(_int8, X)])
 
 
-def _sample_rows(X, y, encoding):
+def _sample_rows(X, y, encoding, norm=None):
+    # float32 samples go raw (the board normalises them); an int8 sample's one scale cannot hold
+    # features of different ranges, so int8 samples carry the network's input, normalised here
+    if encoding == F.ENC_INT8:
+        X = normalise(X, norm)
     rows = []
     for x, label in zip(np.asarray(X, np.float32), y):
         if encoding == F.ENC_FLOAT32:
@@ -73,11 +80,12 @@ def _samples_payload(rows, kind, encoding, n_features):
     return struct.pack(F.SAMPLES_HEADER, kind, encoding, len(rows), n_features) + b"".join(rows)
 
 
-def encode_samples(X, y, kind, encoding=F.ENC_INT8, max_payload=F.MAX_PAYLOAD):
-    """SAMPLES payloads for (X, y), as many samples per frame as fit; (payloads, sample bytes)."""
+def encode_samples(X, y, kind, encoding=F.ENC_INT8, max_payload=F.MAX_PAYLOAD, norm=None):
+    """SAMPLES payloads for raw readings (X, y) to a model with normalisation `norm`, as many
+    samples per frame as fit; (payloads, sample bytes)."""
     n_features = np.asarray(X).shape[1]
     per_frame = _per_frame(encoding, n_features, max_payload)
-    rows = _sample_rows(X, y, encoding)
+    rows = _sample_rows(X, y, encoding, norm)
     payloads = [_samples_payload(rows[at:at + per_frame], kind, encoding, n_features)
                 for at in range(0, len(rows), per_frame)]
     return payloads, len(y) * F.sample_size(encoding, n_features)
@@ -130,6 +138,7 @@ class Client:
         self.last_event = 0  # number of the last training event handled
         self.working = None  # the last WORKING frame's fields (the board in a long epoch), and when
         self.working_at = 0.0
+        self.norm = None  # the normalisation of the model uploaded: int8 samples are sent normalised
 
     def close(self):
         self.port.close()
@@ -317,6 +326,8 @@ class Client:
         return info
 
     def upload_model(self, model_bytes):
+        """Upload a model file (validated first: a bad one raises ModelError before a byte is sent)."""
+        self.norm = read_model_file(model_bytes).norm
         self.request(F.MODEL_BEGIN, json.dumps({"size": len(model_bytes), "crc": binascii.crc32(model_bytes)}).encode())
         at = 0
         while at < len(model_bytes):  # chunks carry their offset: re-sending one is harmless
@@ -329,11 +340,12 @@ class Client:
         return self.request(F.CONFIG, json.dumps(config).encode())
 
     def send_samples(self, X, y, kind, encoding=F.ENC_INT8, on_frame=None):
-        """Stream samples, as many per frame as fit (fewer once frames keep failing); returns the
+        """Stream raw readings, as many per frame as fit (fewer once frames keep failing); int8
+        samples are normalised with the uploaded model's constants first. Returns the
         number of sample-payload bytes (for the link benchmark). A SAMPLES frame is re-sent with
         its seq until answered, and split only once STATUS shows the board did not store it."""
         n_features = np.asarray(X).shape[1]
-        rows = _sample_rows(X, y, encoding)
+        rows = _sample_rows(X, y, encoding, self.norm)
         at = 0
         while at < len(rows):
             # at least one sample a frame, however small frames have become

@@ -8,7 +8,7 @@ from s2l import modelfile as fmt
 from s2l.modelfile import ModelError  # re-exported: the one error type for bad model files
 
 __all__ = ["ModelError", "QuantizedLayer", "ModelFile", "quantize", "write_model", "read_model",
-           "read_model_file", "quantization_report"]
+           "read_model_file", "quantization_report", "fit_norm", "normalise"]
 
 
 @dataclass
@@ -83,15 +83,17 @@ class ModelFile:
     layers: list        # QuantizedLayer per layer
     adapter: tuple = None  # (A list [in_i, r], B list [r, n_classes]) float32, or None
     norm: tuple = None     # (mean [n0], inv_std [n0]) float32, or None
+    lr: float = None       # the default learning rate (picked at export), or None
 
 
-def write_model(layers, adapter=None, norm=None):
+def write_model(layers, adapter=None, norm=None, lr=None):
     """Serialize QuantizedLayers to format-v2 bytes, with an optional starting adapter
-    (A list [in_i, r], B list [r, n_classes]) and input normalisation (mean, inv_std)."""
+    (A list [in_i, r], B list [r, n_classes]), input normalisation (mean, inv_std) and default lr."""
     dims = [layers[0].q.shape[1]] + [layer.q.shape[0] for layer in layers]
     bits, granularity = [layer.bits for layer in layers], [layer.granularity for layer in layers]
     fmt.check_config(dims, bits, granularity)
-    flags = (fmt.FLAG_ADAPTER if adapter is not None else 0) | (fmt.FLAG_NORM if norm is not None else 0)
+    flags = ((fmt.FLAG_ADAPTER if adapter is not None else 0) | (fmt.FLAG_NORM if norm is not None else 0)
+             | (fmt.FLAG_LR if lr is not None else 0))
     body = bytearray(fmt.encode_header(dims, bits, granularity, flags))
     for layer in layers:
         start = len(body)
@@ -116,7 +118,34 @@ def write_model(layers, adapter=None, norm=None):
         if len(mean) != dims[0] or len(inv_std) != dims[0]:
             raise ModelError("normalisation needs %d means and inverse deviations" % dims[0])
         body += mean.tobytes() + inv_std.tobytes()
-    return bytes(body) + fmt.crc_trailer(body)
+    if lr is not None:
+        if not fmt.LR_RANGE[0] <= lr <= fmt.LR_RANGE[1]:
+            raise ModelError("bad default lr %r (%g..%g)" % (lr, *fmt.LR_RANGE))
+        body += np.float32(lr).astype("<f4").tobytes()
+    data = bytes(body) + fmt.crc_trailer(body)
+    fmt.parse(data)  # what the board will refuse (a non-finite constant, an lr rounded out of range) is refused here
+    return data
+
+
+def fit_norm(X):
+    """Input normalisation constants (mean, inv_std), float32 per feature, from the lab's data X
+    [n, features]; a constant feature keeps its scale (inv_std 1)."""
+    X = np.asarray(X, np.float64)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    with np.errstate(divide="ignore"):
+        inv_std = np.where(std > 0, 1.0 / std, 1.0).astype(np.float32)
+    inv_std[~np.isfinite(inv_std)] = 1.0
+    return mean.astype(np.float32), inv_std
+
+
+def normalise(X, norm):
+    """The network's input for raw readings X [n, features]: (X - mean) * inv_std in float32, as
+    the board computes it (s2l.model.Model.normalised); X itself (as float32) when norm is None."""
+    X = np.asarray(X, np.float32)
+    if norm is None:
+        return X
+    mean, inv_std = norm
+    return (X - mean) * inv_std
 
 
 def read_model_file(data):
@@ -145,7 +174,7 @@ def read_model_file(data):
         n0 = layout.dims[0]
         norm = (np.frombuffer(data, "<f4", n0, layout.norm_at).astype(np.float32),
                 np.frombuffer(data, "<f4", n0, layout.norm_at + 4 * n0).astype(np.float32))
-    return ModelFile(layers, adapter, norm)
+    return ModelFile(layers, adapter, norm, layout.lr)
 
 
 def read_model(data):

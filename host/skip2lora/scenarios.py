@@ -16,7 +16,9 @@ Scenarios (what a deployed camera/sensor meets):
 A user's own data (own_data_scenario): a lab file (pretrain + source test) and what the board sees,
 either one drifted file or a fine-tune file and a test file. A single file per domain is split by a
 fixed permutation (seed 0) into disjoint parts: the lab file 80% pretrain / 20% source test, the
-drifted file 50% fine-tune / 50% test.
+drifted file 50% fine-tune / 50% test. Its features are normalised (mean and 1/std per feature,
+fitted on the pretrain part) with constants export writes into the model file: the board normalises
+the raw readings it is sent.
 """
 from dataclasses import dataclass
 
@@ -39,6 +41,9 @@ class Scenario:
     test: tuple
     classes: list
     split: str = ""  # how the parts came from the user's files, printed (own data only)
+    # fit input normalisation at export (into the model file): a user's features come in any units;
+    # the built-in scenarios are scaled by fixed functions already (pixels / 16, log1p spectra)
+    normalise: bool = False
 
     @property
     def n_features(self):
@@ -135,4 +140,4 @@ def own_data_scenario(data, drift=None, finetune=None, test=None, classes=None):
         raise DataError("%s: needs at least two classes" % data)
     name = os.path.splitext(os.path.basename(data))[0]
     return Scenario(name, "own data from " + data, pretrain, source_test, parts[0], parts[1], list(names),
-                    "\n".join(split))
+                    "\n".join(split), normalise=True)

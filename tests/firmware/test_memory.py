@@ -22,7 +22,7 @@ print(json.dumps({"imports": a1 - a0, "int_tuner": a3 - a2, "free": gc.mem_free(
                   "float_modules": [m for m in ("s2l.tuner", "s2l.rowstore", "s2l.skipcache", "s2l.kernels")
                                     if m in sys.modules]}))
 """
-# measured (README, "Memory on a board"): imports 45.4 KB, the integer tuner 25.0 KB; the bounds
+# measured (README, "Memory on a board"): imports 46.8 KB, the integer tuner 24.8 KB; the bounds
 # leave room for the firmware to grow a little, not for a module the integer path need not load
 IMPORTS_BOUND = 52 * 1024
 INT_TUNER_BOUND = 32 * 1024
@@ -40,4 +40,5 @@ def test_the_serving_set_fits_its_measured_heap(tmp_path):
     assert cost["float_modules"] == []
     assert cost["imports"] <= IMPORTS_BOUND, cost
     assert cost["int_tuner"] <= INT_TUNER_BOUND, cost
-    assert cost["free"] > 150 * 1024, cost  # of 241 KB, with the model loaded
+    # of 241 KB, with the 10 KB model loaded: what the two bounds above leave, and a little more
+    assert cost["free"] > 145 * 1024, cost

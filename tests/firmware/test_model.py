@@ -102,3 +102,61 @@ def test_float_tuner_starts_from_the_model_adapter(run):
         assert np.array_equal(np.array(a, np.float32), want_a.reshape(-1))
         assert np.array_equal(np.array(b, np.float32), want_b.reshape(-1))
     assert lines[1] == "TunerError the model's starting adapter has rank 2, the tuner rank 3"
+
+
+NORM_SCRIPT = """
+import json
+from s2l.model import load
+from s2l.tuning import new_tuner
+data = json.load(open("data.json"))
+m = load("norm.s2lm")
+out = {"lr": m.lr, "normalised": list(m.normalised(data["raw"][0])),
+       "default_lr": [new_tuner(m, "skip2-lora", path=p).lr for p in ("float", "int")],
+       "given_lr": new_tuner(m, "skip2-lora", path="int", lr=0.1).lr}
+for p in ("float", "int"):
+    t = new_tuner(m, "skip2-lora", path=p)
+    out[p] = [t.predict(x) for x in data["raw"]]
+    for x, label in zip(data["raw"], data["labels"]):
+        t.add_sample(x, label)
+    out[p + "_stored"] = [t.predict_input(t.sample(0)) if p == "float" else None]
+v1 = load("v1.s2lm")
+out["v1"] = [v1.lr, v1.norm, v1.dims, new_tuner(v1, "skip2-lora", path="float").lr]
+print(json.dumps(out))
+"""
+
+
+def v1_file():
+    # a version-1 file written by hand: header with no granularity bytes, flags 0 (5 -> 2, 2 bits)
+    import binascii
+    import struct
+    header = b"S2LM" + struct.pack("<BBH", 1, 1, 0) + struct.pack("<2H", 5, 2) + bytes([2])
+    body = header + bytes(fmt.header_size(1, 1) - len(header))
+    body += struct.pack("<4f", 0.5, 0.25, 1.0, -1.0) + bytes([0b01001101, 0b11, 0, 0b01])
+    return body + struct.pack("<I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def test_raw_readings_are_normalised_on_the_board_as_the_host_reference_does(run):
+    # raw sensor units far from the network's input range (mean ~100, spread ~20 per feature): the
+    # board's prediction of a raw reading equals the host reference's of the normalised reading
+    from skip2lora.modelfile import fit_norm, normalise
+    from skip2lora.reference import Network
+    rng = np.random.default_rng(7)
+    centre, spread = rng.uniform(50, 150, DIMS[0]), rng.uniform(5, 30, DIMS[0])
+    raw = (centre + spread * rng.normal(size=(200, DIMS[0]))).astype(np.float32)
+    norm = fit_norm(raw)
+    layers = [quantize(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1, 8)
+              for i, o in zip(DIMS[:-1], DIMS[1:])]
+    net = Network([(layer.dequantized(), layer.bias) for layer in layers])
+    logits = net.forward(normalise(raw, norm))[1]
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = np.flatnonzero(top2[:, 1] - top2[:, 0] > 0.05 * np.abs(logits).max(axis=1))[:24]  # no near-ties
+    want = logits[clear].argmax(axis=1)
+    assert len(set(want)) > 1 and not np.array_equal(net.forward(raw[clear])[1].argmax(axis=1), want)
+    files = {"norm.s2lm": write_model(layers, norm=norm, lr=0.02), "v1.s2lm": v1_file(),
+             "data.json": json.dumps({"raw": raw[clear].tolist(), "labels": [int(c) for c in want]}).encode()}
+    out = json.loads(run(NORM_SCRIPT, files=files))
+    assert out["lr"] == pytest.approx(0.02) and out["default_lr"] == [out["lr"]] * 2 and out["given_lr"] == 0.1
+    np.testing.assert_allclose(out["normalised"], normalise(raw[clear[:1]], norm)[0], rtol=1e-6, atol=1e-6)
+    assert out["float"] == want.tolist() and out["int"] == want.tolist()
+    assert out["float_stored"] == [int(want[0])]  # stored samples are the network's input: not normalised twice
+    assert out["v1"] == [None, None, [5, 2], 0.05]  # no lr in the file: the tuner's own default

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from skip2lora import cli
+from skip2lora.modelfile import read_model_file
 from skip2lora.pipeline import LR_CHOICES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +54,17 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
     assert "lab.csv: 300 rows, 32 features -> pretrain 240 / source test 60 (disjoint, seed 0)" in printed
     assert "drift.csv: 300 rows -> fine-tune 150 / test 150 (disjoint, seed 0)" in printed
     assert "board budget (RP2040" in printed and "room for" in printed
-    side = json.loads((folder / "sensor.json").read_text())
-    assert side["dims"] == [32, 64, 64, 4] and side["classes"] == sorted(CLASSES)
-    assert side["lr"] in LR_CHOICES and "-> lr %g" % side["lr"] in printed
+    assert "classes: %s" % ", ".join(sorted(CLASSES)) in printed
+    written = read_model_file(model.read_bytes())  # the lr pick and the normalisation live in the model file
+    assert [written.layers[0].q.shape[1]] + [layer.q.shape[0] for layer in written.layers] == [32, 64, 64, 4]
+    lr = float(written.lr)
+    assert round(lr, 6) in LR_CHOICES and "-> lr %g, written into the model file" % round(lr, 6) in printed
+    raw = np.loadtxt(lab, delimiter=",", skiprows=1, usecols=range(32))
+    assert np.abs(written.norm[0] - raw.mean(axis=0)).max() < 0.2  # fitted on the lab file's pretrain part
+    assert not list(folder.glob("*.json"))  # no sidecar
 
     bench = folder / "bench.json"
-    # the lr export picked (0.02 here; the default 0.05 diverges on these unnormalized features)
-    cli.main(["bench", "--epochs", "10", "--lr", str(side["lr"]), "--methods", "lora-all,skip2-lora",
+    cli.main(["bench", "--epochs", "10", "--lr", str(round(lr, 6)), "--methods", "lora-all,skip2-lora",
               "--json", str(bench)] + data)
     record = json.loads(bench.read_text())
     assert record["scenario"] == "lab" and (record["finetune_samples"], record["test_samples"]) == (150, 150)
@@ -74,9 +79,10 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
     printed = capsys.readouterr().out
     first = printed.splitlines()[2]  # after the two data lines: what is about to run, before any streaming
     assert first.startswith("model %s: dims 32-64-64-4, bits 8,8,8" % model)
-    assert "method skip2-lora" in first and "lr %g (picked at export" % side["lr"] in first
+    assert "method skip2-lora" in first and "lr %g (picked at export" % lr in first
     assert "150 fine-tune and 150 test samples" in first
     result = json.loads(run.read_text())
+    assert result["config"]["lr"] == lr  # no lr in CONFIG: the board took the model file's
     assert result["scenario"] == "lab" and result["link"]["finetune_samples"] == 150
     assert result["accuracy_before"] == pytest.approx(before, abs=0.02)  # int8 on the wire
 
@@ -160,7 +166,7 @@ def test_demo_writes_only_under_its_folder_and_measures_the_ratio_under_micropyt
     assert micropython["runtime"] == "micropython" and micropython["skip2_over_lora_all_time"] > 0
     assert "(measured in this run, micropython; the paper: 0.10)" in printed
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {
-        "digits-rotate.s2lm", "digits-rotate.json", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
+        "digits-rotate.s2lm", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
     assert "\x1b" not in printed
     assert cli.build_parser().parse_args(["demo"]).out == "out/demo"  # the default is under the ignored out/
 
@@ -177,8 +183,8 @@ def test_class_names_from_classes_and_separate_finetune_and_test_files(own, tmp_
               "--test", str(tmp_path / "test.csv"), "--model", str(tmp_path / "m.s2lm"), "--quiet"])
     printed = capsys.readouterr().out
     assert "ft.csv: fine-tune 100 rows; %s: test 200 rows" % (tmp_path / "test.csv") in printed
-    side = json.loads((tmp_path / "m.json").read_text())
-    assert side["classes"] == CLASSES and side["lr_probe"]["train_samples"] == 80
+    assert "classes: %s" % ", ".join(CLASSES) in printed
+    assert "2-fold cross-validation on 100 fine-tune samples x 1 seed" in printed  # tests/host/conftest.py
     _refused(["export", "--data", str(numbered), "--classes", "a,b", "--model", str(tmp_path / "x.s2lm")],
              "labels must be below 2", capsys)
 

@@ -51,8 +51,10 @@ def test_storage_bytes_equal_the_written_file_for_many_configurations():
         if rank:
             adapter = ([rng.normal(size=(d, rank)) for d in dims[:-1]], [rng.normal(size=(rank, dims[-1]))] * n)
         norm = (rng.normal(size=dims[0]), rng.uniform(1, 2, dims[0])) if trial % 3 == 0 else None
-        data = write_model(layers, adapter, norm)
-        assert fmt.file_size(dims, bits, gran, rank, norm is not None) == len(data), (dims, bits, gran, rank)
+        lr = 0.02 if trial % 4 == 1 else None
+        data = write_model(layers, adapter, norm, lr)
+        assert fmt.file_size(dims, bits, gran, rank, norm is not None, lr is not None) == len(data), (
+            dims, bits, gran, rank, lr)
 
 
 def test_sections_round_trip():
@@ -61,11 +63,41 @@ def test_sections_round_trip():
     a = [rng.normal(size=(d, 2)).astype(np.float32) for d in (13, 7, 5)]
     b = [rng.normal(size=(2, 3)).astype(np.float32) for _ in range(3)]
     norm = (rng.normal(size=13).astype(np.float32), rng.uniform(1, 2, 13).astype(np.float32))
-    back = read_model_file(write_model(layers, (a, b), norm))
+    back = read_model_file(write_model(layers, (a, b), norm, lr=0.02))
     for got, want in zip(back.adapter[0] + back.adapter[1] + list(back.norm), a + b + list(norm)):
         np.testing.assert_array_equal(got, want)
-    assert read_model_file(write_model(layers)).adapter is None
-    assert read_model_file(write_model(layers, norm=norm)).adapter is None
+    assert back.lr == np.float32(0.02)
+    plain = read_model_file(write_model(layers))
+    assert plain.adapter is None and plain.norm is None and plain.lr is None
+    only_norm = read_model_file(write_model(layers, norm=norm))
+    assert only_norm.adapter is None and only_norm.lr is None
+    only_lr = read_model_file(write_model(layers, lr=0.1))
+    assert only_lr.norm is None and only_lr.lr == np.float32(0.1)
+
+
+def test_a_truncated_section_is_named():
+    layers = random_layers()
+    norm = (np.zeros(13), np.ones(13))
+    data = write_model(layers, norm=norm, lr=0.05)
+    norm_at = len(data) - 4 - fmt.LR_SIZE - fmt.norm_size([13])
+    with pytest.raises(ModelError, match="truncated: %d bytes, expected %d, inside the normalisation section" % (
+            norm_at + 20, len(data))):
+        read_model(data[:norm_at + 20])
+    with pytest.raises(ModelError, match="inside the lr section"):
+        read_model(data[:len(data) - 6])
+
+
+def test_bad_lr_and_non_finite_normalisation_are_refused():
+    layers = random_layers()
+    for lr in (0.0, -0.05, 11.0, float("nan")):
+        with pytest.raises(ModelError, match="bad default lr"):
+            write_model(layers, lr=lr)
+    body = bytearray(write_model(layers, lr=0.05)[:-4])
+    body[-4:] = struct.pack("<f", float("inf"))
+    with pytest.raises(ModelError, match="bad default lr inf"):
+        read_model(with_crc(body))
+    with pytest.raises(ModelError, match="non-finite normalisation inv_std nan for input 3"):
+        write_model(layers, norm=(np.zeros(13), np.where(np.arange(13) == 3, np.nan, 1.0)))
 
 
 def test_version_1_files_still_read():

@@ -94,3 +94,47 @@ def test_bad_bits_are_refused_before_any_pretraining(capsys):
         with pytest.raises(SystemExit):
             cli.main(["export", "--bits", bits, "--model", "/dev/null", "--quiet"])
         assert reason in capsys.readouterr().err
+
+
+def test_lr_probe_cross_validates_on_the_fine_tune_set_only(prepared):
+    # a short probe (2 folds, 1 seed: tests/host/conftest.py; 2 epochs): the test set replaced by
+    # NaNs changes nothing
+    from dataclasses import replace
+
+    from skip2lora import pipeline
+    config = reference.Config(epochs=2)
+    probe = pipeline.probe_lr(prepared, config, progress=False)
+    Xt, yt = prepared.scenario.test
+    blind = replace(prepared, scenario=replace(prepared.scenario, test=(np.full_like(Xt, np.nan), yt)))
+    assert pipeline.probe_lr(blind, config, progress=False) == probe
+    assert probe["lr"] in pipeline.LR_CHOICES and probe["folds"] == 2 and probe["finetune_samples"] == 250
+    # every fine-tune sample is scored once (per seed): accuracies are whole counts of 250
+    assert all(abs(250 * a - round(250 * a)) < 1e-9 for a in probe["held_out_accuracy"].values())
+    best = max(probe["held_out_accuracy"].values())
+    assert probe["held_out_accuracy"][str(probe["lr"])] == best
+    assert all(float(lr) >= probe["lr"] for lr, a in probe["held_out_accuracy"].items() if a == best)  # ties: lower
+
+
+def test_own_data_is_normalised_with_the_constants_in_the_model_file(tmp_path):
+    # raw features in far-apart units: pretraining sees them normalised, the model file carries the
+    # constants, and prepared.inputs gives what the board's network sees
+    from skip2lora.modelfile import read_model_file
+    from skip2lora.scenarios import own_data_scenario
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 240)
+    X = rng.normal(size=(240, 6)) + y[:, None] * 0.8
+    X = X * np.array([1e3, 1e-3, 1, 50, 0.1, 7]) + np.array([1e4, 0, -3, 200, 5, 0])
+    path = tmp_path / "lab.npz"
+    np.savez(path, X=X, y=y)
+    scenario = own_data_scenario(str(path), drift=str(path))
+    p = prepare(scenario, progress=False)
+    written = read_model_file(p.model_bytes)
+    pre = scenario.pretrain[0]
+    np.testing.assert_allclose(written.norm[0], pre.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(written.norm[1], 1 / pre.std(axis=0), rtol=1e-4)
+    Xn, _ = p.inputs("pretrain")
+    np.testing.assert_allclose(Xn.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(Xn.std(axis=0), 1, atol=1e-3)
+    assert p.report["normalised"] and p.report["source_accuracy_quantized"] > 0.6
+    assert written.lr is None and read_model_file(p.with_lr(0.02).model_bytes).lr == np.float32(0.02)
+    assert read_model_file(prepare("rotate", progress=False).model_bytes).norm is None  # built-in: pre-scaled
