@@ -2,7 +2,7 @@
 # validation and scored after every epoch; the best adapters seen are kept (a copy of a few KB);
 # training stops when validation stops improving; a loss that jumps (or is not finite) brings the
 # best adapters back at half the learning rate; and training never ends worse on validation than
-# where it started: if no epoch reached the starting adapters' score, they are what the board keeps.
+# where it started: if no epoch beat the starting adapters' score, they are what the board keeps.
 # One Guard drives either tuner (float or integer path) through the same few calls:
 # train_epoch(count, tick), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
 import math

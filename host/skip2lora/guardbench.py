@@ -1,6 +1,7 @@
 """The board's epoch guard (firmware guard.py), measured with the firmware's own tuners under
-CPython, on both paths: on every shipped scenario at the default lr, and on the digits noise and
-rotate scenarios at lr 0.1, the test accuracy of the frozen model, of fine-tuning unguarded (every
+CPython, on both paths: on every shipped scenario at the lr export writes into the model file as its
+default (the probe's pick), at 0.05 (the tuner's own default), and on the digits noise and rotate
+scenarios at lr 0.1, the test accuracy of the frozen model, of fine-tuning unguarded (every
 sample, the last epoch's adapters) and guarded (the default holdout and patience); and what the
 guard costs, from the guarded run's own clock: the guard's time (validating, copying adapters)
 beside its training time, epoch by epoch in the same run, so that a busy machine slows both alike.
@@ -17,7 +18,7 @@ from s2l.model import Model
 from s2l.tuning import new_tuner
 
 from . import reference
-from .pipeline import SCENARIOS, prepare
+from .pipeline import SCENARIOS, prepare, probe_lr
 from .progress import bar
 
 HIGH_LR = 0.1
@@ -59,7 +60,8 @@ def scenario_rows(name, epochs, progress):
     sc = prepared.scenario
     finetune = (sc.finetune[0].tolist(), sc.finetune[1].tolist())
     test = (sc.test[0].tolist(), sc.test[1].tolist())
-    lrs = [reference.Config.lr] + ([HIGH_LR] if name in HIGH_LR_SCENARIOS else [])
+    picked = probe_lr(prepared, reference.Config(), progress=False)["lr"]  # the model file's default
+    lrs = sorted({picked, reference.Config.lr} | ({HIGH_LR} if name in HIGH_LR_SCENARIOS else set()))
     rows = []
     with bar(len(lrs) * 2 * 2 * epochs, "guard bench %s" % name, progress, "epochs") as b:
         for lr in lrs:
@@ -74,7 +76,7 @@ def scenario_rows(name, epochs, progress):
                 n = len(finetune[1])
                 overhead = g["guard_ms"] / g["train_ms"]
                 # unguarded, the same epochs train every sample: n / n_train times the training time
-                rows.append({"scenario": name, "lr": lr, "path": path, "samples": n, "runs": runs,
+                rows.append({"scenario": name, "lr": lr, "default": lr == picked, "path": path, "samples": n, "runs": runs,
                              "frozen": runs["unguarded"]["before"], "overhead": overhead,
                              "cost": (1 + overhead) * (n - g["val_samples"]) / n})
     return rows
@@ -88,8 +90,8 @@ def format_rows(rows):
                                                           "", "training", "unguarded")]
     for r in rows:
         g = r["runs"]["guarded"]
-        lines.append("%-10s %5g %-5s %7.1f %9.1f %9.1f %+9.1f %6s %8d %8.3f %9.3f  %s" % (
-            r["scenario"], r["lr"], r["path"], 100 * r["frozen"], 100 * r["runs"]["unguarded"]["after"],
+        lines.append("%-10s %5s %-5s %7.1f %9.1f %9.1f %+9.1f %6s %8d %8.3f %9.3f  %s" % (
+            r["scenario"], "%g%s" % (r["lr"], "*" if r["default"] else ""), r["path"], 100 * r["frozen"], 100 * r["runs"]["unguarded"]["after"],
             100 * g["after"], 100 * (g["after"] - r["frozen"]),
             g["guard"]["kept"] if g["guard"]["trained"] else "start", g["guard"]["restores"], r["overhead"],
             r["cost"], g["guard"]["stopped"] or "-"))
@@ -113,7 +115,7 @@ def main(argv=None):
     for name in args.scenarios.split(","):
         rows += scenario_rows(name, args.epochs, not args.quiet)
     print(format_rows(rows))
-    print("(holdout %g, patience %d; firmware tuners under CPython on this machine; the time ratios are measured "
+    print("(* the lr export writes into the model file: the probe's pick; holdout %g, patience %d; firmware tuners under CPython on this machine; the time ratios are measured "
           "inside each guarded run)" % (HOLDOUT, PATIENCE))
     if args.json:
         with open(args.json, "w") as f:
