@@ -85,7 +85,7 @@ def test_lost_events_are_fetched_not_waited_for(emulator, problem):
 def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emulator, problem):
     with pytest.raises(Stopped, match="stopped; the board is idle"):
         with Client(emulator.port) as board:
-            _ready(board, problem, epochs=10000)
+            _ready(board, problem, epochs=10000, holdout=0)  # unguarded: no early stop
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
             board.train()
     with Client(emulator.port) as board:
@@ -97,7 +97,7 @@ def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emula
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the emulator's pump sees it die
 def test_a_dead_board_is_noticed_in_seconds(emulator, problem):
     with Client(emulator.port) as board:
-        _ready(board, problem, epochs=10000)
+        _ready(board, problem, epochs=10000, holdout=0)
         threading.Timer(0.5, emulator.board.proc.kill).start()
         t0 = time.monotonic()
         with pytest.raises(LinkError, match="stopped answering"):
