@@ -46,7 +46,7 @@ def serve():
             n = reader.readinto(view[:core.wanted()]) or 0  # poll promised one byte, the frame the rest
             reply = core.feed(buf, n)
         else:
-            reply = core.work()
+            reply = core.work(writer.write)  # WORKING frames go out during a long epoch
         if reply:
             writer.write(reply)
 

@@ -45,6 +45,8 @@ PROGRESS = 0x81     # JSON {"epoch", "loss" (null when not finite), "ms", "left"
 DONE = 0x82         # JSON {"epochs", "loss"}: training finished
 FAILED = 0x83       # JSON {"code", "error", "epoch"}: training stopped by an error (E_DIVERGED, ...)
 EVENTS = (PROGRESS, DONE, FAILED)
+# (board -> host, unasked, seq 0, not numbered nor kept): the board is alive in a long epoch
+WORKING = 0x85      # JSON {"epoch" (0: the guard's first scoring), "done", "of"}: samples done so far
 REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET,
             STATUS, REPLY)
 NO_PAYLOAD = (HELLO, MODEL_END, STATS, SAVE, LOAD, RESET)  # a payload on these is an error

@@ -4,7 +4,7 @@
 # best adapters back at half the learning rate; and training never ends worse on validation than
 # where it started: if no epoch beat the starting adapters' score, they are what the board keeps.
 # One Guard drives either tuner (float or integer path) through the same few calls:
-# train_epoch(count), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
+# train_epoch(count, tick), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
 import math
 from array import array
 
@@ -89,13 +89,15 @@ class Guard:
     def active(self):
         return self.n_val > 0 and self.n_train > 0
 
-    def validate(self):
-        """Accuracy of the current adapters on the held-out samples."""
+    def validate(self, tick=None):
+        """Accuracy of the current adapters on the held-out samples; tick(done, of) after each."""
         t, order = self.tuner, self.tuner.order
         correct = 0
         for k in range(self.n_train, self.n_train + self.n_val):
             index = order[k]
             correct += t.predict_stored(index) == t.labels[index]
+            if tick:
+                tick(k - self.n_train + 1, self.n_val)
         return correct / self.n_val
 
     def _keep(self):
@@ -110,21 +112,22 @@ class Guard:
     def started(self):
         return self.val_start is not None
 
-    def start(self):
+    def start(self, tick=None):
         """Score the starting adapters: the floor training must reach (their first scoring runs the
-        validation samples' frozen layers into the skip-cache)."""
+        validation samples' frozen layers into the skip-cache, a long call: tick(done, of))."""
         t0 = clock.ticks_us()
-        self.val_start = self.val_best = self.validate()
+        self.val_start = self.val_best = self.validate(tick)
         self.us_guard += clock.ticks_diff(clock.ticks_us(), t0)
 
-    def epoch(self, last=False):
+    def epoch(self, last=False, tick=None):
         """One guarded epoch (`last`: the last one asked for, so not a stop worth reporting); the
         fields its PROGRESS event adds: val, lr, restored, best. Its time is split into training
-        and the guard's own work, so that the guard's cost is a ratio measured in one run."""
+        and the guard's own work, so that the guard's cost is a ratio measured in one run. tick:
+        the tuner's (WORKING frames)."""
         if not self.started:
             self.start()
         t0 = clock.ticks_us()
-        loss = self.tuner.train_epoch(self.n_train)
+        loss = self.tuner.train_epoch(self.n_train, tick)
         t1 = clock.ticks_us()
         self.us_train += clock.ticks_diff(t1, t0)
         fields = self._judge(loss, last)

@@ -23,7 +23,8 @@ FB = 12  # B's fixed exponent: B starts at zero and stays within +-8, 1/4096 res
 META_HEADER = 6  # n_layers, rank, n_classes, z0 offset in the row, lr multiplier, lr exponent
 META_LAYER = 5
 # frozen_layer's per-layer parameters (array('i')): row_bytes, bits, n_out, n_in, the scales'
-# exponent, the bias's exponent, x offset, y offset, y is int16 (the logits), clamp limit
+# exponent, the bias's exponent, x offset, y offset, y is int16 (the logits), clamp limit, the
+# inputs a scale covers (n_in: per output channel; 16 or 32: per group)
 # 2^-x for the softmax, x in 1/1024 steps: 2^(-k/32) * 32767 and 2^(-k/1024) * 32768, k = 0..31;
 # written out, not computed, so that a board's single-precision floats cannot round them apart
 EXP2_COARSE = array("H", (32767, 32065, 31378, 30705, 30047, 29404, 28774, 28157, 27554, 26963,
@@ -99,10 +100,15 @@ def ingest8(src, at, n, mult, dst, dat):
 def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
     # One frozen layer in integers: y = relu?(W x * scale + bias), W `bits`-bit packed (model format),
     # x int8 at rb[ro + x offset] with exponent e; y rounded into its limit (int8, or int12 as
-    # int16 for the logits) at rb[ro + y offset]; returns y's exponent. The per-channel scale is an
-    # integer multiplier mult[r] < 2^14 at exponent lp[4], the bias an int32 at exponent lp[5].
-    row_bytes, bits, n_out, n_in = lp[0], lp[1], lp[2], lp[3]
+    # int16 for the logits) at rb[ro + y offset]; returns y's exponent. A scale per group of lp[10]
+    # inputs (lp[10] = n_in: per channel) is an integer multiplier, |mult[r * groups + g]| <= 2^14,
+    # at exponent lp[4]; the bias an int32 at exponent lp[5]. acc: n_out * groups int32 of scratch.
+    row_bytes, bits, n_out, n_in, size = lp[0], lp[1], lp[2], lp[3], lp[10]
     xo, yo, wide, limit = ro + lp[6], ro + lp[7], lp[8], lp[9]
+    groups = (n_in + size - 1) // size
+    gs = 0  # the least gs with 2^gs >= groups: each group's product is shifted by it (below)
+    while (1 << gs) < groups:
+        gs += 1
     shift = 0 if bits == 8 else (1 if bits == 4 else 2)  # log2(values per byte), but for 3 bits
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
@@ -110,26 +116,29 @@ def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
     top = 0
     for r in range(n_out):
         start = r * row_bytes
-        total = 0
-        for c in range(n_in):
-            if bits == 3:  # format v2: a little-endian bit stream, value c at bit 3c
-                at, lo = start + ((3 * c) >> 3), (3 * c) & 7
-                q = ((packed[at] | (packed[at + 1] << 8 if lo > 5 else 0)) >> lo) & mask
-            else:
-                q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-            total += (q - mask - 1 if q & sign else q) * _s8(rb[xo + c])
-        acc[r] = total
-        if total < 0:
-            total = -total
-        if total > top:
-            top = total
-    # acc * mult at exponent lp[4] + e - pre: |acc >> pre| <= 2^15 keeps the product under 2^29,
-    # and pre keeps that exponent at or below the bias's, so the bias only shifts right
+        for g in range(groups):
+            total = 0
+            for c in range(g * size, min(g * size + size, n_in)):
+                if bits == 3:  # format v2: a little-endian bit stream, value c at bit 3c
+                    at, lo = start + ((3 * c) >> 3), (3 * c) & 7
+                    q = ((packed[at] | (packed[at + 1] << 8 if lo > 5 else 0)) >> lo) & mask
+                else:
+                    q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+                total += (q - mask - 1 if q & sign else q) * _s8(rb[xo + c])
+            acc[r * groups + g] = total
+            if total < 0:
+                total = -total
+            if total > top:
+                top = total
+    # a group's sum times its multiplier at exponent lp[4] + e - pre: |acc >> pre| <= 2^15 keeps
+    # the product within 2^29, and shifted right by gs the groups' products of a row sum to within
+    # 2^29 too (per channel gs = 0); pre keeps the exponent at or below the bias's, so the bias
+    # only shifts right, and the row's sum with its bias stays within 2^30
     bits_top = 0
     while top:
         top >>= 1
         bits_top += 1
-    exp = lp[4] + e
+    exp = lp[4] + e - gs
     pre = bits_top - 15
     if pre < exp - lp[5]:
         pre = exp - lp[5]
@@ -139,11 +148,15 @@ def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
     bias_shift = lp[5] - exp
     top = 0
     for r in range(n_out):
+        a = 0
+        k = r * groups
+        for g in range(groups):
+            a += rshift(rshift(acc[k + g], pre) * mult[k + g], gs)
         # |bias| <= 2^29: past 30 bits of shift it rounds to 0 (and no shift leaves a machine word)
-        a = rshift(acc[r], pre) * mult[r] + (0 if bias_shift > 30 else rshift(bias[r], bias_shift))
+        a += 0 if bias_shift > 30 else rshift(bias[r], bias_shift)
         if a < 0 and not wide:  # ReLU between layers
             a = 0
-        acc[r] = a
+        acc[r] = a  # row r's group sums are read by now (r <= r * groups), later rows' are not touched
         if a < 0:
             a = -a
         if a > top:

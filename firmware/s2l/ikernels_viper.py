@@ -51,33 +51,46 @@ def frozen_layer(packed: ptr8, lp: ptr32, mult: ptr32, bias: ptr32, rb: ptr8, ro
     yo = ro + lp[7]
     wide = lp[8]
     limit = lp[9]
+    size = lp[10]
+    groups = (n_in + size - 1) // size
+    gs = 0
+    while (1 << gs) < groups:
+        gs += 1
     shift = 0 if bits == 8 else (1 if bits == 4 else 2)
     mask = (1 << bits) - 1
     sign = 1 << (bits - 1)
     lane = (1 << shift) - 1
     top = 0
+    k = 0  # r * groups + g
     for r in range(n_out):
         start = r * row_bytes
-        total = 0
-        if bits == 3:
-            for c in range(n_in):
-                at = start + ((3 * c) >> 3)
-                q = ((packed[at] | (packed[at + 1] << 8)) >> ((3 * c) & 7)) & mask
-                total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
-        else:
-            for c in range(n_in):
-                q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
-                total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
-        acc[r] = total
-        if total < 0:
-            total = 0 - total
-        if total > top:
-            top = total
+        c0 = 0
+        for g in range(groups):
+            c1 = c0 + size
+            if c1 > n_in:
+                c1 = n_in
+            total = 0
+            if bits == 3:
+                for c in range(c0, c1):
+                    at = start + ((3 * c) >> 3)
+                    q = ((packed[at] | (packed[at + 1] << 8)) >> ((3 * c) & 7)) & mask
+                    total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
+            else:
+                for c in range(c0, c1):
+                    q = (packed[start + (c >> shift)] >> ((c & lane) * bits)) & mask
+                    total += ((q ^ sign) - sign) * ((rb[xo + c] ^ 0x80) - 0x80)
+            acc[k] = total
+            k += 1
+            c0 = c1
+            if total < 0:
+                total = 0 - total
+            if total > top:
+                top = total
     bits_top = 0
     while top:
         top >>= 1
         bits_top += 1
-    exp = ((lp[4] ^ b31) - b31) + e
+    exp = ((lp[4] ^ b31) - b31) + e - gs
     bias_exp = (lp[5] ^ b31) - b31
     pre = bits_top - 15
     if pre < exp - bias_exp:
@@ -87,10 +100,15 @@ def frozen_layer(packed: ptr8, lp: ptr32, mult: ptr32, bias: ptr32, rb: ptr8, ro
     exp -= pre
     bias_shift = bias_exp - exp
     half = (1 << (pre - 1)) if pre > 0 else 0
+    group_half = (1 << (gs - 1)) if gs > 0 else 0
     bias_half = (1 << (bias_shift - 1)) if 0 < bias_shift <= 30 else 0
     top = 0
+    k = 0
     for r in range(n_out):
-        a = ((((acc[r] ^ b31) - b31) + half) >> pre) * ((mult[r] ^ b31) - b31)
+        a = 0
+        for g in range(groups):
+            a += ((((((acc[k] ^ b31) - b31) + half) >> pre) * ((mult[k] ^ b31) - b31)) + group_half) >> gs
+            k += 1
         if bias_shift <= 30:
             a += (((bias[r] ^ b31) - b31) + bias_half) >> bias_shift
         if a < 0 and not wide:

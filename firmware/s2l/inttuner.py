@@ -70,10 +70,6 @@ class IntSkip2Tuner:
             raise TunerError("the integer path trains with batch 1 (got %d)" % batch)
         if max(dims[:-1]) > 512 or dims[-1] > 32:
             raise TunerError("the integer path takes layers of up to 512 inputs and 32 classes")
-        grouped = [i for i in range(n) if model.group[i]]
-        if grouped:  # one integer multiplier per output channel is all the frozen-layer kernel has
-            raise TunerError("the integer path takes per-channel or per-tensor scales; layer %d has a scale "
-                             "per group of %d: use path float, or export per-channel" % (grouped[0], model.group[grouped[0]]))
         self.model, self.rank, self.lr, self.epochs, self.batch = model, rank, lr, epochs, 1
         self.n_classes = nc = dims[-1]
         self.rng = XorShift32(seed)
@@ -86,18 +82,23 @@ class IntSkip2Tuner:
         self.n_planned = None  # samples allocated for up front by plan()
         self.order = array("H")  # an epoch's sample order
         self.hits = 0
-        # frozen layers: per-channel scales as integer multipliers round(scale * 2^K), |M| <= 2^14,
-        # biases as int32 at exponent KB, |bias| <= 2^29; the rest of a layer's parameters in lp
+        # frozen layers: scales (per channel, or per group of G inputs) as integer multipliers
+        # round(scale * 2^K), |M| <= 2^14, biases as int32 at exponent KB, |bias| <= 2^29; the rest
+        # of a layer's parameters in lp; acc holds a layer's sums, one per output and group
         self.layers = []
+        n_acc = 0
         for i in range(n):
+            size = model.group[i] or dims[i]
+            n_acc = max(n_acc, dims[i + 1] * ((dims[i] + size - 1) // size))
             k = _exponent(model.scales[i], 16384.0)
             kb = _exponent(model.bias[i], 2.0 ** 29, zero=64)  # zero biases never limit the exponent
             last = i == n - 1
             lp = array("i", [model.row_bytes[i], model.bits[i], dims[i + 1], dims[i], k, kb, self.x_at[i],
-                             self.z_at if last else self.x_at[i + 1], 1 if last else 0, I.INT12 if last else I.INT8])
+                             self.z_at if last else self.x_at[i + 1], 1 if last else 0,
+                             I.INT12 if last else I.INT8, size])
             self.layers.append((lp, array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]),
                                 array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]])))
-        self.acc = _zeros("i", max(dims))
+        self.acc = _zeros("i", n_acc)
         # adapters in one int16 array, A from the float path's init (uniform +-sqrt(6 / n_in), the
         # same PRNG draws) or the model's starting adapter, at an exponent whose bound uses a quarter
         # of int16; B zero or the starting adapter's, at FB
@@ -290,18 +291,22 @@ class IntSkip2Tuner:
             self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
         self.kernel_calls += len(self.layers)
 
-    def train_epoch(self, count=None):
+    def train_epoch(self, count=None, tick=None):
         """One epoch over the stored samples (or the first `count` of the order the guard
         arranged) in a shuffled order; returns the mean loss, infinite when the logits left the
         integer range. The first visit of a sample runs the frozen layers into its row; later ones
-        only step."""
+        only step. tick(done, of), if given, is called after each frozen forward (the slow part of
+        an epoch; a cached step stays free of it)."""
         order, n = epoch_order(self, count)
         total = 0.0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
         us = self.us
         for k in range(n):
             index = order[k]
+            fresh = not self.cached[index]
             at = self._cached_row(index)
+            if fresh and tick:
+                tick(k + 1, n)
             t1 = clock.ticks_us()
             label = self.labels[index]
             s = I.step(self.rows.buf, at, self.exps, index * self.n_exps, self.w, self.meta, self.scratch, label, 1)

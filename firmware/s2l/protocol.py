@@ -22,6 +22,10 @@ ADAPTER_FILE = "adapter.s2la"
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 FLOAT32_MAX = 3.4028234e38
+# during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
+# apart, so that the host hears the board is alive well within its 2 s heartbeat
+WORKING_EVERY_US = 1000000
+FREED = " (the previous tuner was freed to make room)"  # what a refused CONFIG says when it cost the old tuner
 
 
 class ProtocolError(Exception):
@@ -113,6 +117,7 @@ class Core:
         self.epochs_left = 0
         self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
         self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
+        self.working_every_us = WORKING_EVERY_US
         self.event_number = 0
         # (seq, type, payload, reply type, reply payload) of the last request: a retry gets the
         # reply again, and REPLY hands it out in parts (a long reply on a noisy link)
@@ -200,21 +205,34 @@ class Core:
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
                                       "epoch": len(self.tuner.losses) if self.tuner else 0})
 
-    def work(self):
+    def _tick(self, done, of):
+        # the tuner's tick while work() runs with an emit: a WORKING frame whenever working_every_us
+        # have passed (epoch 0: the guard's first scoring, before epoch 1)
+        now = clock.ticks_us()
+        if clock.ticks_diff(now, self.beat[1]) >= self.working_every_us:
+            self.beat[1] = now
+            self.beat[0](F.encode(F.WORKING, 0, json.dumps({"epoch": self.beat[2], "done": done, "of": of}).encode()))
+
+    def work(self, emit=None):
         """One epoch of pending training; its PROGRESS event (and DONE after the last), or b"".
-        Never raises: a failure ends training with a FAILED event."""
+        emit(bytes), if given, takes WORKING frames during the epoch (the one place the core sends
+        before it returns: an epoch may outlast the host's patience). Never raises: a failure ends
+        training with a FAILED event."""
         if not self.busy:
             return b""
         try:
             guard = self.guard if self.guarded else None
-            if guard is not None and not guard.started:  # a call of its own: the board answers between
-                guard.start()
-                return b""
             t0 = clock.ticks_us()
+            tick = self._tick if emit else None
+            self.beat = [emit, t0, len(self.tuner.losses) + 1]
+            if guard is not None and not guard.started:  # a call of its own: the board answers between
+                self.beat[2] = 0
+                guard.start(tick)
+                return b""
             if guard is None:
-                fields = {"loss": self.tuner.train_epoch()}
+                fields = {"loss": self.tuner.train_epoch(None, tick)}
             else:  # validation, best adapters, restores: guard.py
-                fields = guard.epoch(self.epochs_left == 1)
+                fields = guard.epoch(self.epochs_left == 1, tick)
                 fields["loss"] = self.tuner.losses[-1]
                 if guard.stopped:
                     self.epochs_left = 1
@@ -307,26 +325,36 @@ class Core:
         planned, fit = args.pop("samples", None), args.pop("fit", False)
         # the epoch guard's settings (guard.py); a holdout of 0 trains on every sample, unguarded
         holdout, patience = args.pop("holdout", None), args.pop("patience", None)
-        self._drop_tuner()  # free the old tuner's memory before the new one takes its own
-        try:
-            self.tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
-            if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
-                from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
-                self.guard = Guard(self.tuner, holdout, patience)
-        except MemoryError:
-            self._drop_tuner()
-            raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
-                                            "this board cannot fine-tune this model (a smaller model, or more RAM)" % (
-                                                free_heap(), len(self.model.buf)))
-        self.config = args
-        reply = {"method": self.tuner.method, "cache_mode": self.tuner.cache_mode, "path": self.tuner.path,
-                 "lr": self.tuner.lr}  # CONFIG's, else the model file's default
+        # the new tuner (and its guard) is built beside the old one, so that a refusal (a range the
+        # integer path cannot hold, ...) leaves the old tuner and its samples serving; the old one is
+        # freed when there is no room for both, and before a plan, which divides the memory it holds
+        old = self.tuner
+        while True:
+            try:
+                tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
+                guard = None
+                if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
+                    from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
+                    guard = Guard(tuner, holdout, patience)
+                break
+            except TunerError as e:
+                raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if old else ""))
+            except MemoryError:
+                if not self.tuner:
+                    raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
+                                                    "this board cannot fine-tune this model (a smaller model, or "
+                                                    "more RAM)%s" % (free_heap(), len(self.model.buf), FREED if old else ""))
+                self._drop_tuner()
+        self._drop_tuner()
+        reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
+                 "lr": tuner.lr}  # CONFIG's, else the model file's default
         if planned is not None:
             try:
-                reply["plan"] = self.tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
-            except TunerError:
-                self._drop_tuner()
-                raise
+                reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
+            except TunerError as e:
+                tuner.cache and tuner.cache.close()
+                raise TunerError("%s%s" % (e, FREED if old else ""))
+        self.tuner, self.guard, self.config = tuner, guard, args
         reply["free_heap"] = free_heap()
         return reply
 

@@ -379,9 +379,10 @@ class Tuner:
                 K.sub_scaled(self.bias[i], self.gbias[i], self.lr)
         self.us["update"] += clock.ticks_diff(clock.ticks_us(), t0)
 
-    def train_epoch(self, count=None):
+    def train_epoch(self, count=None, tick=None):
         """One epoch over the stored samples (or the first `count` of the order the guard
-        arranged) in a shuffled order; returns the mean loss."""
+        arranged) in a shuffled order; returns the mean loss. tick(done, of), if given, is called
+        after each mini-batch."""
         order, count = epoch_order(self, count)
         self._reserve_cache()
         step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
@@ -392,6 +393,8 @@ class Tuner:
             for index in idx:
                 total += step(index, scale)
             self._update()
+            if tick:
+                tick(start + len(idx), count)
         # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
         # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())

@@ -66,7 +66,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...; without lr the board
     takes the model file's default, and the result's config says which lr it used). progress(kind,
-    done, total, info) reports streaming ("upload", "finetune", "test") and training ("train").
+    done, total, info) reports streaming ("upload", "finetune", "test") and training ("first epoch":
+    its samples as the board reports them, then "train": epochs).
     limit: stream the first `limit` fine-tune samples, or fail before streaming if the board cannot
     hold them; None: as many as the board's memory plan holds (all, where they fit). The test set
     is scored by the board as it arrives, once before training and once after: it is never stored."""
@@ -102,7 +103,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
             epoch_ms.append(p["ms"])
             epochs_log.append(p)
             report("train", p["epoch"], p["epoch"] + p["left"], p)
-        done = board.train(on_progress=on_progress)
+        done = board.train(on_progress=on_progress,  # the first epoch runs the frozen layers: its samples
+                           on_working=lambda w: w["epoch"] == 1 and report("first epoch", w["done"], w["of"], None))
         train_seconds = time.monotonic() - t0
         stats = board.stats()
         after = score("test (after)")

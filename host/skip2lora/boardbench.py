@@ -5,6 +5,11 @@ and time of a cached training step. The default job of `run` on the integer path
 rotate model, 200 fine-tune samples as int8, 10 epochs.
 
     python -m skip2lora.boardbench [--runtimes cpython,micropython,micropython-unix]
+                                   [--granularity channel,16,32,tensor]
+
+With --granularity, the rotate network (pretrained, seed 0) is quantized at 8 bits with each of
+those scale granularities and every one is measured in the same run, with its frozen forward time
+per sample as a ratio to the first one's.
 
 A benchmark, not a test: it prints what it measured. Under the unix port the heap is an RP2040's
 free heap at boot (BOARD_HEAP) and the viper kernels run for real; under CPython there is no GC
@@ -60,6 +65,16 @@ out["kernel_calls_per_cached_step"] = (t.kernel_calls - (len(t.layers) + 1) * n)
 out["cached_step_ms"] = sum(epoch_us[1:]) / (len(epoch_us) - 1) / n / 1000
 out["first_epoch_ms_per_sample"] = epoch_us[0] / n / 1000
 out["samples"] = n
+# the frozen forward alone: every row's again (the same integers), the fastest of 5 passes
+best = None
+for _ in range(5):
+    t0 = ticks_us()
+    for i in range(n):
+        at = t.rows.row(i)
+        t._frozen_forward(t.rows.buf, at, t.exps, i * t.n_exps)
+    us = ticks_diff(ticks_us(), t0)
+    best = us if best is None or us < best else best
+out["frozen_forward_ms_per_sample"] = best / n / 1000
 print(json.dumps(out))
 """
 
@@ -76,7 +91,9 @@ def frames_for(model_bytes, X, y, epochs):
     for at in range(0, len(model_bytes), F.MAX_PAYLOAD - 4):
         add("M", F.MODEL_CHUNK, struct.pack("<I", at) + model_bytes[at:at + F.MAX_PAYLOAD - 4])
     add("M", F.MODEL_END)
-    add("C", F.CONFIG, json.dumps({"method": "skip2-lora", "path": "int", "epochs": epochs, "samples": len(y)}).encode())
+    # unguarded (holdout 0), as the board-goal command runs: every sample trains, each work() an epoch
+    add("C", F.CONFIG, json.dumps({"method": "skip2-lora", "path": "int", "epochs": epochs, "samples": len(y),
+                                   "holdout": 0}).encode())
     for payload in encode_samples(X, y, F.KIND_FINETUNE, F.ENC_INT8)[0]:
         add("S", F.SAMPLES, payload)
     return "\n".join(lines) + "\n", F.encode(F.TRAIN, seq + 1).hex()
@@ -89,6 +106,20 @@ def measure(runtime, model_bytes, X, y, epochs=10):
     return json.loads(run_firmware_script(SCRIPT, runtime, files=files, timeout=900, **kwargs))
 
 
+def granularity_models(names):
+    """(label, model bytes): the rotate network at 8 bits, one scale per channel, per group of
+    16 or 32 inputs, or per tensor, as `names` lists them."""
+    from s2l import modelfile as fmt
+    from .modelfile import quantize, write_model
+    from .pipeline import prepare
+    codes = {"channel": fmt.PER_CHANNEL, "16": 16, "32": 32, "tensor": fmt.PER_TENSOR}
+    bad = [g for g in names if g not in codes]
+    if bad:
+        raise SystemExit("--granularity: %r is not one of %s" % (bad[0], ",".join(codes)))
+    net = prepare("rotate", progress=False).float_net
+    return [("8/%s" % g, write_model([quantize(w, b, 8, codes[g]) for w, b in zip(net.W, net.b)])) for g in names]
+
+
 def _kb(v):
     return "n/a" if v is None else "%.1f" % (v / 1024)
 
@@ -99,21 +130,33 @@ def main(argv=None):
     parser.add_argument("--model", default="models/digits-rotate.s2lm", help="model file (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=200, help="fine-tune samples (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs (default: %(default)s)")
+    parser.add_argument("--granularity", default="", help="comma-separated scale granularities to measure "
+                        "instead of --model: channel, 16, 32, tensor (default: none)")
     args = parser.parse_args(argv)
-    model_bytes = open(args.model, "rb").read()
+    if args.granularity:
+        models = granularity_models(args.granularity.split(","))
+    else:
+        models = [(args.model.rsplit("/", 1)[-1], open(args.model, "rb").read())]
     X, y = (v[:args.samples] for v in load_scenario("rotate").finetune)
-    print("%-17s %9s %7s %9s %9s %9s %9s %10s %9s %7s" % (
-        "runtime", "kernels", "KB/s", "imports", "samples", "cache", "lowest", "calls/step", "step ms", "fwd ms"))
-    print("%-17s %9s %7s %9s %9s %9s %9s %10s %9s %7s" % (
-        "", "", "SAMPLES", "KB free", "KB free", "KB free", "KB free", "", "(cached)", "/sample"))
+    print("%-17s %-18s %9s %7s %9s %9s %9s %9s %10s %9s %7s %7s %6s" % (
+        "runtime", "model", "kernels", "KB/s", "imports", "samples", "cache", "lowest", "calls/step", "step ms",
+        "fwd ms", "frozen", "ratio"))
+    print("%-17s %-18s %9s %7s %9s %9s %9s %9s %10s %9s %7s %7s %6s" % (
+        "", "", "", "SAMPLES", "KB free", "KB free", "KB free", "KB free", "", "(cached)", "/sample", "ms", ""))
     for runtime in args.runtimes.split(","):
-        r = measure(runtime, model_bytes, X, y, args.epochs)
-        print("%-17s %9s %7.1f %9s %9s %9s %9s %10.1f %9.3f %7.2f" % (
-            runtime, r["kernels"], r["samples_bytes_per_s"] / 1024, _kb(r["after_imports"]), _kb(r["after_samples"]),
-            _kb(r["after_cache"]), _kb(r["lowest_while_training"]), r["kernel_calls_per_cached_step"],
-            r["cached_step_ms"], r["first_epoch_ms_per_sample"]))
-    print("(%d samples x %d epochs, integer path; the wire at 115200 baud delivers 11.25 KB/s; times are this "
-          "machine's, not a board's)" % (len(y), args.epochs))
+        first = None
+        for label, model_bytes in models:
+            r = measure(runtime, model_bytes, X, y, args.epochs)
+            frozen = r["frozen_forward_ms_per_sample"]
+            first = first or frozen
+            print("%-17s %-18s %9s %7.1f %9s %9s %9s %9s %10.1f %9.3f %7.2f %7.3f %6.2f" % (
+                runtime, label, r["kernels"], r["samples_bytes_per_s"] / 1024, _kb(r["after_imports"]),
+                _kb(r["after_samples"]), _kb(r["after_cache"]), _kb(r["lowest_while_training"]),
+                r["kernel_calls_per_cached_step"], r["cached_step_ms"], r["first_epoch_ms_per_sample"], frozen,
+                frozen / first))
+    print("(%d samples x %d epochs, integer path; fwd ms: the first epoch a sample, frozen ms: its frozen forward "
+          "alone (the fastest of 5 passes over the rows), ratio: to the first model's in the same run; the wire at 115200 baud delivers 11.25 KB/s; times "
+          "are this machine's, not a board's)" % (len(y), args.epochs))
 
 
 if __name__ == "__main__":

@@ -335,19 +335,23 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
     bars = {}
 
     def progress(kind, done, total, info):
+        if kind == "train" and "first epoch" in bars:
+            bars.pop("first epoch").close()  # it ended: its last WORKING came up to a second before
         b = bars.get(kind)
         if b is None:
             b = bars[kind] = bar(total, {"train": "train (epochs)", "finetune": "send fine-tune samples (frames)",
+                                         "first epoch": "first epoch: frozen layers of each sample (samples)",
                                          "test (before)": "score the test set before training (frames)",
                                          "test (after)": "score the test set after training (frames)"}.get(kind, kind),
-                                 not args.quiet, "epochs" if kind == "train" else "frames")
+                                 not args.quiet, {"train": "epochs", "first epoch": "samples"}.get(kind, "frames"))
         if info:
             b.set_postfix(ms=info["ms"], **_epoch_postfix(info))
         b.update(done - b.n)
         if done == total:
             b.close()
-            if kind == "test (before)":  # the board reports nothing until its first epoch ends
-                print("the board trains (a line per epoch) ...", flush=True)
+            if kind == "test (before)":
+                print("the board trains (a line per epoch, and the first epoch's samples on a slow board) ...",
+                      flush=True)
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
     result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,

@@ -136,6 +136,8 @@ class Client:
         self.raw = bytearray()
         self.events = []  # training events (type, number, body) not yet handled
         self.last_event = 0  # number of the last training event handled
+        self.working = None  # the last WORKING frame's fields (the board in a long epoch), and when
+        self.working_at = 0.0
         self.norm = None  # the normalisation of the model uploaded: int8 samples are sent normalised
 
     def close(self):
@@ -172,9 +174,10 @@ class Client:
         return not events
 
     def _await(self, seq, wait):
-        """("reply", type, body), ("damaged",) or ("silent",) for the request `seq`."""
+        """("reply", type, body), ("damaged",), ("silent",) or ("busy",) (no reply, but WORKING
+        frames: the board answers after its epoch) for the request `seq`."""
         deadline = time.monotonic() + wait
-        heard, dangling, last_byte = False, False, 0.0
+        heard, dangling, last_byte, working = False, False, 0.0, False
         while True:
             while self.pending:
                 event = self.pending.pop(0)
@@ -184,6 +187,8 @@ class Client:
                 _, rtype, rseq, body = event
                 if rtype in F.EVENTS:
                     self.events.append((rtype, rseq, body))  # for train(), which is waiting for them
+                elif rtype == F.WORKING:
+                    working = self._working(body)
                 elif rseq == seq and rtype in (F.OK, F.ERROR, F.PART):
                     if rtype == F.ERROR and len(body) >= 2 and struct.unpack_from("<H", body)[0] in (F.E_CRC, F.E_OVERSIZE):
                         self.counts["damaged"] += 1  # the board got our frame damaged
@@ -194,10 +199,14 @@ class Client:
                 self.counts["damaged"] += 1  # a frame began and stopped: bytes were lost
                 return ("damaged",)
             if now > deadline:
-                return ("damaged",) if heard else ("silent",)
+                return ("busy",) if working else (("damaged",) if heard else ("silent",))
             got = self._read()
             if got is not None:
                 heard, dangling, last_byte = True, got, time.monotonic()
+
+    def _working(self, body):
+        self.working, self.working_at = json.loads(body), time.monotonic()
+        return True
 
     def _wait(self, limit):
         if self.srtt is None:
@@ -211,7 +220,7 @@ class Client:
         seq, frame = self.seq, F.encode(ftype, self.seq, payload)
         limit = timeout or self.timeout
         retries = self.retries if retries is None else retries
-        wait, silent, damaged, attempt = self._wait(limit), 0, 0, 0
+        wait, silent, damaged, attempt, busy = self._wait(limit), 0, 0, 0, 0
         self.counts["requests"] += 1
         while True:
             if attempt:
@@ -225,7 +234,9 @@ class Client:
                 rtt = time.monotonic() - sent
                 self.srtt = rtt if self.srtt is None else 0.8 * self.srtt + 0.2 * rtt
                 return self._reply(outcome[1], outcome[2])
-            if outcome[0] == "silent" or self._repl():
+            if outcome[0] == "busy":  # alive, in a long epoch: it answers when the epoch ends
+                silent, busy, wait = 0, busy + 1, limit
+            elif outcome[0] == "silent" or self._repl():
                 self.counts["timeouts"] += 1
                 silent += 1
                 if silent > retries and wait >= limit:
@@ -242,7 +253,7 @@ class Client:
                     damaged = 0
             if max_attempts and attempt >= max_attempts:
                 return None
-            if attempt >= 100 * (retries + 1):
+            if attempt - busy >= 100 * (retries + 1):
                 raise LinkError("no intact reply from %s after %d attempts: the link is too noisy" % (
                     self.url, attempt))
 
@@ -354,6 +365,9 @@ class Client:
         """Training events in order, from the link and, where one is missing, from STATUS."""
         self.pending, frames = [], self.pending
         self.events += [e[1:] for e in frames if e[0] == "frame" and e[1] in F.EVENTS]
+        for e in frames:
+            if e[0] == "frame" and e[1] == F.WORKING:
+                self._working(e[3])
         arrived, self.events = self.events, []
         out = []
         for rtype, number, body in sorted((e for e in arrived if self._newer(e[1])),
@@ -380,17 +394,22 @@ class Client:
                     continue  # the board holds more than one STATUS carries
             return out, status
 
-    def train(self, epochs=None, on_progress=None, heartbeat=2.0):
+    def train(self, epochs=None, on_progress=None, heartbeat=2.0, on_working=None):
         """Train; blocks until DONE, calling on_progress(progress dict) each epoch. A FAILED event
-        (divergence, out of memory) raises BoardError. When no event came for `heartbeat` s (or
-        twice the longest epoch so far) the board is asked for its state: a lost event is fetched,
-        a dead board is noticed in seconds."""
+        (divergence, out of memory) raises BoardError. When no event (nor WORKING frame: the board
+        in a long epoch, at least once a second) came for `heartbeat` s (or twice the longest epoch
+        so far) the board is asked for its state: a lost event is fetched, a dead board is noticed
+        in seconds. on_working(fields) sees each WORKING frame (the samples of a long epoch done)."""
         started = self.request(F.TRAIN, json.dumps({"epochs": epochs} if epochs else {}).encode())
         self.last_event = started["event"]
         longest, quiet_since = 0.0, time.monotonic()
         while True:
             self._read()
             got = self._next_events()
+            if self.working_at > quiet_since:
+                quiet_since = self.working_at
+                if on_working:
+                    on_working(self.working)
             quiet = max(heartbeat, 2 * longest)
             if not got and time.monotonic() - quiet_since > quiet:
                 # the heartbeat, with quick retries: a dead board is noticed in seconds

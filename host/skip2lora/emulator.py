@@ -21,52 +21,66 @@ import tty
 from .mpyrun import BOARD_HEAP, FIRMWARE, REPO, _node, unix_command, unix_env
 
 RUNTIMES = ("micropython", "cpython", "micropython-unix")
+# a message's first byte: 0 idle, 1 busy (the reply to a feed or work), or INTERIM: bytes sent
+# during work (WORKING frames), with the reply still to come
+INTERIM = 2
 SERVE_CPYTHON = """
 import struct, sys
 from s2l.protocol import Core
 core = Core(sys.argv[1])
+if len(sys.argv) > 2:
+    core.working_every_us = int(sys.argv[2])
 stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+def send(first, out):
+    stdout.write(struct.pack("<BI", first, len(out)) + out)
+    stdout.flush()
 while True:
     head = stdin.read(5)
     if len(head) < 5:
         break
     n = struct.unpack("<I", head[1:])[0]
-    out = core.feed(stdin.read(n)) if head[:1] == b"F" else core.work()
-    stdout.write(struct.pack("<BI", core.busy, len(out)) + out)
-    stdout.flush()
-"""
+    out = core.feed(stdin.read(n)) if head[:1] == b"F" else core.work(lambda data: send(%d, data))
+    send(core.busy, out)
+""" % INTERIM
 
 
 class BoardProcess:
     """The protocol core in a child process: feed(bytes) and work() -> reply bytes; .busy."""
 
-    def __init__(self, runtime="micropython"):
+    def __init__(self, runtime="micropython", working_every_us=None):
         if runtime not in ("micropython", "cpython"):
             raise ValueError("a BoardProcess runs micropython or cpython, not %r" % runtime)
         self.flash = tempfile.TemporaryDirectory(prefix="s2l-flash-")
+        every = [] if working_every_us is None else [str(working_every_us)]
         if runtime == "micropython":
-            cmd = [_node(), str(REPO / "tools" / "mpy_serve.mjs"), str(FIRMWARE)]
+            cmd = [_node(), str(REPO / "tools" / "mpy_serve.mjs"), str(FIRMWARE)] + every
         else:
-            cmd = [sys.executable, "-c", SERVE_CPYTHON, self.flash.name]
+            cmd = [sys.executable, "-c", SERVE_CPYTHON, self.flash.name] + every
         env = dict(os.environ, PYTHONPATH=str(FIRMWARE))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.busy = False
 
-    def _call(self, kind, data=b""):
+    def _call(self, kind, data=b"", interim=None):
         self.proc.stdin.write(kind + struct.pack("<I", len(data)) + data)
         self.proc.stdin.flush()
-        head = self.proc.stdout.read(5)
-        if len(head) < 5:
-            raise RuntimeError("the emulated board exited (code %s)" % self.proc.poll())
-        self.busy = bool(head[0])
-        n = struct.unpack("<I", head[1:])[0]
-        return self.proc.stdout.read(n) if n else b""
+        while True:
+            head = self.proc.stdout.read(5)
+            if len(head) < 5:
+                raise RuntimeError("the emulated board exited (code %s)" % self.proc.poll())
+            n = struct.unpack("<I", head[1:])[0]
+            out = self.proc.stdout.read(n) if n else b""
+            if head[0] != INTERIM:
+                self.busy = bool(head[0])
+                return out
+            if interim:
+                interim(out)
 
     def feed(self, data):
         return self._call(b"F", data)
 
-    def work(self):
-        return self._call(b"W")
+    def work(self, emit=None):
+        """The reply bytes of one unit of work; emit(bytes) gets what the board sends meanwhile."""
+        return self._call(b"W", interim=emit)
 
     def close(self):
         if self.proc.poll() is None:
@@ -97,11 +111,15 @@ class UnixBoard:
 
 
 class Emulator:
-    """A board behind a pty: `port` is the path to open. heap: the unix port's GC heap."""
+    """A board behind a pty: `port` is the path to open. heap: the unix port's GC heap.
+    working_every_us: how often the board sends WORKING in a long epoch (the firmware's default
+    unless given; the pipe runtimes only: under the unix port main.py runs as a board's)."""
 
-    def __init__(self, runtime="micropython", heap=BOARD_HEAP):
+    def __init__(self, runtime="micropython", heap=BOARD_HEAP, working_every_us=None):
         if runtime not in RUNTIMES:
             raise ValueError("unknown runtime %r (one of %s)" % (runtime, ", ".join(RUNTIMES)))
+        if working_every_us is not None and runtime == "micropython-unix":
+            raise ValueError("working_every_us applies to the micropython and cpython runtimes")
         self.master, slave = os.openpty()
         tty.setraw(slave)  # bytes as they are: no echo, no line discipline
         self.port = os.ttyname(slave)
@@ -112,7 +130,7 @@ class Emulator:
         if runtime == "micropython-unix":
             self.board = UnixBoard(self.master, heap)  # the far end of the pty: where a board sits
             return
-        self.board = BoardProcess(runtime)
+        self.board = BoardProcess(runtime, working_every_us)
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
@@ -124,12 +142,15 @@ class Emulator:
                 self.bytes_in += len(data)
                 reply = self.board.feed(data)
             elif self.board.busy:
-                reply = self.board.work()
+                reply = self.board.work(self._write)
             else:
                 continue
-            if reply:
-                os.write(self.master, reply)
-                self.bytes_out += len(reply)
+            self._write(reply)
+
+    def _write(self, data):
+        if data:
+            os.write(self.master, data)
+            self.bytes_out += len(data)
 
     def close(self):
         self._stop.set()

@@ -25,7 +25,7 @@ def run(case):
         return [s, dst.hex()]
     if kind == "frozen_layer":
         rb = bytearray.fromhex(case["rb"])
-        acc = array("i", [0] * case["lp"][2])
+        acc = array("i", [0] * len(case["mult"]))
         e = I.frozen_layer(bytes.fromhex(case["packed"]), array("i", case["lp"]), array("i", case["mult"]),
                            array("i", case["bias"]), rb, case["ro"], case["e"], acc)
         return [e, rb.hex()]
@@ -64,10 +64,13 @@ def ingest_cases(rng):
 
 
 def frozen_cases(rng):
+    # per channel (a scale covers n_in inputs) and per group of 16 or 32 (a last group that is
+    # short, or a single one); at the extremes every product and multiplier is at its bound
     out = []
     for bits in (8, 4, 3, 2):
         qmax = (1 << (bits - 1)) - 1
-        for n_in, n_out, extreme in ((13, 5, False), (512, 4, True), (64, 10, False)):
+        for n_in, n_out, extreme, sizes in ((13, 5, False, (13, 16)), (512, 4, True, (512, 16, 32)),
+                                            (64, 10, False, (64, 16, 32)), (72, 3, True, (72, 16))):
             w = rng.integers(-qmax, qmax + 1, (n_out, n_in))
             x = rng.integers(-127, 128, n_in)
             if extreme:  # the largest sums a row can reach: 512 x 127 x 127
@@ -75,16 +78,23 @@ def frozen_cases(rng):
                 x[:] = 127
             x[::5] = 0
             row_bytes = len(pack(w[0], bits))
-            for wide, limit in ((0, 127), (1, 2047)):
-                for mult_exp, bias_exp, e, zero_bias in ((20, 25, 3, False), (10, 64, -6, True), (28, 12, 0, False)):
-                    bias = np.zeros(n_out, int) if zero_bias else rng.integers(-(1 << 29), 1 << 29, n_out)
-                    ro = 7
-                    rb = bytearray(ro + n_in + 2 * n_out + 3)
-                    rb[ro:ro + n_in] = s8(x)
-                    out.append({"kind": "frozen_layer", "packed": (b"".join(pack(r, bits) for r in w) + bytes(4)).hex(),
-                                "lp": [row_bytes, bits, n_out, n_in, mult_exp, bias_exp, 0, n_in, wide, limit],
-                                "mult": rng.integers(-(1 << 14), (1 << 14) + 1, n_out).tolist(),
-                                "bias": bias.tolist(), "rb": bytes(rb).hex(), "ro": ro, "e": e})
+            for size in sizes:
+                n_scales = n_out * -(-n_in // size)
+                for wide, limit in ((0, 127), (1, 2047)):
+                    for mult_exp, bias_exp, e, zero_bias in ((20, 25, 3, False), (10, 64, -6, True), (28, 12, 0, False)):
+                        bias = np.zeros(n_out, int) if zero_bias else rng.integers(-(1 << 29), 1 << 29, n_out)
+                        mult = rng.integers(-(1 << 14), (1 << 14) + 1, n_scales)
+                        if extreme:
+                            mult[:n_scales // 2] = 1 << 14
+                            mult[n_scales // 2:] = -(1 << 14)
+                        ro = 7
+                        rb = bytearray(ro + n_in + 2 * n_out + 3)
+                        rb[ro:ro + n_in] = s8(x)
+                        out.append({"kind": "frozen_layer",
+                                    "packed": (b"".join(pack(r, bits) for r in w) + bytes(4)).hex(),
+                                    "lp": [row_bytes, bits, n_out, n_in, mult_exp, bias_exp, 0, n_in, wide, limit, size],
+                                    "mult": mult.tolist(), "bias": bias.tolist(), "rb": bytes(rb).hex(), "ro": ro,
+                                    "e": e})
     return out
 
 
@@ -154,6 +164,17 @@ def test_the_cases_reach_the_edges(results):
     assert any(c["train"] and r[0] > 0 and r[1] == c["w"] for c, r in steps)  # the tiny lr
     ingests = [r for c, r in zip(cases, out["cpython"][1]) if c["kind"] == "ingest8"]
     assert {r[0] for r in ingests} >= {0, 1, 16, 17}
+    # a frozen row's sum reaches 99% of 2^29, the bound of its products' part (the bias adds at most
+    # as much: 2^30 in all), with a scale per channel and per group
+    tops = {}
+    for c in cases:
+        if c["kind"] == "frozen_layer":
+            acc = array("i", [0] * len(c["mult"]))
+            portable.frozen_layer(bytes.fromhex(c["packed"]), array("i", c["lp"]), array("i", c["mult"]),
+                                  array("i", c["bias"]), bytearray.fromhex(c["rb"]), c["ro"], c["e"], acc)
+            grouped = c["lp"][10] < c["lp"][3]
+            tops[grouped] = max(tops.get(grouped, 0), max(abs(v) for v in acc[:c["lp"][2]]))
+    assert tops[False] > 0.99 * 2 ** 29 and tops[True] > 0.99 * 2 ** 29, tops
 
 
 def test_ingest8_scales_an_int8_sample_into_the_int8_range():
@@ -174,12 +195,39 @@ def test_a_frozen_layer_equals_the_float_layer_within_its_rounding():
     mult_exp, bias_exp, e = 24, 28, 4
     rb = bytearray(n_in + 2 * n_out)
     rb[:n_in] = s8(x)
-    lp = array("i", [n_in, 8, n_out, n_in, mult_exp, bias_exp, 0, n_in, 1, 2047])
+    lp = array("i", [n_in, 8, n_out, n_in, mult_exp, bias_exp, 0, n_in, 1, 2047, n_in])
     e_out = portable.frozen_layer(bytes(s8(w.ravel())), lp, array("i", mult.tolist()), array("i", bias.tolist()),
                                   rb, 0, e, array("i", [0] * n_out))
     y = np.frombuffer(bytes(rb[n_in:]), "<i2") * 2.0 ** -e_out
     exact = (w @ x) * 2.0 ** -e * mult * 2.0 ** -mult_exp + bias * 2.0 ** -bias_exp
     assert np.abs(y - exact).max() <= np.abs(exact).max() / 2047 + 1e-9
+
+
+@pytest.mark.parametrize("n_in,size", [(64, 16), (72, 32), (512, 16)])
+def test_a_grouped_frozen_layer_equals_the_float_layer_within_its_rounding(n_in, size):
+    # a scale per group of `size` inputs, multipliers spread over 2^7..2^14 (a group's scale may be
+    # far below the layer's largest): the int12 logits within a unit of the exact ones, and the
+    # int8 outputs (ReLU) within one of theirs, at their own exponent
+    rng = np.random.default_rng(n_in + size)
+    n_out, groups = 10, -(-n_in // size)
+    w = rng.integers(-127, 128, (n_out, n_in))
+    x = rng.integers(-127, 128, n_in)
+    mult = rng.integers(1 << 7, (1 << 14) + 1, (n_out, groups)) * rng.choice([-1, 1], (n_out, groups))
+    bias = rng.integers(-(1 << 20), 1 << 20, n_out)
+    mult_exp, bias_exp, e = 24, 28, 4
+    exact = (w * np.repeat(mult, size, axis=1)[:, :n_in]) @ x * 2.0 ** (-e - mult_exp) + bias * 2.0 ** -bias_exp
+    for wide, limit in ((1, 2047), (0, 127)):
+        rb = bytearray(n_in + 2 * n_out)
+        rb[:n_in] = s8(x)
+        lp = array("i", [n_in, 8, n_out, n_in, mult_exp, bias_exp, 0, n_in, wide, limit, size])
+        e_out = portable.frozen_layer(bytes(s8(w.ravel())), lp, array("i", mult.ravel().tolist()),
+                                      array("i", bias.tolist()), rb, 0, e, array("i", [0] * (n_out * groups)))
+        if wide:
+            y, want = np.frombuffer(bytes(rb[n_in:]), "<i2") * 2.0 ** -e_out, exact
+        else:
+            y, want = np.frombuffer(bytes(rb[n_in:n_in + n_out]), np.int8) * 2.0 ** -e_out, np.maximum(exact, 0)
+        assert np.abs(y).max() * 2 ** e_out > limit / 2  # the output uses its range
+        assert np.abs(y - want).max() <= 2.0 ** -e_out, (wide, np.abs(y - want).max() * 2 ** e_out)
 
 
 def test_the_softmax_tables():

@@ -191,3 +191,137 @@ def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
     hello = [r for r in replies if r[0] == F.OK and "protocol" in r[2]]
     assert hello[-1][2]["model"]["dims"] == [12, 8, 6, 4]
     assert [r[0] for r in replies].count(F.PROGRESS) == CONFIG["epochs"]
+
+
+def test_a_config_the_tuner_refuses_keeps_the_old_tuner_and_its_samples(runtime, problem):
+    # rank 6 passes the CONFIG checks, but the integer path holds at most 16 / 3 layers = 5 in
+    # int32: refused, and the trained tuner serves on (same predictions, its samples, TRAIN again)
+    model, _, (X, y), (Xt, yt) = problem
+    config = dict(CONFIG, batch=1)
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", **config)
+    for at in (0, 10):
+        s.send(F.SAMPLES, samples_payload(X[at:at + 10], y[at:at + 10], F.KIND_FINETUNE))
+    s.send(F.TRAIN)
+    s.lines.append("WORK")
+    test = [samples_payload(Xt[at:at + 10], yt[at:at + 10], F.KIND_TEST) for at in range(0, len(yt), 10)]
+    for payload in test:
+        s.send(F.SAMPLES, payload)
+    s.send(F.EVAL).json(F.CONFIG, method="skip2-lora", path="int", **dict(config, rank=6))
+    s.send(F.STATS).send(F.EVAL)  # the scores since TRAIN are kept too
+    for payload in test:
+        s.send(F.SAMPLES, payload)
+    s.send(F.EVAL)
+    s.json(F.TRAIN, epochs=1)
+    s.lines.append("WORK")
+    replies = s.run(runtime)
+    errors = [r[2:] for r in replies if r[0] == "ERROR"]
+    assert errors[0] == [F.E_TUNER, "rank must be 1..5 on the integer path, got 6 (the previous tuner and its "
+                                    "samples are kept)"]
+    assert len(errors) == 1
+    stats = [r[2] for r in replies if r[0] == F.OK and "macs" in r[2]]
+    assert len(stats) == 1 and stats[0]["samples"] == 20 and stats[0]["epochs"] == CONFIG["epochs"]
+    evals = [r[2] for r in replies if r[0] == F.OK and "confusion" in r[2]]
+    assert len(evals) == 3 and evals[0] == evals[1] and evals[2]["samples"] == 2 * len(yt)
+    assert evals[2]["accuracy"] == evals[0]["accuracy"]
+    progress = [r[2]["epoch"] for r in replies if r[0] == F.PROGRESS]
+    assert progress == list(range(1, CONFIG["epochs"] + 2))  # trained on from where it stopped
+
+
+def test_a_tuner_with_no_room_beside_the_old_one_frees_it_and_says_so(monkeypatch, tmp_path, problem):
+    # no heap for the new tuner beside the old one: the old one is freed to try again, which works,
+    # or does not, and then the error says the old one is gone. A plan is made after the old tuner
+    # is freed (it divides the memory the old one holds): a refused plan says so
+    from s2l import protocol
+    model, *_ = problem
+    real = protocol.new_tuner
+    config = json.dumps({"method": "skip2-lora", "path": "int"}).encode()
+    for fails, want in ((0, F.ERROR), (1, F.OK), (2, F.ERROR)):
+        core = protocol.Core(str(tmp_path))
+        core.model = protocol.Model(model)
+        core.configure(config)
+        old, calls = core.tuner, []
+
+        def tight(*args, **kw):
+            calls.append(core.tuner is old)
+            if len(calls) <= fails:
+                raise MemoryError
+            return real(*args, **kw)
+        monkeypatch.setattr(protocol, "new_tuner", tight)
+        if fails:
+            rtype, body = core._handle(F.CONFIG, 1, config)
+            assert calls[:2] == [True, False]  # the first try beside the old tuner, the next without it
+        else:  # the tuner fits, 200 samples do not: 30,000 bytes of heap, no flash
+            monkeypatch.setattr(protocol, "free_heap", lambda: 30000)
+            monkeypatch.setattr(protocol, "flash_free", lambda path: None)
+            rtype, body = core._handle(F.CONFIG, 1, json.dumps({"method": "skip2-lora", "path": "int",
+                                                                 "samples": 200}).encode())
+            assert body[2:].decode().startswith("200 fine-tune samples do not fit")
+            assert body[2:].decode().endswith(" (the previous tuner was freed to make room)")
+        assert rtype == want
+        if want == F.OK:
+            assert core.tuner is not None and core.tuner is not old
+        else:
+            assert core.tuner is None
+            assert core._handle(F.STATS, 2, b"")[0] == F.ERROR  # STATS before CONFIG
+        if fails == 2:
+            assert body[2:].decode().endswith(" (the previous tuner was freed to make room)")
+        monkeypatch.undo()
+
+
+WORKING_SCRIPT = """
+import json
+from s2l import frames as F
+from s2l.protocol import Core
+core = Core(".")
+core.working_every_us = 0  # a WORKING frame at every chance
+decoder = F.Decoder()
+for line in open("requests.txt"):
+    core.feed(bytes.fromhex(line.strip()))
+epochs = []
+while core.busy:
+    sent = []
+    reply = core.work(sent.append)
+    working = [e for data in sent for e in decoder.feed(data)]
+    epochs.append([[e[1], e[2], json.loads(e[3])] for e in working] + [[e[1] for e in decoder.feed(reply)]])
+print(json.dumps(epochs))
+"""
+
+
+@pytest.mark.parametrize("path,batch", [("int", 1), ("float", 4)])
+def test_the_board_sends_working_frames_during_an_epoch(runtime, problem, path, batch):
+    # the integer path after each frozen forward (the first epoch only: a cached step pays nothing),
+    # the float path after each mini-batch; each before the epoch's PROGRESS
+    from skip2lora.mpyrun import run_firmware_script
+    model, _, (X, y), _ = problem
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path=path, holdout=0, **dict(CONFIG, batch=batch))
+    s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
+    epochs = json.loads(run_firmware_script(WORKING_SCRIPT, runtime, files={"requests.txt": "\n".join(s.lines).encode()}))
+    assert len(epochs) == CONFIG["epochs"]
+    _check_working(epochs, path)
+
+
+def _check_working(epochs, path, n=10):
+    for k, epoch in enumerate(epochs):
+        working, after = epoch[:-1], epoch[-1]
+        assert after[0] == F.PROGRESS and all(w[:2] == [F.WORKING, 0] for w in working)
+        done = [w[2]["done"] for w in working]
+        if path == "int":
+            assert done == (list(range(1, n + 1)) if k == 0 else [])
+        else:
+            assert done == [4, 8, 10]
+        assert all(w[2]["epoch"] == k + 1 and w[2]["of"] == n for w in working)
+
+
+def test_the_guards_first_scoring_sends_working_frames_too(runtime, problem):
+    # a call of its own before the first epoch, which runs the validation samples' frozen layers
+    from skip2lora.mpyrun import run_firmware_script
+    model, _, (X, y), _ = problem
+    s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", holdout=0.5, **dict(CONFIG, batch=1))
+    s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
+    calls = json.loads(run_firmware_script(WORKING_SCRIPT, runtime, files={"requests.txt": "\n".join(s.lines).encode()}))
+    start, epochs = calls[0], calls[1:]
+    assert start[-1] == [] and len(epochs) == CONFIG["epochs"]  # no event: the guard's start
+    n_val = start[0][2]["of"]
+    assert [w[2]["done"] for w in start[:-1]] == list(range(1, n_val + 1)) and 0 < n_val < 10
+    assert all(w[2]["epoch"] == 0 for w in start[:-1])  # before epoch 1
+    _check_working(epochs, "int", 10 - n_val)

@@ -184,7 +184,7 @@ def test_reset_cancels_training(tmp_path, problem):
 
 def test_a_loss_that_is_not_finite_reaches_the_host_as_null_and_stops_training(tmp_path, problem):
     b = ready_board(tmp_path, problem, holdout=0)  # unguarded (the guard restores instead: test_guard.py)
-    b.core.tuner.train_epoch = lambda: float("nan")
+    b.core.tuner.train_epoch = lambda count=None, tick=None: float("nan")
     b.send(F.TRAIN)
     events = b.train()  # json.loads above: valid JSON
     assert [t for t, _, _ in events] == [F.PROGRESS, F.FAILED]
@@ -196,7 +196,7 @@ def test_a_loss_that_is_not_finite_reaches_the_host_as_null_and_stops_training(t
 def test_training_that_raises_ends_in_a_failed_event_and_the_board_serves_on(tmp_path, problem):
     b = ready_board(tmp_path, problem)
 
-    def broken(count=None):
+    def broken(count=None, tick=None):
         raise MemoryError
     b.core.tuner.train_epoch = broken
     b.send(F.TRAIN)

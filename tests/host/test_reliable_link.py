@@ -7,6 +7,7 @@ import threading
 import time
 import tty
 
+import numpy as np
 import pytest
 
 from s2l import frames as F
@@ -84,7 +85,7 @@ def test_lost_events_are_fetched_not_waited_for(emulator, problem):
 def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emulator, problem):
     with pytest.raises(Stopped, match="stopped; the board is idle"):
         with Client(emulator.port) as board:
-            _ready(board, problem, epochs=10000)
+            _ready(board, problem, epochs=10000, holdout=0)  # unguarded: no early stop
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
             board.train()
     with Client(emulator.port) as board:
@@ -96,7 +97,7 @@ def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emula
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the emulator's pump sees it die
 def test_a_dead_board_is_noticed_in_seconds(emulator, problem):
     with Client(emulator.port) as board:
-        _ready(board, problem, epochs=10000)
+        _ready(board, problem, epochs=10000, holdout=0)
         threading.Timer(0.5, emulator.board.proc.kill).start()
         t0 = time.monotonic()
         with pytest.raises(LinkError, match="stopped answering"):
@@ -172,3 +173,38 @@ def test_the_webassembly_board_survives_reads_that_yield_no_reply():
         assert [(e[1], e[2]) for e in replies] == [(F.OK, 2)]
     finally:
         board.close()
+
+
+def _first_epoch(runtime, n, working_every_us, patience):
+    # the integer path on the rotate model: the first epoch runs the frozen layers of every sample;
+    # the client gives up on a silent board after `patience` s (heartbeat and request timeout)
+    from skip2lora.pipeline import load_scenario
+    model = open(os.path.join(os.path.dirname(__file__), "..", "..", "models", "digits-rotate.s2lm"), "rb").read()
+    s = load_scenario("rotate")
+    X, y = (np.concatenate([a, b])[:n] for a, b in zip(s.finetune, s.test))
+    with Emulator(runtime, working_every_us=working_every_us) as emu:
+        with Client(emu.port) as board:
+            board.hello()
+            board.upload_model(model)
+            board.configure(method="skip2-lora", path="int", epochs=2)
+            board.send_samples(X, y, F.KIND_FINETUNE)
+            progress, working = [], []
+            board.timeout, board.retries = patience, 1
+            board.train(on_progress=progress.append, heartbeat=patience, on_working=working.append)
+            return progress, working
+
+
+@pytest.mark.parametrize("runtime,n", [("cpython", 500), ("micropython", 40)])
+def test_a_first_epoch_longer_than_the_hosts_patience_is_not_a_dead_board(runtime, n):
+    # the board sends WORKING during the epoch and the guard's first scoring (every 20 ms here, 1 s on a board; the host's 2 s
+    # heartbeat is 0.05 s here; measured: a first epoch of 1.7 s (CPython), 1.0 s (WebAssembly)):
+    # training ends normally. Without them (one an hour), the same board is taken for dead, which
+    # shows that the epoch does outlast the host's patience
+    progress, working = _first_epoch(runtime, n, 20000, 0.05)
+    assert [p["epoch"] for p in progress] == [1, 2] and progress[0]["ms"] > 200
+    train = [w for w in working if w["epoch"] == 1]  # the rest (epoch 0): the guard's first scoring
+    done = [w["done"] for w in train]
+    assert len(done) > 3 and done == sorted(done) and 0 < done[0] and done[-1] <= train[0]["of"] < n
+    assert all(w["epoch"] in (0, 1) for w in working)  # the cached epoch needs none
+    with pytest.raises(LinkError, match="stopped answering"):
+        _first_epoch(runtime, n, 3600 * 10 ** 6, 0.05)
