@@ -16,7 +16,8 @@ at zero, so training starts from M = 0: one shared Skip-LoRA adapter.
 
 A, B and the configuration model are trained together by Adam on the source domain: each step
 draws a configuration from the training set and a mini-batch, runs the frozen network quantized
-under that configuration, and steps on the cross-entropy. Gradients are written by hand (checked
+under that configuration, and steps on the cross-entropy against the float network's output
+distribution (distillation: what quantization took is what the adapter gives back). Gradients are written by hand (checked
 against finite differences in tests/host/test_coa.py). For a configuration c the board gets the
 folded adapter A_i' = A_i (s M_i(c) + I)^T, B_i' = B_i (rebalanced, see CoA.adapter): plain
 Skip-LoRA, so the board's tuner and model format need nothing new.
@@ -35,6 +36,18 @@ LN_EPS = 1e-5
 def _silu_parts(p):
     sig = 1.0 / (1.0 + np.exp(-p))
     return p * sig, sig
+
+
+def softmax(z):
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def soft_cross_entropy_grad(z, target):
+    """d(mean cross-entropy against the distributions `target` [B, C])/dz and the mean loss."""
+    p = softmax(z)
+    loss = -(target * np.log(p + 1e-12)).sum(axis=1).mean()
+    return (p - target) / len(z), float(loss)
 
 
 class Adam:
@@ -120,14 +133,15 @@ class CoA:
             grads["e_gran"][g] += d_shared[2 * EMBED * j + EMBED:2 * EMBED * (j + 1)]
 
     # -- adapters ---------------------------------------------------------------------------------
-    def loss_and_grads(self, config, inputs, z0, y):
-        """Mean cross-entropy of z = z0 + sum_i B_i^T T_i A_i^T x_i on a batch, and its gradients."""
+    def loss_and_grads(self, config, inputs, z0, target):
+        """Mean cross-entropy of z = z0 + sum_i B_i^T T_i A_i^T x_i against the distributions
+        `target` [B, C] on a batch, and its gradients."""
         p, n = self.params, self.n_layers
         t, cache = self._config_forward(config)
         h = [x @ p["a%d" % i] for i, x in enumerate(inputs)]  # A_i^T x_i, batch rows
         h2 = [hi @ t[i].T for i, hi in enumerate(h)]          # T_i A_i^T x_i
         z = z0 + sum(hi @ p["b%d" % i] for i, hi in enumerate(h2))
-        g, loss = reference.softmax_grad(z, y)
+        g, loss = soft_cross_entropy_grad(z, target)
         grads, d_t = {}, np.zeros_like(t)
         for i in range(n):
             d_h2 = g @ p["b%d" % i].T
@@ -155,22 +169,32 @@ class CoA:
         return a_list, b_list
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self, net, configs, X, y, steps, batch=64, lr=3e-3, seed=0, on_step=None):
-        """Adam on the source domain, a configuration drawn from `configs` each step. Returns the
-        seconds it took. net: the float reference.Network; the frozen network per configuration
-        is its quantized copy."""
+    def fit(self, net, configs, X, steps, batch=64, lr=5e-3, per_step=1, seed=0, on_step=None):
+        """Adam on the source domain X, `per_step` configurations drawn from `configs` each step
+        (their gradients averaged), lr on a cosine schedule to zero. The target is the float
+        network's own output distribution: the adapter learns to give back what quantization took
+        (measured: on the hard labels of the pretraining set, which the float network already fits,
+        longer training overfits and held-out accuracy falls below the no-adapter network's).
+        Returns the seconds it took. net: the float reference.Network; the frozen network per
+        configuration is its quantized copy."""
         rng = np.random.default_rng(seed)
+        target = softmax(net.forward(X)[1])
         frozen = {}
         opt = Adam(self.params, lr)
         t0 = time.perf_counter()
         for step in range(steps):
-            config = configs[rng.integers(len(configs))]
-            if config not in frozen:
-                frozen[config] = quantized_network(net, config)
-            idx = rng.choice(len(X), min(batch, len(X)), replace=False)
-            inputs, z0 = frozen[config].forward(X[idx])
-            loss, grads = self.loss_and_grads(config, inputs, z0, y[idx])
-            opt.step(grads)
+            opt.lr = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+            total = {}
+            for _ in range(per_step):
+                config = configs[rng.integers(len(configs))]
+                if config not in frozen:
+                    frozen[config] = quantized_network(net, config)
+                idx = rng.choice(len(X), min(batch, len(X)), replace=False)
+                inputs, z0 = frozen[config].forward(X[idx])
+                loss, grads = self.loss_and_grads(config, inputs, z0, target[idx])
+                for k, g in grads.items():
+                    total[k] = total.get(k, 0) + g / per_step
+            opt.step(total)
             if on_step:
                 on_step(step, loss)
         return time.perf_counter() - t0
@@ -197,6 +221,15 @@ class CoA:
         return coa
 
 
+def damage(net, config, X, coa=None):
+    """Mean KL divergence of the network quantized under `config` (with the CoA adapter if given)
+    from the float network on X: what quantization loses, and what the adapter wins back."""
+    target = softmax(net.forward(X)[1])
+    qnet = quantized_network(net, config)
+    z = coa.logits(qnet, config, X) if coa is not None else qnet.forward(X)[1]
+    return float(soft_cross_entropy_grad(z, target)[1] + (target * np.log(target + 1e-12)).sum(axis=1).mean())
+
+
 def evaluate(net, config, X, y, coa=None):
     """(loss, accuracy) of the network quantized under `config`, with the CoA adapter if given."""
     qnet = quantized_network(net, config)
@@ -205,4 +238,4 @@ def evaluate(net, config, X, y, coa=None):
     return loss, float((z.argmax(axis=1) == y).mean())
 
 
-__all__ = ["CoA", "QuantConfig", "evaluate"]
+__all__ = ["CoA", "QuantConfig", "damage", "evaluate"]

@@ -5,8 +5,8 @@ import pytest
 
 from s2l import modelfile as fmt
 from skip2lora import reference
-from skip2lora.coa import CoA, evaluate
-from skip2lora.quantconfig import QuantConfig, quantized_network
+from skip2lora.coa import CoA, damage, softmax
+from skip2lora.quantconfig import QuantConfig, quantized_network, random_configs
 
 DIMS = [6, 5, 4, 3]
 CONFIG = QuantConfig((3, 2, 8), (16, fmt.PER_TENSOR, fmt.PER_CHANNEL))
@@ -16,7 +16,7 @@ def small_problem(seed=0):
     rng = np.random.default_rng(seed)
     net = reference.Network([(rng.normal(0, 0.8, (o, i)), rng.normal(0, 0.1, o)) for i, o in zip(DIMS[:-1], DIMS[1:])])
     X = rng.normal(size=(9, DIMS[0]))
-    return net, X, rng.integers(0, DIMS[-1], 9)
+    return net, X, softmax(rng.normal(size=(9, DIMS[-1])))  # the targets: distributions, as the float network gives
 
 
 @pytest.mark.parametrize("configured", [True, False])
@@ -57,3 +57,24 @@ def test_folded_adapter_gives_the_same_logits():
     np.testing.assert_allclose(coa.logits(qnet, CONFIG, X), want, rtol=1e-5, atol=1e-5)
     back = CoA.from_json(coa.as_json())
     np.testing.assert_array_equal(back.adapter(CONFIG)[0][1], coa.adapter(CONFIG)[0][1])
+
+
+def test_damage_is_zero_for_the_float_network_and_grows_with_fewer_bits():
+    net, X, _ = small_problem()
+    assert damage(net, QuantConfig.uniform(3, 8), X) < damage(net, QuantConfig.uniform(3, 4), X) \
+        < damage(net, QuantConfig.uniform(3, 2), X)
+    assert damage(net, QuantConfig.uniform(3, 8), X) < 1e-3
+
+
+def test_joint_training_gives_back_what_quantization_took_on_an_unseen_configuration():
+    dims = [12, 16, 16, 4]
+    rng = np.random.default_rng(5)
+    net = reference.Network([(rng.normal(0, 1.2 / np.sqrt(i), (o, i)), rng.normal(0, 0.1, o))
+                             for i, o in zip(dims[:-1], dims[1:])], np.float64)
+    X = rng.normal(size=(256, dims[0]))
+    held = QuantConfig((2, 3, 2), (fmt.PER_TENSOR, fmt.PER_CHANNEL, 16))
+    training = [c for c in random_configs(3, 60, np.random.default_rng(6)) if c != held]
+    coa = CoA(dims, rank=4, hidden=16, seed=0)
+    coa.fit(net, training, X, steps=400, batch=32, lr=1e-2)
+    before, after = damage(net, held, X), damage(net, held, X, coa)
+    assert after < 0.6 * before, (before, after)
