@@ -17,8 +17,8 @@ at zero, so training starts from M = 0: one shared Skip-LoRA adapter.
 A, B and the configuration model are trained together by Adam on the source domain: each step
 draws a configuration from the training set and a mini-batch, runs the frozen network quantized
 under that configuration, and steps on the cross-entropy against the float network's output
-distribution (distillation: what quantization took is what the adapter gives back). Gradients are written by hand (checked
-against finite differences in tests/host/test_coa.py). For a configuration c the board gets the
+distribution (distillation: what quantization took is what the adapter gives back). Gradients are
+written by hand (checked against finite differences in tests/host/test_coa.py). For a configuration c the board gets the
 folded adapter A_i' = A_i (s M_i(c) + I)^T, B_i' = B_i (rebalanced, see CoA.adapter): plain
 Skip-LoRA, so the board's tuner and model format need nothing new.
 """

@@ -57,8 +57,8 @@ def source_net(scenario_name, data_path=None, progress=True):
     return scenario, pretrain(*scenario.pretrain, len(scenario.classes), seed=0, progress=progress)
 
 
-def train(scenario_name, rank=4, hidden=HIDDEN, scale=SCALE, steps=20000, lr=5e-3, per_step=1, rounds=4, initial=40,
-          per_round=16, extra=200, seed=0, data_path=None, progress=True):
+def train(scenario_name, rank=4, hidden=HIDDEN, scale=SCALE, steps=20000, lr=5e-3, per_step=1, rounds=6, initial=40,
+          per_round=32, extra=200, seed=0, data_path=None, progress=True):
     """Search the front on the source domain (objective: bytes and the damage, the KL divergence
     from the float network), train CoA on the searched configurations plus `extra` random ones
     (minus the held-out ones), and evaluate the front with and without the CoA adapter. Returns
@@ -431,7 +431,7 @@ def register(sub):
     t.add_argument("--steps", type=int, default=20000, help="CoA training steps (Adam, batch 64) (default: %(default)s)")
     t.add_argument("--lr", type=float, default=5e-3, help="Adam's lr, cosine to zero (default: %(default)s)")
     t.add_argument("--per-step", type=int, default=1, help="configurations per step (default: %(default)s)")
-    t.add_argument("--rounds", type=int, default=4, help="search rounds (surrogate + NSGA-II) (default: %(default)s)")
+    t.add_argument("--rounds", type=int, default=6, help="search rounds (surrogate + NSGA-II) (default: %(default)s)")
     t.add_argument("--out", default=DEFAULT_RECORD, help="JSON of the front and CoA parameters (default: %(default)s)")
     t.set_defaults(func=cmd_train)
     b = coa_sub.add_parser("bench", help="held-out table, uniform-4-bit check, on-device CoA vs zero start, plot")
