@@ -1,5 +1,5 @@
 """CoA-LoRA's hand-written gradients against finite differences, its folding, and that joint
-training on a small problem recovers accuracy lost to quantization for a configuration it never saw."""
+training on a small problem gives back what quantization took for a configuration it never saw."""
 import numpy as np
 import pytest
 

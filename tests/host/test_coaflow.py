@@ -1,5 +1,5 @@
 """CoA-LoRA end to end on the default scenario, kept short (few steps, one search round): `coa
-train` writes the front and the CoA parameters, `export --budget-bytes/--board` writes the best
+train` writes the front and the CoA parameters, `export --budget-bytes/--board/--port` writes the best
 fitting configuration with its folded adapter, bad input is a one-line error, and the benchmark's
 parts run (the full-size numbers are in `skip2lora coa bench` and the README)."""
 import json
@@ -57,7 +57,7 @@ def test_coa_recovers_low_bit_accuracy_on_held_out_configurations(record):
     assert "within 1.0 point" in text and "both with no adapter" in text and "both with CoA adapter" in text
 
 
-def test_export_picks_the_least_coa_loss_that_fits_and_writes_its_adapter(record, record_path, tmp_path, capsys):
+def test_export_picks_the_least_coa_damage_that_fits_and_writes_its_adapter(record, record_path, tmp_path, capsys):
     out = tmp_path / "m.s2lm"
     budget = 8000
     cli.main(["export", "--budget-bytes", str(budget), "--coa", str(record_path), "--model", str(out), "--quiet"])
