@@ -22,6 +22,8 @@ from .scenarios import DEFAULT_SCENARIO
 
 DEFAULT_RECORD = os.path.join("out", "coa", "coa.json")
 HIDDEN, SCALE = 128, 3.0  # the configuration model's width and the scale s of s M(c) + I
+SEEDS = (0, 1, 2)  # CoA and the per-configuration baselines are trained once per seed; claims use the mean
+VALIDATION = 200  # pretraining samples held out of every training, to choose hyperparameters on
 # The budget rule. Bytes a board can give the model file: its free heap less FINETUNE_RESERVE for
 # the fine-tune itself (the RP2040-mode Skip2-LoRA run over 250 digits samples peaks at 113 KB of
 # heap, of which the 8-bit model takes about 11 KB). A board on a port: the free heap it reports in
@@ -57,33 +59,47 @@ def source_net(scenario_name, data_path=None, progress=True):
     return scenario, pretrain(*scenario.pretrain, len(scenario.classes), seed=0, progress=progress)
 
 
+def source_split(scenario):
+    """The pretraining set split once (fixed permutation, seed 0) into what CoA, the search and
+    the per-configuration baselines train on and a validation part none of them trains on: every
+    hyperparameter (the baseline's lr and steps, CoA's settings) is chosen on the validation part,
+    and the source test set only scores."""
+    X = scenario.pretrain[0].astype(np.float64)
+    order = np.random.default_rng(0).permutation(len(X))
+    return X[order[VALIDATION:]], X[order[:VALIDATION]]
+
+
 def train(scenario_name, rank=4, hidden=HIDDEN, scale=SCALE, steps=20000, lr=5e-3, per_step=1, rounds=6, initial=40,
-          per_round=32, extra=200, seed=0, data_path=None, progress=True):
+          per_round=32, extra=200, seeds=SEEDS, data_path=None, progress=True):
     """Search the front on the source domain (objective: bytes and the damage, the KL divergence
-    from the float network), train CoA on the searched configurations plus `extra` random ones
-    (minus the held-out ones), and evaluate the front with and without the CoA adapter. Returns
-    the record."""
+    from the float network, on the training part of the pretraining set), train CoA once per seed
+    of `seeds` on the searched configurations plus `extra` random ones (minus the held-out ones),
+    and evaluate the front with and without the first seed's CoA adapter (the one `export`
+    writes). Returns the record."""
     scenario, net = source_net(scenario_name, data_path, progress)
     dims = net.dims
-    X, y = scenario.pretrain
+    X, X_val = source_split(scenario)
     Xs, ys = scenario.source_test
-    X64 = X.astype(np.float64)
     held = held_out_configs(dims)
     with tqdm(total=rounds, desc="Pareto search", disable=not progress, leave=False) as bar:
         evaluated, front = search(dims, lambda c: damage(net, c, X), rounds=rounds, initial=initial,
-                                  per_round=per_round, seed=seed,
+                                  per_round=per_round, seed=seeds[0],
                                   on_round=lambda r, n: (bar.set_postfix(evaluated=n), bar.update()))
     # the search's configurations crowd the front; random ones keep the rest of the space in view
     # (measured on the default scenario: a difference within the run-to-run noise, about a point)
-    extra_configs = random_configs(len(dims) - 1, extra, np.random.default_rng(seed + 1))
+    extra_configs = random_configs(len(dims) - 1, extra, np.random.default_rng(seeds[0] + 1))
     training = [c for c in dict.fromkeys(list(evaluated) + extra_configs) if c not in held]
-    coa = CoA(dims, rank=rank, hidden=hidden, scale=scale, seed=seed)
-    with tqdm(total=steps, desc="CoA training", disable=not progress, leave=False) as bar:
-        def on_step(step, loss):
-            if step % 50 == 0:
-                bar.set_postfix(loss="%.4f" % loss)
-            bar.update()
-        seconds = coa.fit(net, training, X64, steps, lr=lr, per_step=per_step, seed=seed, on_step=on_step)
+    coas = []
+    for seed in seeds:
+        coa = CoA(dims, rank=rank, hidden=hidden, scale=scale, seed=seed)
+        with tqdm(total=steps, desc="CoA training, seed %d" % seed, disable=not progress, leave=False) as bar:
+            def on_step(step, loss):
+                if step % 50 == 0:
+                    bar.set_postfix(loss="%.4f" % loss)
+                bar.update()
+            seconds = coa.fit(net, training, X, steps, lr=lr, per_step=per_step, seed=seed, on_step=on_step)
+        coas.append({"seed": seed, "seconds": seconds, "coa": coa.as_json()})
+    coa = CoA.from_json(coas[0]["coa"])
     entries = []
     for c in tqdm(front, desc="front with CoA", disable=not progress, leave=False):
         entries.append({"config": c.as_json(), "label": c.label, "average_bits": c.average_bits(dims),
@@ -91,10 +107,11 @@ def train(scenario_name, rank=4, hidden=HIDDEN, scale=SCALE, steps=20000, lr=5e-
                         "damage": evaluated[c][1], "damage_coa": damage(net, c, X, coa),
                         "accuracy": evaluate(net, c, Xs, ys)[1], "accuracy_coa": evaluate(net, c, Xs, ys, coa)[1]})
     return {"scenario": scenario.name, "network": fingerprint(net), "dims": dims, "rank": rank,
-            "steps": steps, "lr": lr, "per_step": per_step, "coa_train_seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "steps": steps, "lr": lr, "per_step": per_step, "validation": VALIDATION,
+            "coa_train_seconds": float(np.mean([s["seconds"] for s in coas])), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "evaluated": [{"config": c.as_json(), "model_bytes": v[0], "damage": v[1]} for c, v in evaluated.items()],
             "training_configs": [c.as_json() for c in training],
-            "held_out": [c.as_json() for c in held], "front": entries, "coa": coa.as_json()}
+            "held_out": [c.as_json() for c in held], "front": entries, "coa": coas[0]["coa"], "seeds": coas}
 
 
 def load_record(path, scenario_name):
@@ -178,42 +195,52 @@ def export(scenario_name, budget, output, record_path=DEFAULT_RECORD, data_path=
 # -- the benchmark ------------------------------------------------------------------------------------
 # The per-configuration baseline: a plain Skip-LoRA adapter of the same rank fitted to one
 # configuration alone, with CoA's objective and optimiser (Adam, batch 64, cosine lr, distilled from
-# the float network on the pretraining set). Every (lr, steps) of this grid is run and the one with
-# the best mean held-out accuracy is the baseline: chosen on the set CoA is scored on, so if
-# anything it flatters the baseline.
+# the float network on the training part of the pretraining set). Every (lr, steps) of this grid is
+# run for every seed; the one with the least mean damage on the validation part is the baseline.
 BASELINE_GRID = ((3e-3, 600), (1e-2, 600), (3e-2, 600), (3e-3, 1500), (1e-2, 1500), (3e-2, 1500))
 
 
-def held_out_table(record, net, scenario, grid=BASELINE_GRID, seed=0, progress=True):
-    """Per held-out configuration: accuracy with no adapter, with CoA's adapter, and with the
-    per-configuration baseline (the best setting of `grid`), the baseline's fine-tuning seconds
-    and CoA's. Returns {"rows", "grid": mean accuracy per setting, "chosen": the setting}."""
-    coa = CoA.from_json(record["coa"])
-    X = scenario.pretrain[0].astype(np.float64)
+def held_out_table(record, net, scenario, grid=BASELINE_GRID, progress=True):
+    """Per held-out configuration and seed of the record: accuracy with no adapter, with that
+    seed's CoA adapter and with the per-configuration baseline of the same seed (the setting of
+    `grid` with the least mean validation damage), the baseline's fine-tuning seconds and CoA's.
+    Returns {"rows", "grid": validation damage and test accuracy per setting, "chosen", "seeds"}."""
+    X, X_val = source_split(scenario)
     Xs, ys = scenario.source_test
+    seeds = [s["seed"] for s in record["seeds"]]
+    coas = [CoA.from_json(s["coa"]) for s in record["seeds"]]
     held = [QuantConfig.from_json(layers) for layers in record["held_out"]]
     runs = {}
-    with tqdm(total=len(grid) * len(held), desc="per-configuration baselines", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(grid) * len(held) * len(seeds), desc="per-configuration baselines", disable=not progress,
+              leave=False) as bar:
         for lr, steps in grid:
-            runs[lr, steps] = []
+            runs[lr, steps] = []  # [config][seed] = (validation damage, test accuracy, seconds)
             for c in held:
-                base = CoA(record["dims"], rank=record["rank"], seed=seed, configured=False)
-                seconds = base.fit(net, [c], X, steps, lr=lr, seed=seed)
-                runs[lr, steps].append((evaluate(net, c, Xs, ys, base)[1], seconds))
-                bar.update()
-    means = dict((k, float(np.mean([acc for acc, _ in v]))) for k, v in runs.items())
-    chosen = max(grid, key=lambda k: means[k])
+                per_seed = []
+                for seed in seeds:
+                    base = CoA(record["dims"], rank=record["rank"], seed=seed, configured=False)
+                    seconds = base.fit(net, [c], X, steps, lr=lr, seed=seed)
+                    per_seed.append((damage(net, c, X_val, base), evaluate(net, c, Xs, ys, base)[1], seconds))
+                    bar.update()
+                runs[lr, steps].append(per_seed)
+    scores = dict((k, {"validation_damage": float(np.mean([[d for d, _, _ in s] for s in v])),
+                       "test_accuracy": float(np.mean([[a for _, a, _ in s] for s in v]))}) for k, v in runs.items())
+    chosen = min(grid, key=lambda k: scores[k]["validation_damage"])
     rows = []
-    for c, (accuracy, seconds) in zip(held, runs[chosen]):
+    for c, per_seed in zip(held, runs[chosen]):
         t0 = time.perf_counter()
-        coa.adapter(c)
+        coas[0].adapter(c)
         coa_seconds = time.perf_counter() - t0
         rows.append({"label": c.label, "average_bits": c.average_bits(record["dims"]),
                      "model_bytes": c.file_bytes(record["dims"]), "none": evaluate(net, c, Xs, ys)[1],
-                     "coa": evaluate(net, c, Xs, ys, coa)[1], "baseline": accuracy,
-                     "baseline_seconds": seconds, "coa_seconds": coa_seconds, "samples": len(ys)})
-    return {"rows": rows, "grid": dict(("lr %g, %d steps" % k, v) for k, v in means.items()),
-            "chosen": {"lr": chosen[0], "steps": chosen[1]}}
+                     "coa": [evaluate(net, c, Xs, ys, coa)[1] for coa in coas],
+                     "baseline": [a for _, a, _ in per_seed],
+                     "coa_damage": float(np.mean([damage(net, c, X_val, coa) for coa in coas])),
+                     "baseline_damage": float(np.mean([d for d, _, _ in per_seed])),
+                     "baseline_seconds": float(np.mean([t for _, _, t in per_seed])), "coa_seconds": coa_seconds,
+                     "samples": len(ys)})
+    return {"rows": rows, "grid": dict(("lr %g, %d steps" % k, v) for k, v in scores.items()),
+            "chosen": {"lr": chosen[0], "steps": chosen[1]}, "seeds": seeds}
 
 
 def uniform_check(record, net, scenario):
@@ -226,7 +253,7 @@ def uniform_check(record, net, scenario):
     u4 = QuantConfig.uniform(len(dims) - 1, 4)
     budget = u4.file_bytes(dims)
     Xs, ys = scenario.source_test
-    X = scenario.pretrain[0]
+    X, _ = source_split(scenario)
     fits = [e for e in record["front"] if e["model_bytes"] <= budget]
     return {"uniform": {"label": u4.label, "model_bytes": budget, "damage": damage(net, u4, X),
                         "damage_coa": damage(net, u4, X, coa),
@@ -258,35 +285,50 @@ def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=
 
 
 def format_bench(record, held, check, device):
-    table = held["rows"]
-    lines = ["CoA-LoRA, scenario %s, network %s, rank %d; CoA trained once in %.1f s (%d steps, %d configurations)" % (
-        record["scenario"], "-".join(map(str, record["dims"])), record["rank"], record["coa_train_seconds"],
-        record["steps"], len(record["training_configs"])), "",
-        "per-configuration baseline: rank-%d Skip-LoRA fitted to one configuration alone; mean held-out accuracy "
-        "per setting: %s; the best, lr %g with %d steps, is the baseline" % (
-            record["rank"], ", ".join("%s %.2f%%" % (k, 100 * v) for k, v in held["grid"].items()),
-            held["chosen"]["lr"], held["chosen"]["steps"]), "",
-        "held-out configurations (never in CoA's training), source-domain test accuracy (%d samples)" % table[0]["samples"],
-        "%-28s %5s %6s %7s %7s %9s %7s %11s %9s" % ("configuration", "bits", "bytes", "none", "CoA", "baseline",
-                                                 "CoA-base", "baseline s", "saved s")]
+    table, seeds = held["rows"], held["seeds"]
+    mean = lambda v: 100 * float(np.mean(v))
+    lines = ["CoA-LoRA, scenario %s, network %s, rank %d; CoA trained once per seed (%s) in %.1f s on average "
+             "(%d steps, %d configurations)" % (
+                 record["scenario"], "-".join(map(str, record["dims"])), record["rank"], ", ".join(map(str, seeds)),
+                 record["coa_train_seconds"], record["steps"], len(record["training_configs"])), "",
+             "per-configuration baseline: rank-%d Skip-LoRA fitted to one configuration alone, per seed; chosen on "
+             "the validation part of the pretraining set (%d samples, in no training); per setting, mean validation "
+             "damage (test accuracy, shown only):" % (record["rank"], record["validation"])]
+    lines += ["  %-22s %.4f (%.2f%%)" % (k, v["validation_damage"], 100 * v["test_accuracy"]) for k, v in held["grid"].items()]
+    lines += ["the least validation damage, lr %g with %d steps, is the baseline" % (
+                  held["chosen"]["lr"], held["chosen"]["steps"]), "",
+              "held-out configurations (never in CoA's training), source-domain test accuracy (%d samples), mean over "
+              "seeds %s; per seed in the last two columns; validation damage (KL) of CoA and the baseline" % (
+                  table[0]["samples"], ", ".join(map(str, seeds))),
+              "%-28s %5s %6s %7s %7s %9s %8s %7s %7s %10s %20s %20s" % (
+                  "configuration", "bits", "bytes", "none", "CoA", "baseline", "CoA-base", "dmg CoA", "dmg base",
+                  "saved s", "CoA per seed", "baseline per seed")]
     for r in table:
-        lines.append("%-28s %5.2f %6d %6.1f%% %6.1f%% %8.1f%% %+7.1f %11.2f %9.2f" % (
-            r["label"], r["average_bits"], r["model_bytes"], 100 * r["none"], 100 * r["coa"], 100 * r["baseline"],
-            100 * (r["coa"] - r["baseline"]), r["baseline_seconds"], r["baseline_seconds"] - r["coa_seconds"]))
-    gaps = [100 * (r["coa"] - r["baseline"]) for r in table]
-    within = [g >= -1.0 for g in gaps]
-    above = [r["coa"] > r["none"] for r in table]
-    lines += ["CoA - baseline: mean %+.2f points, worst %+.2f; within 1.0 point: %d of %d; CoA above no adapter: "
-              "%d of %d (at least equal: %d); both: %d of %d" % (
-                  np.mean(gaps), min(gaps), sum(within), len(gaps), sum(above), len(table),
-                  sum(r["coa"] >= r["none"] for r in table), sum(w and a for w, a in zip(within, above)), len(table)),
-              "fine-tuning time saved: %.2f s per configuration (baseline), CoA's adapter in %.1f us; CoA's training "
+        lines.append("%-28s %5.2f %6d %6.1f%% %6.1f%% %8.1f%% %+8.1f %7.4f %8.4f %10.2f %20s %20s" % (
+            r["label"], r["average_bits"], r["model_bytes"], 100 * r["none"], mean(r["coa"]), mean(r["baseline"]),
+            mean(r["coa"]) - mean(r["baseline"]), r["coa_damage"], r["baseline_damage"],
+            r["baseline_seconds"] - r["coa_seconds"], " ".join("%.1f" % (100 * a) for a in r["coa"]),
+            " ".join("%.1f" % (100 * a) for a in r["baseline"])))
+
+    def summary(coa, base):
+        gaps = [100 * (c - b) for c, b in zip(coa, base)]
+        within = [g >= -1.0 - 1e-9 for g in gaps]
+        above = [c > r["none"] for c, r in zip(coa, table)]
+        return "CoA - baseline: mean %+.2f points, worst %+.2f; within 1.0 point: %d of %d; CoA above no adapter: " \
+               "%d of %d (at least equal: %d); both: %d of %d" % (
+                   np.mean(gaps), min(gaps), sum(within), len(gaps), sum(above), len(table),
+                   sum(c >= r["none"] for c, r in zip(coa, table)), sum(w and a for w, a in zip(within, above)),
+                   len(table))
+    lines.append("mean over seeds: " + summary([np.mean(r["coa"]) for r in table], [np.mean(r["baseline"]) for r in table]))
+    for k, seed in enumerate(seeds):
+        lines.append("seed %d alone:    " % seed + summary([r["coa"][k] for r in table], [r["baseline"][k] for r in table]))
+    lines += ["fine-tuning time saved: %.2f s per configuration (baseline), CoA's adapter in %.1f us; CoA's training "
               "pays for itself after %.1f configurations" % (
                   np.mean([r["baseline_seconds"] for r in table]), 1e6 * np.mean([r["coa_seconds"] for r in table]),
                   record["coa_train_seconds"] / np.mean([r["baseline_seconds"] for r in table])), ""]
     u = check["uniform"]
     lines.append("at the bytes of uniform 4-bit (%d B), like for like; damage: KL from the float network on the "
-                 "pretraining set; accuracy on the source test set" % u["model_bytes"])
+                 "training part of the pretraining set; accuracy on the source test set" % u["model_bytes"])
     row = "  %-34s %-26s %5d B damage %.4f accuracy %.1f%%"
     for adapter, key in (("no adapter", ""), ("CoA adapter", "_coa")):
         s = check["searched" + key]
@@ -391,7 +433,7 @@ def _write_json(path, data):
 
 def cmd_train(args):
     record = train(args.scenario, rank=args.rank, steps=args.steps, lr=args.lr, per_step=args.per_step,
-                   rounds=args.rounds, data_path=args.data, progress=not args.quiet)
+                   rounds=args.rounds, seeds=tuple(range(args.seeds)), data_path=args.data, progress=not args.quiet)
     _write_json(args.out, record)
     front = record["front"]
     print("CoA-LoRA on %s: %d configurations evaluated, %d on the front (per bytes bin), CoA trained on %d in %.1f s" % (
@@ -432,6 +474,7 @@ def register(sub):
     t.add_argument("--lr", type=float, default=5e-3, help="Adam's lr, cosine to zero (default: %(default)s)")
     t.add_argument("--per-step", type=int, default=1, help="configurations per step (default: %(default)s)")
     t.add_argument("--rounds", type=int, default=6, help="search rounds (surrogate + NSGA-II) (default: %(default)s)")
+    t.add_argument("--seeds", type=int, default=len(SEEDS), help="CoA trainings, seeds 0..N-1 (default: %(default)s)")
     t.add_argument("--out", default=DEFAULT_RECORD, help="JSON of the front and CoA parameters (default: %(default)s)")
     t.set_defaults(func=cmd_train)
     b = coa_sub.add_parser("bench", help="held-out table, uniform-4-bit check, on-device CoA vs zero start, plot")

@@ -19,10 +19,10 @@ def small_problem(seed=0):
     return net, X, softmax(rng.normal(size=(9, DIMS[-1])))  # the targets: distributions, as the float network gives
 
 
-@pytest.mark.parametrize("configured", [True, False])
-def test_gradients_match_finite_differences(configured):
+@pytest.mark.parametrize("configured,gains", [(True, False), (True, True), (False, False)])
+def test_gradients_match_finite_differences(configured, gains):
     net, X, y = small_problem()
-    coa = CoA(DIMS, rank=3, hidden=7, seed=1, configured=configured)
+    coa = CoA(DIMS, rank=3, hidden=7, seed=1, configured=configured, gains=gains)
     rng = np.random.default_rng(2)
     for k in coa.params:  # away from the zero start, so every path carries gradient
         coa.params[k] += rng.normal(0, 0.3, coa.params[k].shape)
@@ -44,16 +44,17 @@ def test_gradients_match_finite_differences(configured):
         np.testing.assert_allclose(grads[k], numeric, rtol=1e-4, atol=1e-7, err_msg=k)
 
 
-def test_folded_adapter_gives_the_same_logits():
+@pytest.mark.parametrize("gains", [False, True])
+def test_folded_adapter_gives_the_same_logits(gains):
     net, X, _ = small_problem()
-    coa = CoA(DIMS, rank=2, hidden=5, seed=3)
+    coa = CoA(DIMS, rank=2, hidden=5, seed=3, gains=gains)
     rng = np.random.default_rng(4)
     for k in coa.params:
         coa.params[k] += rng.normal(0, 0.3, coa.params[k].shape)
     qnet = quantized_network(net, CONFIG)
     inputs, z0 = qnet.forward(X)
-    t, _ = coa._config_forward(CONFIG)
-    want = z0 + sum(x @ coa.params["a%d" % i] @ t[i].T @ coa.params["b%d" % i] for i, x in enumerate(inputs))
+    t, gain, _ = coa._config_forward(CONFIG)
+    want = z0 + sum(x @ coa.params["a%d" % i] @ t[i].T @ coa.params["b%d" % i] * gain[i] for i, x in enumerate(inputs))
     np.testing.assert_allclose(coa.logits(qnet, CONFIG, X), want, rtol=1e-5, atol=1e-5)
     back = CoA.from_json(coa.as_json())
     np.testing.assert_array_equal(back.adapter(CONFIG)[0][1], coa.adapter(CONFIG)[0][1])
