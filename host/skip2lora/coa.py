@@ -142,16 +142,18 @@ class CoA:
             grads["e_gran"][g] += d_shared[2 * EMBED * j + EMBED:2 * EMBED * (j + 1)]
 
     # -- adapters ---------------------------------------------------------------------------------
-    def loss_and_grads(self, config, inputs, z0, target):
-        """Mean cross-entropy of z = z0 + sum_i B_i^T T_i A_i^T x_i against the distributions
-        `target` [B, C] on a batch, and its gradients."""
+    def loss_and_grads(self, config, inputs, z0, target, temperature=1.0):
+        """Mean cross-entropy of softmax(z / temperature), z = z0 + sum_i B_i^T T_i A_i^T x_i,
+        against the distributions `target` [B, C] on a batch, times temperature^2 (Hinton's
+        distillation), and its gradients."""
         p, n = self.params, self.n_layers
         t, gain, cache = self._config_forward(config)
         h = [x @ p["a%d" % i] for i, x in enumerate(inputs)]  # A_i^T x_i, batch rows
         h2 = [hi @ t[i].T for i, hi in enumerate(h)]          # T_i A_i^T x_i
         h3 = [hi @ p["b%d" % i] for i, hi in enumerate(h2)]   # B_i^T T_i A_i^T x_i
         z = z0 + sum(hi * gain[i] for i, hi in enumerate(h3))
-        g, loss = soft_cross_entropy_grad(z, target)
+        g, loss = soft_cross_entropy_grad(z / temperature, target)
+        g, loss = g * temperature, loss * temperature ** 2
         grads, d_t, d_gain = {}, np.zeros_like(t), np.zeros_like(gain)
         for i in range(n):
             d_h3 = g * gain[i]
@@ -181,18 +183,20 @@ class CoA:
         return a_list, b_list
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self, net, configs, X, steps, batch=64, lr=5e-3, per_step=1, seed=0, weights=None, on_step=None):
+    def fit(self, net, configs, X, steps, batch=64, lr=5e-3, per_step=1, seed=0, weights=None, temperature=1.0,
+            on_step=None):
         """Adam on the source domain X, `per_step` configurations drawn from `configs` each step
         (their gradients averaged), lr on a cosine schedule to zero. The target is the float
         network's own output distribution: the adapter learns to give back what quantization took
         (measured: on the hard labels of the pretraining set, which the float network already fits,
         longer training overfits and held-out accuracy falls below the no-adapter network's).
-        `weights`: how often each configuration is drawn (default: equally often). Returns the
+        `weights`: how often each configuration is drawn (default: equally often); `temperature`
+        softens both distributions (default 1: none). Returns the
         seconds it took. net: the float reference.Network; the frozen network per configuration is
         its quantized copy."""
         rng = np.random.default_rng(seed)
         draw = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
-        target = softmax(net.forward(X)[1])
+        target = softmax(net.forward(X)[1] / temperature)
         frozen = {}
         opt = Adam(self.params, lr)
         t0 = time.perf_counter()
@@ -205,7 +209,7 @@ class CoA:
                     frozen[config] = quantized_network(net, config)
                 idx = rng.choice(len(X), min(batch, len(X)), replace=False)
                 inputs, z0 = frozen[config].forward(X[idx])
-                loss, grads = self.loss_and_grads(config, inputs, z0, target[idx])
+                loss, grads = self.loss_and_grads(config, inputs, z0, target[idx], temperature)
                 for k, g in grads.items():
                     total[k] = total.get(k, 0) + g / per_step
             opt.step(total)

@@ -19,8 +19,8 @@ def small_problem(seed=0):
     return net, X, softmax(rng.normal(size=(9, DIMS[-1])))  # the targets: distributions, as the float network gives
 
 
-@pytest.mark.parametrize("configured,gains", [(True, False), (True, True), (False, False)])
-def test_gradients_match_finite_differences(configured, gains):
+@pytest.mark.parametrize("configured,gains,temperature", [(True, False, 1.0), (True, True, 2.0), (False, False, 1.0)])
+def test_gradients_match_finite_differences(configured, gains, temperature):
     net, X, y = small_problem()
     coa = CoA(DIMS, rank=3, hidden=7, seed=1, configured=configured, gains=gains)
     rng = np.random.default_rng(2)
@@ -28,7 +28,7 @@ def test_gradients_match_finite_differences(configured, gains):
         coa.params[k] += rng.normal(0, 0.3, coa.params[k].shape)
     inputs, z0 = quantized_network(net, CONFIG).forward(X)
     inputs, z0 = [x.astype(np.float64) for x in inputs], z0.astype(np.float64)
-    _, grads = coa.loss_and_grads(CONFIG, inputs, z0, y)
+    _, grads = coa.loss_and_grads(CONFIG, inputs, z0, y, temperature)
     assert set(grads) == set(coa.params)
     eps = 1e-6
     for k, p in coa.params.items():
@@ -36,9 +36,9 @@ def test_gradients_match_finite_differences(configured, gains):
         for idx in np.ndindex(p.shape):
             old = p[idx]
             p[idx] = old + eps
-            up = coa.loss_and_grads(CONFIG, inputs, z0, y)[0]
+            up = coa.loss_and_grads(CONFIG, inputs, z0, y, temperature)[0]
             p[idx] = old - eps
-            down = coa.loss_and_grads(CONFIG, inputs, z0, y)[0]
+            down = coa.loss_and_grads(CONFIG, inputs, z0, y, temperature)[0]
             p[idx] = old
             numeric[idx] = (up - down) / (2 * eps)
         np.testing.assert_allclose(grads[k], numeric, rtol=1e-4, atol=1e-7, err_msg=k)
