@@ -310,7 +310,7 @@ def format_bench(record, held, check, device):
                   "configuration", "bits", "bytes", "none", "CoA", "baseline", "CoA-base", "dmg CoA", "dmg base",
                   "saved s", "CoA per seed", "baseline per seed")]
     for r in table:
-        lines.append("%-28s %5.2f %6d %6.1f%% %6.1f%% %8.1f%% %+8.1f %7.4f %8.4f %10.2f %20s %20s" % (
+        lines.append("%-28s %5.2f %6d %6.1f%% %6.1f%% %8.1f%% %+8.2f %7.4f %8.4f %10.2f %20s %20s" % (
             r["label"], r["average_bits"], r["model_bytes"], 100 * r["none"], mean(r["coa"]), mean(r["baseline"]),
             mean(r["coa"]) - mean(r["baseline"]), r["coa_damage"], r["baseline_damage"],
             r["baseline_seconds"] - r["coa_seconds"], " ".join("%.1f" % (100 * a) for a in r["coa"]),
