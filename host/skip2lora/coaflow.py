@@ -81,7 +81,7 @@ def train(scenario_name, rank=4, hidden=HIDDEN, scale=SCALE, steps=20000, lr=5e-
     writes). Returns the record."""
     scenario, net = source_net(scenario_name, data_path, progress)
     dims = net.dims
-    X, X_val = source_split(scenario)
+    X, _ = source_split(scenario)
     Xs, ys = scenario.source_test
     held = held_out_configs(dims)
     with tqdm(total=rounds, desc="Pareto search", disable=not progress, leave=False) as bar:
@@ -126,6 +126,9 @@ def load_record(path, scenario_name):
         record = json.load(f)
     if record["scenario"] != scenario_name:
         raise ValueError("%s holds CoA results for scenario %r, not %r" % (path, record["scenario"], scenario_name))
+    if "seeds" not in record or "temperature" not in record:
+        raise ValueError("%s was written by an older `skip2lora coa train` (one seed, no validation part): "
+                         "run it again" % path)
     return record
 
 

@@ -109,12 +109,17 @@ def test_bad_budget_input_is_a_one_line_error(record_path, tmp_path, capsys, arg
     assert not out.exists()
 
 
-def test_a_configuration_the_file_cannot_hold_is_a_one_line_error(tmp_path, capsys):
+def test_a_configuration_the_file_cannot_hold_or_a_missing_or_old_record_is_a_one_line_error(record_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", "--bits", "5,8,8", "--model", str(tmp_path / "x.s2lm"), "--quiet"])
     assert "--bits: 5 is not a bit width the model format has (8, 4, 3, 2)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="^error: no CoA results at"):
         cli.main(["export", "--budget-bytes", "9000", "--coa", str(tmp_path / "none.json"), "--quiet"])
+    old = dict(json.loads(record_path.read_text()))
+    del old["seeds"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="^error: .*old.json was written by an older `skip2lora coa train`"):
+        cli.main(["export", "--budget-bytes", "9000", "--coa", str(tmp_path / "old.json"), "--quiet"])
 
 
 def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
