@@ -241,9 +241,9 @@ def _bench(args, prepared, config, methods, runtime, port=None, json_path=None, 
 
 
 def cmd_export(args):
-    if args.budget_bytes is not None or args.board:
+    if args.budget_bytes is not None or args.board or args.port:
         if args.data and not os.path.isdir(args.data) or args.drift or args.finetune:
-            raise ValueError("--budget-bytes/--board exports a built-in scenario (CoA is trained on it with "
+            raise ValueError("--budget-bytes/--board/--port exports a built-in scenario (CoA is trained on it with "
                              "`skip2lora coa train`), not --data FILE")
         args.scenario = args.scenario or DEFAULT_SCENARIO
         args.output = args.model or default_model(args.scenario)

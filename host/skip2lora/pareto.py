@@ -75,6 +75,15 @@ def spread_by_bytes(configs, dims, count):
     return [ordered[int(k)] for k in np.linspace(0, len(ordered) - 1, count).round()]
 
 
+def neighbours(configs):
+    """The configurations one layer's choice away from any of `configs`."""
+    for c in configs:
+        for i in range(len(c.bits)):
+            for b, g in CHOICES:
+                if (b, g) != (c.bits[i], c.granularity[i]):
+                    yield QuantConfig(c.bits[:i] + (b,) + c.bits[i + 1:], c.granularity[:i] + (g,) + c.granularity[i + 1:])
+
+
 def _suggest(trial, n_layers):
     bits = tuple(trial.suggest_categorical("bits%d" % i, list(BITS)) for i in range(n_layers))
     gran = tuple(trial.suggest_categorical("gran%d" % i, list(GRANULARITIES)) for i in range(n_layers))
@@ -92,6 +101,8 @@ def search(dims, loss_of, rounds=4, initial=40, per_round=16, trials=400, bins=1
         for c in configs:
             if c not in evaluated:
                 evaluated[c] = (c.file_bytes(dims), float(loss_of(c)))
+    # the uniform per-channel configurations are the reference points a search must beat
+    evaluate([QuantConfig.uniform(n, b) for b in BITS])
     evaluate(spread_by_bytes(random_configs(n, 40 * initial, rng), dims, initial))
     for r in range(rounds):
         surrogate = Surrogate().fit(list(evaluated), [v[1] for v in evaluated.values()])
@@ -106,7 +117,11 @@ def search(dims, loss_of, rounds=4, initial=40, per_round=16, trials=400, bins=1
             return c.file_bytes(dims), surrogate.predict(c)
         study.optimize(objective, n_trials=trials)
         proposed = set(_suggest(optuna.trial.FixedTrial(t.params), n) for t in study.best_trials)
-        evaluate(spread_by_bytes([c for c in proposed if c not in evaluated], dims, per_round))
+        proposed |= set(neighbours(front_per_bin(evaluated, bins)))  # NSGA-II explores; this refines
+        known = list(evaluated.values())
+        promising = [c for c in proposed if c not in evaluated and not any(
+            b <= c.file_bytes(dims) and loss <= surrogate.predict(c) for b, loss in known)]
+        evaluate(spread_by_bytes(promising, dims, per_round))
         if on_round:
             on_round(r, len(evaluated))
     return evaluated, front_per_bin(evaluated, bins)

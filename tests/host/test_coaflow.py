@@ -1,8 +1,9 @@
 """CoA-LoRA end to end on the default scenario, kept short (few steps, one search round): `coa
-train` writes the front and the CoA parameters, `export --budget-bytes/--board` writes the best
+train` writes the front and the CoA parameters, `export --budget-bytes/--board/--port` writes the best
 fitting configuration with its folded adapter, bad input is a one-line error, and the benchmark's
 parts run (the full-size numbers are in `skip2lora coa bench` and the README)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -43,23 +44,40 @@ def test_train_writes_the_front_and_keeps_held_out_configurations_out(record):
 
 def test_coa_recovers_low_bit_accuracy_on_held_out_configurations(record):
     scenario, net = coaflow.source_net("rotate", progress=False)
-    rows = coaflow.held_out_table(record, net, scenario, base_steps=50, progress=False)
+    held = coaflow.held_out_table(record, net, scenario, grid=((1e-2, 50), (3e-3, 50)), progress=False)
+    rows = held["rows"]
+    assert held["seeds"] == [0, 1, 2] and [s["seed"] for s in record["seeds"]] == [0, 1, 2]
+    assert all(len(r["coa"]) == len(r["baseline"]) == 3 for r in rows)
+    # the baseline's setting is chosen on the validation part, not on the test set
+    chosen = "lr %g, %d steps" % (held["chosen"]["lr"], held["chosen"]["steps"])
+    assert set(held["grid"]) == {"lr 0.01, 50 steps", "lr 0.003, 50 steps"}
+    assert held["grid"][chosen]["validation_damage"] == min(v["validation_damage"] for v in held["grid"].values())
+    assert np.isclose(np.mean([r["baseline_damage"] for r in rows]), held["grid"][chosen]["validation_damage"])
     low = [r for r in rows if r["average_bits"] < 4]
     # 2- and 3-bit configurations lose 5-45 points without an adapter; CoA gets most of it back
-    assert np.mean([r["coa"] for r in low]) >= np.mean([r["none"] for r in low]) + 0.08
+    assert np.mean([np.mean(r["coa"]) for r in low]) >= np.mean([r["none"] for r in low]) + 0.08
     assert all(r["baseline_seconds"] > r["coa_seconds"] for r in rows)
-    text = coaflow.format_bench(record, rows, coaflow.uniform_check(record, net, scenario), [])
-    assert "within 1.0 point" in text and "uniform 4-bit" in text
+    text = coaflow.format_bench(record, held, coaflow.uniform_check(record, net, scenario), [])
+    assert "within 1.0 point" in text and "both with no adapter" in text and "both with CoA adapter" in text
+    assert text.count("alone:") == 3 and "mean over seeds:" in text
 
 
-def test_export_picks_the_least_coa_loss_that_fits_and_writes_its_adapter(record, record_path, tmp_path, capsys):
+def test_the_training_and_validation_parts_split_the_pretraining_set():
+    scenario, _ = coaflow.source_net("rotate", progress=False)
+    X, X_val = coaflow.source_split(scenario)
+    assert len(X_val) == coaflow.VALIDATION
+    rows = lambda a: sorted(map(bytes, np.asarray(a, np.float64)))
+    assert rows(np.concatenate([X, X_val])) == rows(scenario.pretrain[0])
+
+
+def test_export_picks_the_least_coa_damage_that_fits_and_writes_its_adapter(record, record_path, tmp_path, capsys):
     out = tmp_path / "m.s2lm"
     budget = 8000
     cli.main(["export", "--budget-bytes", str(budget), "--coa", str(record_path), "--model", str(out), "--quiet"])
     data = out.read_bytes()
     assert len(data) <= budget
     fits = [e for e in record["front"] if e["file_bytes"] <= budget]
-    best = min(fits, key=lambda e: e["loss_coa"])
+    best = min(fits, key=lambda e: e["damage_coa"])
     assert len(data) == best["file_bytes"] and best["label"] in capsys.readouterr().out
     model = read_model_file(data)
     config = QuantConfig.from_json(best["config"])
@@ -78,8 +96,10 @@ def test_board_budget(record_path, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--budget-bytes", "3000"], "no configuration on the CoA front fits 3000 bytes"),
     (["--board", "pico"], "unknown board 'pico' (known: esp32, rp2040)"),
-    (["--board", "esp32", "--budget-bytes", "9000"], "give --budget-bytes or --board, not both"),
-    (["--budget-bytes", "9000", "--bits", "8,8,8"], "--bits and --budget-bytes/--board exclude each other"),
+    (["--board", "esp32", "--budget-bytes", "9000"], "give one of --budget-bytes, --board, --port"),
+    (["--board", "esp32", "--port", "/dev/null"], "give one of --budget-bytes, --board, --port"),
+    (["--budget-bytes", "9000", "--bits", "8,8,8"], "--bits and --budget-bytes/--board/--port exclude each other"),
+    (["--budget-bytes", "0"], "--budget-bytes must be >= 1, got 0"),
 ])
 def test_bad_budget_input_is_a_one_line_error(record_path, tmp_path, capsys, argv, message):
     out = tmp_path / "never.s2lm"
@@ -89,12 +109,17 @@ def test_bad_budget_input_is_a_one_line_error(record_path, tmp_path, capsys, arg
     assert not out.exists()
 
 
-def test_a_configuration_the_file_cannot_hold_is_a_one_line_error(tmp_path, capsys):
+def test_a_configuration_the_file_cannot_hold_or_a_missing_or_old_record_is_a_one_line_error(record_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", "--bits", "5,8,8", "--model", str(tmp_path / "x.s2lm"), "--quiet"])
     assert "--bits: 5 is not a bit width the model format has (8, 4, 3, 2)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="^error: no CoA results at"):
         cli.main(["export", "--budget-bytes", "9000", "--coa", str(tmp_path / "none.json"), "--quiet"])
+    old = dict(json.loads(record_path.read_text()))
+    del old["seeds"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="^error: .*old.json was written by an older `skip2lora coa train`"):
+        cli.main(["export", "--budget-bytes", "9000", "--coa", str(tmp_path / "old.json"), "--quiet"])
 
 
 def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
@@ -105,3 +130,39 @@ def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
         assert 0 < r["zero"] <= 1 and 0 < r["coa"] <= 1
     # the firmware started from the file's adapter: same seed and sample order, another result
     assert all(r["coa"] != r["zero"] for r in rows)
+
+
+def test_budget_from_hello_is_free_heap_less_the_fine_tune_within_the_largest_block_and_flash():
+    reserve = coaflow.FINETUNE_RESERVE
+    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": 50000, "flash_free": None}, "p") == 9000
+    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": 7000, "flash_free": 10 ** 6}, "p") == 7000
+    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": None, "flash_free": 6000}, "p") == 6000
+    with pytest.raises(ValueError, match="^the board at p has 90000 bytes of free heap: nothing is left"):
+        coaflow.budget_from_hello({"free_heap": 90000, "largest_free": 90000, "flash_free": None}, "p")
+
+
+def test_export_takes_its_budget_from_the_free_memory_the_board_reports(record, record_path, tmp_path, capsys):
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "board.s2lm"
+    with Emulator("micropython-unix", heap="160k") as emu:  # about 8 KB left beside the fine-tune
+        cli.main(["export", "--port", emu.port, "--coa", str(record_path), "--model", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    free, largest, budget = map(int, re.search(r"reports (\d+) bytes of free heap, (\d+) in its largest block, "
+                                               r"\d+ of free flash: a (\d+)-byte budget", printed).groups())
+    assert budget == min(free - coaflow.FINETUNE_RESERVE, largest)
+    assert budget < max(e["file_bytes"] for e in record["front"])  # the board's memory decided
+    assert len(out.read_bytes()) == coaflow.pick(record, budget)["file_bytes"] <= budget
+
+
+@pytest.mark.parametrize("runtime,heap,message", [
+    ("cpython", None, "reports no free heap (an emulator under CPython or WebAssembly): give --budget-bytes or --board"),
+    ("micropython-unix", "120k", "bytes of free heap: nothing is left for a model beside the fine-tune's 102400"),
+])
+def test_a_board_with_no_room_or_no_figure_is_a_one_line_error(record_path, tmp_path, runtime, heap, message):
+    from skip2lora.emulator import Emulator
+    out = tmp_path / "never.s2lm"
+    with Emulator(runtime, **({"heap": heap} if heap else {})) as emu:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["export", "--port", emu.port, "--coa", str(record_path), "--model", str(out), "--quiet"])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert not out.exists()

@@ -3,8 +3,8 @@ on a problem whose whole space can be enumerated, the best loss within a byte bu
 import numpy as np
 
 from s2l import modelfile as fmt
-from skip2lora.pareto import Surrogate, front_per_bin, non_dominated, search
-from skip2lora.quantconfig import QuantConfig, space
+from skip2lora.pareto import Surrogate, front_per_bin, neighbours, non_dominated, search
+from skip2lora.quantconfig import BITS, CHOICES, QuantConfig, space
 
 DIMS = [40, 24, 5]
 
@@ -50,3 +50,16 @@ def test_search_finds_the_best_loss_within_the_uniform_4_bit_budget():
     found = min(evaluated[c][1] for c in front if evaluated[c][0] <= budget)
     assert found <= synthetic_loss(QuantConfig.uniform(2, 4))
     assert found <= best_possible * 1.25
+
+
+def test_neighbours_change_exactly_one_layer():
+    c = QuantConfig((4, 2, 8), (fmt.PER_CHANNEL, 16, fmt.PER_TENSOR))
+    near = list(neighbours([c]))
+    assert len(set(near)) == len(near) == 3 * (len(CHOICES) - 1) and c not in near
+    for d in near:
+        assert sum((b, g) != (b2, g2) for b, g, b2, g2 in zip(c.bits, c.granularity, d.bits, d.granularity)) == 1
+
+
+def test_search_evaluates_the_uniform_configurations_it_must_beat():
+    evaluated, _ = search(DIMS, synthetic_loss, rounds=1, initial=8, per_round=4, trials=40, seed=0)
+    assert all(QuantConfig.uniform(2, b) in evaluated for b in BITS)
