@@ -86,8 +86,9 @@ def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emula
     with pytest.raises(Stopped, match="stopped; the board is idle"):
         with Client(emulator.port) as board:
             _ready(board, problem, epochs=10000, holdout=0)  # unguarded: no early stop
-            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-            board.train()
+            # Ctrl-C once training runs: at its first PROGRESS (a timer thread may come too late on
+            # a loaded machine, after a 10,000-epoch job has ended)
+            board.train(on_progress=lambda p: os.kill(os.getpid(), signal.SIGINT))
     with Client(emulator.port) as board:
         assert board.status()["busy"] is False
         _ready(board, problem)
@@ -98,10 +99,9 @@ def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emula
 def test_a_dead_board_is_noticed_in_seconds(emulator, problem):
     with Client(emulator.port) as board:
         _ready(board, problem, epochs=10000, holdout=0)
-        threading.Timer(0.5, emulator.board.proc.kill).start()
         t0 = time.monotonic()
         with pytest.raises(LinkError, match="stopped answering"):
-            board.train()
+            board.train(on_progress=lambda p: p["epoch"] == 1 and emulator.board.proc.kill())
     assert time.monotonic() - t0 < 10
 
 
