@@ -82,12 +82,20 @@ def test_lost_events_are_fetched_not_waited_for(emulator, problem):
     assert time.monotonic() - t0 < 10
 
 
-def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emulator, problem):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler, even when pytest was started in the background (a shell starts
+    those with SIGINT ignored, and Ctrl-C would never reach the client)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_training_stops_the_board_which_answers_the_next_run(emulator, problem, ctrl_c_raises):
     with pytest.raises(Stopped, match="stopped; the board is idle"):
         with Client(emulator.port) as board:
             _ready(board, problem, epochs=10000, holdout=0)  # unguarded: no early stop
-            # Ctrl-C once training runs: at its first PROGRESS (a timer thread may come too late on
-            # a loaded machine, after a 10,000-epoch job has ended)
+            # Ctrl-C once training runs: at its first PROGRESS
             board.train(on_progress=lambda p: os.kill(os.getpid(), signal.SIGINT))
     with Client(emulator.port) as board:
         assert board.status()["busy"] is False
