@@ -347,7 +347,7 @@ class Core:
                 self._drop_tuner()
         self._drop_tuner()
         reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
-                 "lr": tuner.lr}  # CONFIG's, else the model file's default
+                 "lr": tuner.lr, "rank": tuner.rank}  # CONFIG's, else the model file's
         if planned is not None:
             try:
                 reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)

@@ -62,9 +62,12 @@ def sample_order(tuner):
 def new_tuner(model, method="skip2-lora", path=None, **config):
     """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
     board (where it is the fast path), the float one elsewhere (where it is the reference). Without
-    an lr, the model file's default (picked at export) when it has one, else the tuner's."""
+    an lr, the model file's default (picked at export) when it has one, else the tuner's; without a
+    rank, the rank of the file's starting adapter when it has one, else the tuner's."""
     if "lr" not in config and model.lr is not None:
         config["lr"] = model.lr
+    if "rank" not in config and model.adapter is not None:
+        config["rank"] = model.adapter[0]
     if method not in METHODS:
         raise TunerError("unknown method %r (one of %s)" % (method, ", ".join(METHODS)))
     if path is None:

@@ -79,7 +79,8 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
         board.upload_model(model_bytes)
         wanted = len(y) if limit is None else min(limit, len(y))
         configured = board.configure(samples=wanted, fit=limit is None, **config)
-        config = dict(config, lr=configured["lr"])  # without one in CONFIG: the model file's default
+        # without them in CONFIG: the model file's default lr and its starting adapter's rank
+        config = dict(config, lr=configured["lr"], rank=configured["rank"])
         plan = configured.get("plan", {"samples": wanted})
         X, y = X[:plan["samples"]], y[:plan["samples"]]
         before_stream = board.stats()

@@ -116,9 +116,10 @@ def _add_quiet(p):
     p.add_argument("--quiet", action="store_true", help="no progress output (default: progress on)")
 
 
-def _add_tuning(p, lr_help=None):
+def _add_tuning(p, lr_help=None, rank_help=None):
     d = reference.Config()
-    p.add_argument("--rank", type=_positive, default=d.rank, help="adapter rank (default: %(default)s)")
+    p.add_argument("--rank", type=_positive, default=None if rank_help else d.rank,
+                   help=rank_help or "adapter rank (default: %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=None if lr_help else d.lr,
                    help=lr_help or "learning rate (default: %(default)s)")
     p.add_argument("--epochs", type=_positive, default=d.epochs, help="fine-tune epochs (default: %(default)s)")
@@ -299,11 +300,14 @@ def cmd_demo(args):
 
 
 def _board_config(args):
-    # without --lr the board takes the model file's default lr (or its own, for a file without one)
-    config = {"method": args.method, "rank": args.rank, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
+    # without --lr (--rank) the board takes the model file's default lr (its starting adapter's
+    # rank), or its own for a file without one
+    config = {"method": args.method, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
               "holdout": args.holdout, "patience": args.patience}
     if args.lr:
         config["lr"] = args.lr
+    if args.rank:
+        config["rank"] = args.rank
     if args.path:
         config["path"] = args.path
     return config
@@ -518,7 +522,9 @@ def build_parser():
     _add_data(p)
     _add_bits(p)
     _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the model file; "
-                           "else %g)" % reference.Config().lr)
+                           "else %g)" % reference.Config().lr,
+                rank_help="adapter rank (default: the rank of the model file's starting adapter, a CoA export's; "
+                          "else %d)" % reference.Config().rank)
     p.add_argument("--method", default="skip2-lora", choices=reference.METHODS,
                    help="method on the board (default: %(default)s)")
     p.add_argument("--path", choices=["float", "int"],

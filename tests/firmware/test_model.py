@@ -91,6 +91,8 @@ try:
     Tuner(m, "skip2-lora", rank=%d)
 except TunerError as e:
     print("TunerError", e)
+from s2l.tuning import new_tuner
+print(new_tuner(m, path="float").rank, new_tuner(m, path="int").rank)  # no rank: the file's adapter's
 """
 
 
@@ -102,6 +104,7 @@ def test_float_tuner_starts_from_the_model_adapter(run):
         assert np.array_equal(np.array(a, np.float32), want_a.reshape(-1))
         assert np.array_equal(np.array(b, np.float32), want_b.reshape(-1))
     assert lines[1] == "TunerError the model's starting adapter has rank 2, the tuner rank 3"
+    assert lines[2] == "2 2"
 
 
 NORM_SCRIPT = """

@@ -64,6 +64,7 @@ def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (tmp_path / "model.s2lm").exists()  # exported first, since it was missing
     assert result["epochs"] == 2 and len(result["losses"]) == 2
+    assert result["config"]["rank"] == 4  # no --rank, a file with no starting adapter: the tuner's own
     assert result["accuracy"] > result["accuracy_before"]
     assert result["link"]["payload_share"] >= 0.90
     assert "samples/s at 115200 baud" in printed and "%.1f%% payload" % (100 * result["link"]["payload_share"]) in printed

@@ -18,7 +18,8 @@ from skip2lora.quantconfig import QuantConfig
 @pytest.fixture(scope="module")
 def record_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("coa") / "coa.json"
-    cli.main(["coa", "train", "--steps", "400", "--rounds", "1", "--out", str(path), "--quiet"])
+    # rank 3, not the tuner's default 4: `run` must take the exported file's rank by itself
+    cli.main(["coa", "train", "--rank", "3", "--steps", "400", "--rounds", "1", "--out", str(path), "--quiet"])
     return path
 
 
@@ -29,7 +30,7 @@ def record(record_path):
 
 def test_train_writes_the_front_and_keeps_held_out_configurations_out(record):
     dims = record["dims"]
-    assert dims == [64, 64, 64, 10] and record["rank"] == 4
+    assert dims == [64, 64, 64, 10] and record["rank"] == 3
     held = set(map(str, record["held_out"]))
     assert len(held) == 12 and not held & set(map(str, record["training_configs"]))
     bits = sorted(QuantConfig.from_json(c).average_bits(dims) for c in record["held_out"])
@@ -37,7 +38,7 @@ def test_train_writes_the_front_and_keeps_held_out_configurations_out(record):
     for e in record["front"]:
         c = QuantConfig.from_json(e["config"])
         assert e["model_bytes"] == fmt.file_size(dims, c.bits, c.granularity)
-        assert e["file_bytes"] == fmt.file_size(dims, c.bits, c.granularity, 4)
+        assert e["file_bytes"] == fmt.file_size(dims, c.bits, c.granularity, 3)
     sizes = [e["model_bytes"] for e in record["front"]]
     assert sizes == sorted(sizes) and sizes[0] < 4000 and sizes[-1] > 9000
 
@@ -86,6 +87,14 @@ def test_export_picks_the_least_coa_damage_that_fits_and_writes_its_adapter(reco
     want = CoA.from_json(record["coa"]).adapter(config)
     for got, expected in zip(model.adapter[0] + model.adapter[1], want[0] + want[1]):
         np.testing.assert_array_equal(got, expected)
+    # the board fine-tunes from it with no --rank: its tuner takes the file's adapter rank
+    from skip2lora.emulator import Emulator
+    result_path = tmp_path / "run.json"
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--path", "float", "--limit", "40", "--epochs", "1", "--quiet",
+                  "--json", str(result_path), "--model", str(out)])
+    result = json.loads(result_path.read_text())
+    assert result["config"]["rank"] == 3 and result["epochs"] == 1
 
 
 def test_board_budget(record_path, tmp_path):
