@@ -275,26 +275,29 @@ def uniform_check(record, net, scenario):
             "searched": min(fits, key=lambda e: e["damage"]), "searched_coa": min(fits, key=lambda e: e["damage_coa"])}
 
 
-def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=None, progress=True):
-    """Skip2-LoRA on the drifted domain by the firmware's float tuner under CPython, starting from
-    the CoA adapter or from the usual zero-B adapter, per configuration and seed."""
+def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), paths=("float", "int"), data_path=None,
+              progress=True):
+    """Skip2-LoRA on the drifted domain by the firmware's tuners under CPython (the float path, and
+    the integer path a board runs by default), starting from the CoA adapter or from the usual
+    zero-B adapter, per path, configuration and seed."""
     from .onboard import run_methods
     scenario = load_scenario(scenario_name, data_path)
     coa = CoA.from_json(record["coa"])
     rows = []
-    with tqdm(total=len(ON_DEVICE_CONFIGS) * len(seeds) * 2 * epochs, desc="on-device fine-tune (cpython)",
+    with tqdm(total=len(paths) * len(ON_DEVICE_CONFIGS) * len(seeds) * 2 * epochs, desc="on-device fine-tune (cpython)",
               disable=not progress, leave=False) as bar:
-        for c in ON_DEVICE_CONFIGS:
-            files = {"coa": model_bytes(net, c, coa.adapter(c)), "zero": model_bytes(net, c)}
-            for seed in seeds:
-                config = reference.Config(rank=record["rank"], epochs=epochs, seed=seed)
-                row = {"label": c.label, "seed": seed}
-                for start, data in files.items():
-                    result = run_methods(data, config, scenario.finetune, scenario.test, ["skip2-lora"], "cpython",
-                                         path="float", on_epoch=lambda *a: bar.update())[0]
-                    row[start] = result["accuracy"]
-                    row[start + "_before"] = evaluate(net, c, *scenario.test, coa if start == "coa" else None)[1]
-                rows.append(row)
+        for path in paths:
+            for c in ON_DEVICE_CONFIGS:
+                files = {"coa": model_bytes(net, c, coa.adapter(c)), "zero": model_bytes(net, c)}
+                for seed in seeds:
+                    config = reference.Config(rank=record["rank"], epochs=epochs, seed=seed)
+                    row = {"path": path, "label": c.label, "seed": seed}
+                    for start, data in files.items():
+                        result = run_methods(data, config, scenario.finetune, scenario.test, ["skip2-lora"], "cpython",
+                                             path=path, on_epoch=lambda *a: bar.update())[0]
+                        row[start] = result["accuracy"]
+                        row[start + "_before"] = evaluate(net, c, *scenario.test, coa if start == "coa" else None)[1]
+                    rows.append(row)
     return rows
 
 
@@ -353,19 +356,27 @@ def format_bench(record, held, check, device):
         lines.append("  -> searched - uniform, both with %s: %+.1f points" % (
             adapter, 100 * (s["accuracy" + key] - u["accuracy" + key])))
     lines.append("")
-    if device:
-        lines += ["on-device Skip2-LoRA (firmware float tuner, CPython) on the drifted domain, start CoA vs zero",
-                  "%-28s %5s %12s %12s %12s %12s" % ("configuration", "seed", "CoA before", "CoA after",
-                                                     "zero before", "zero after")]
-        for r in device:
-            lines.append("%-28s %5d %11.1f%% %11.1f%% %11.1f%% %11.1f%%" % (
-                r["label"], r["seed"], 100 * r["coa_before"], 100 * r["coa"], 100 * r["zero_before"], 100 * r["zero"]))
-        for label in dict.fromkeys(r["label"] for r in device):
-            rs = [r for r in device if r["label"] == label]
-            lines.append("%-28s mean over %d seeds: CoA %.1f%%, zero %.1f%% (%+.1f points)" % (
-                label, len(rs), 100 * np.mean([r["coa"] for r in rs]), 100 * np.mean([r["zero"] for r in rs]),
-                100 * (np.mean([r["coa"] for r in rs]) - np.mean([r["zero"] for r in rs]))))
+    lines += format_on_device(device)
     return "\n".join(lines)
+
+
+def format_on_device(device):
+    """The on-device comparison's lines, per row and per path and configuration (none for no rows)."""
+    if not device:
+        return []
+    lines = ["on-device Skip2-LoRA (firmware tuners, CPython) on the drifted domain, start CoA vs zero",
+             "%-5s %-28s %5s %12s %12s %12s %12s" % ("path", "configuration", "seed", "CoA before", "CoA after",
+                                                     "zero before", "zero after")]
+    for r in device:
+        lines.append("%-5s %-28s %5d %11.1f%% %11.1f%% %11.1f%% %11.1f%%" % (
+            r["path"], r["label"], r["seed"], 100 * r["coa_before"], 100 * r["coa"], 100 * r["zero_before"],
+            100 * r["zero"]))
+    for key in dict.fromkeys((r["path"], r["label"]) for r in device):
+        rs = [r for r in device if (r["path"], r["label"]) == key]
+        lines.append("%-5s %-28s mean over %d seeds: CoA %.1f%%, zero %.1f%% (%+.1f points)" % (
+            key + (len(rs), 100 * np.mean([r["coa"] for r in rs]), 100 * np.mean([r["zero"] for r in rs]),
+                   100 * (np.mean([r["coa"] for r in rs]) - np.mean([r["zero"] for r in rs])))))
+    return lines
 
 
 def plot_front(record, net, scenario, path):
@@ -409,7 +420,7 @@ def bench(record, scenario_name, epochs=30, seeds=(1, 2, 3), plot=None, device=T
         raise ValueError("the network pretrained now differs from the one the CoA record was trained with")
     held = held_out_table(record, net, scenario, progress=progress)
     check = uniform_check(record, net, scenario)
-    rows = on_device(record, net, scenario_name, epochs, seeds, data_path, progress) if device else []
+    rows = on_device(record, net, scenario_name, epochs, seeds, data_path=data_path, progress=progress) if device else []
     if plot:
         plot_front(record, net, scenario, plot)
     return {"held_out": held, "uniform_4bit": check, "on_device": rows}

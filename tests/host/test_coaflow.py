@@ -135,11 +135,16 @@ def test_a_configuration_the_file_cannot_hold_or_a_missing_or_old_record_is_a_on
 def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
     _, net = coaflow.source_net("rotate", progress=False)
     rows = coaflow.on_device(record, net, "rotate", epochs=1, seeds=(1,), progress=False)
-    assert [r["label"] for r in rows] == [c.label for c in coaflow.ON_DEVICE_CONFIGS]
+    assert [(r["path"], r["label"]) for r in rows] == [(p, c.label) for p in ("float", "int")
+                                                        for c in coaflow.ON_DEVICE_CONFIGS]
     for r in rows:
         assert 0 < r["zero"] <= 1 and 0 < r["coa"] <= 1
     # the firmware started from the file's adapter: same seed and sample order, another result
     assert all(r["coa"] != r["zero"] for r in rows)
+    text = "\n".join(coaflow.format_on_device(rows))
+    for r in rows:
+        assert "%-5s %-28s mean over 1 seeds: CoA %.1f%%, zero %.1f%%" % (
+            r["path"], r["label"], 100 * r["coa"], 100 * r["zero"]) in text
 
 
 def test_budget_from_hello_is_free_heap_less_the_fine_tune_within_the_largest_block_and_flash():
