@@ -275,12 +275,13 @@ def uniform_check(record, net, scenario):
             "searched": min(fits, key=lambda e: e["damage"]), "searched_coa": min(fits, key=lambda e: e["damage_coa"])}
 
 
-def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), paths=("float", "int"), data_path=None,
-              progress=True):
+def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=None, progress=True):
     """Skip2-LoRA on the drifted domain by the firmware's tuners under CPython (the float path, and
-    the integer path a board runs by default), starting from the CoA adapter or from the usual
-    zero-B adapter, per path, configuration and seed."""
+    the integer path a board runs by default where it holds the rank), starting from the CoA
+    adapter or from the usual zero-B adapter, per path, configuration and seed."""
+    from s2l.inttuner import MAX_LAYERS_X_RANK
     from .onboard import run_methods
+    paths = ("float", "int") if record["rank"] * (len(record["dims"]) - 1) <= MAX_LAYERS_X_RANK else ("float",)
     scenario = load_scenario(scenario_name, data_path)
     coa = CoA.from_json(record["coa"])
     rows = []
@@ -364,7 +365,9 @@ def format_on_device(device):
     """The on-device comparison's lines, per row and per path and configuration (none for no rows)."""
     if not device:
         return []
-    lines = ["on-device Skip2-LoRA (firmware tuners, CPython) on the drifted domain, start CoA vs zero",
+    paths = list(dict.fromkeys(r["path"] for r in device))
+    lines = ["on-device Skip2-LoRA (firmware tuners, CPython) on the drifted domain, start CoA vs zero%s" % (
+             "" if "int" in paths else " (float path only: the integer path holds layers x rank <= 16)"),
              "%-5s %-28s %5s %12s %12s %12s %12s" % ("path", "configuration", "seed", "CoA before", "CoA after",
                                                      "zero before", "zero after")]
     for r in device:
@@ -402,7 +405,7 @@ def plot_front(record, net, scenario, path):
     ax.set_xlabel("model file bytes (without the adapter section)")
     ax.set_ylabel("source-domain test accuracy [%]")
     ax.set_title("CoA-LoRA Pareto front, %s %s" % (record["scenario"], "-".join(map(str, dims))))
-    ax.set_ylim(0, 100)
+    ax.set_ylim(top=100)  # the bottom follows the lowest point
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     folder = os.path.dirname(path)
