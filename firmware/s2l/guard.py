@@ -10,7 +10,7 @@ from array import array
 
 from s2l import clock
 from s2l.adapterfile import parameters
-from s2l.tuning import sample_order
+from s2l.tuning import finite, sample_order
 
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
@@ -18,10 +18,6 @@ MIN_VAL_PER_CLASS = 2  # "a few" per class, when the class has four times that m
 SPIKE = 1.5  # a loss above SPIKE x the lowest so far (+ SPIKE_FLOOR) is a spike
 SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything going wrong
 MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
-
-
-def _finite(x):
-    return -3.4e38 <= x <= 3.4e38  # false for NaN and the infinities
 
 
 def split(labels, n_classes, holdout, order):
@@ -138,7 +134,7 @@ class Guard:
         t = self.tuner
         lr = self.lr
         epoch = len(t.losses)
-        spike = not _finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
+        spike = not finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
         if spike:  # back to the best adapters, at half the rate
             self._restore()
             self.restores += 1

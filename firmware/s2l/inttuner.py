@@ -21,7 +21,7 @@ from s2l import clock
 from s2l import ikernels as I
 from s2l.introws import Rows
 from s2l.rng import XorShift32
-from s2l.tuning import SPILL_PATH, TunerError, check_label, epoch_order, evaluate
+from s2l.tuning import SPILL_PATH, TunerError, check_label, check_sample, epoch_order, evaluate
 
 RESERVE = 24 * 1024  # heap a plan leaves free for serving: frames, replies, the spill file, JSON
 # |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
@@ -198,13 +198,7 @@ class IntSkip2Tuner:
 
     # -- samples: int8 rows with an exponent, as the skip-cache holds them ------------------------
     def check_sample(self, x, label):
-        n_in = self.model.dims[0]
-        if len(x) != n_in:
-            raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
-        for v in x:
-            if v != v or v in (float("inf"), float("-inf")):
-                raise TunerError("sample has a non-finite feature (%r)" % v)
-        check_label(label, self.n_classes)
+        check_sample(x, label, self.model.dims[0], self.n_classes)
 
     def check_int8(self, src, at, label):
         """An int8 sample in the wire's layout (f32 scale, then the values) and its label."""
@@ -351,13 +345,6 @@ class IntSkip2Tuner:
         self.lr = lr
         self.meta[5] = _exponent([lr], 16383.0)
         self.meta[4] = int(math.floor(lr * 2 ** self.meta[5] + 0.5))
-
-    def train(self, on_epoch=None):
-        for epoch in range(self.epochs):
-            loss = self.train_epoch()
-            if on_epoch:
-                on_epoch(epoch, loss)
-        return self.losses
 
     # -- prediction --------------------------------------------------------------------------------
     def _predict_probe(self):

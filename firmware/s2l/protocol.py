@@ -15,13 +15,12 @@ from s2l import VERSION, adapterfile, clock, configcheck, storage
 from s2l import frames as F
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.tuning import SPILL_PATH, TunerError, new_tuner
+from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
-FLOAT32_MAX = 3.4028234e38
 # during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
 # apart, so that the host hears the board is alive well within its 2 s heartbeat
 WORKING_EVERY_US = 1000000
@@ -97,10 +96,6 @@ def _error_reply(e):
         return F.ERROR, F.error_payload(code, message)
     except Exception:  # even the message failed (out of memory?): a reply that cannot fail
         return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
-
-
-def _finite(x):
-    return -FLOAT32_MAX <= x <= FLOAT32_MAX  # false for NaN
 
 
 class Core:
@@ -239,14 +234,14 @@ class Core:
             fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
             self.epochs_left -= 1
             epoch = fields["epoch"] = len(self.tuner.losses)
-            finite = _finite(fields["loss"])
-            if not finite:  # JSON has no NaN: the host gets null
+            loss_finite = finite(fields["loss"])
+            if not loss_finite:  # JSON has no NaN: the host gets null
                 fields["loss"] = None
                 if guard is None:  # unguarded, training stops
                     self.epochs_left = 0
             fields["left"] = self.epochs_left
             out = self._event(F.PROGRESS, fields)
-            if not (finite or guard):
+            if not (loss_finite or guard):
                 return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
                                                         "lower the learning rate" % epoch)
             if not self.busy:

@@ -10,7 +10,7 @@ from s2l import kernels as K
 from s2l.rng import XorShift32
 from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
-from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_label, epoch_order, evaluate
+from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_sample, epoch_order, evaluate
 
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
 # On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and
@@ -134,13 +134,7 @@ class Tuner:
 
     # -- samples ---------------------------------------------------------------------------------
     def check_sample(self, x, label):
-        n_in = self.model.dims[0]
-        if len(x) != n_in:
-            raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
-        for v in x:
-            if not -3.4028234e38 <= v <= 3.4028234e38:  # NaN, inf, or beyond float32 (an int8 scale too large)
-                raise TunerError("sample has a non-finite feature (%r; float32 ends at 3.4e38)" % v)
-        check_label(label, self.n_classes)
+        check_sample(x, label, self.model.dims[0], self.n_classes)
 
     def _int8(self, src, at):
         # an int8 sample in the wire's layout (f32 scale, then the values) as floats
@@ -404,13 +398,6 @@ class Tuner:
 
     def set_lr(self, lr):
         self.lr = lr
-
-    def train(self, on_epoch=None):
-        for epoch in range(self.epochs):
-            loss = self.train_epoch()
-            if on_epoch:
-                on_epoch(epoch, loss)
-        return self.losses
 
     def predict(self, x):
         """The class of a raw reading (float sensor units, as add_sample takes them)."""

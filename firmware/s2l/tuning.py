@@ -10,10 +10,25 @@ CACHE_MODES = ("float", "compact")  # how the float path stores samples and skip
 BOARDS = ("rp2", "esp32")
 ON_BOARD = sys.platform in BOARDS
 SPILL_PATH = "skipcache.bin"
+FLOAT32_MAX = 3.4028234e38
 
 
 class TunerError(ValueError):
     pass
+
+
+def finite(v):
+    return -FLOAT32_MAX <= v <= FLOAT32_MAX  # false for NaN, the infinities and what float32 cannot hold
+
+
+def check_sample(x, label, n_in, n_classes):
+    """A float sample of the network's input size, every feature finite in float32, and its label."""
+    if len(x) != n_in:
+        raise TunerError("sample has %d features, the model takes %d" % (len(x), n_in))
+    for v in x:
+        if not finite(v):  # an int8 sample's too large scale ends here too
+            raise TunerError("sample has a non-finite feature (%r; float32 ends at 3.4e38)" % v)
+    check_label(label, n_classes)
 
 
 def check_label(label, n_classes):

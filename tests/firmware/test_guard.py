@@ -101,7 +101,7 @@ def test_the_guard_runs_through_the_protocol_the_same_under_every_runtime(runtim
     # carries the restore and the halved rate, DONE what was kept; identical on every runtime
     model, _, (X, y), _ = fixed_problem()
     s = Session().upload(model)
-    s.json(F.CONFIG, method="skip2-lora", path="int", holdout=0.2, patience=0, **dict(CONFIG, lr=0.5, batch=1, epochs=4))
+    s.json(F.CONFIG, method="skip2-lora", path="int", holdout=0.2, patience=0, **dict(CONFIG, lr=1.5, batch=1, epochs=4))
     s.send(F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))
     s.send(F.TRAIN)
     s.lines.append("WORK")
@@ -111,6 +111,6 @@ def test_the_guard_runs_through_the_protocol_the_same_under_every_runtime(runtim
     done = [r[2] for r in replies if r[0] == F.DONE][0]
     assert train["validation_samples"] == 4
     assert [p["restored"] for p in progress] == [False, True, False, False]
-    assert [p["lr"] for p in progress] == [0.5, 0.5, 0.25, 0.25]
+    assert [p["lr"] for p in progress] == [1.5, 1.5, 0.75, 0.75]
     assert done["restores"] == 1 and done["val_samples"] == 4 and done["epochs"] == 4
     assert 0 <= done["val_start"] <= done["val"] <= 1

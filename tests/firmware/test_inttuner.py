@@ -19,7 +19,8 @@ config = dict(data["config"], batch=1)
 t = new_tuner(load("model.s2lm"), "skip2-lora", path="int", **config)
 for x, y in zip(data["X"], data["y"]):
     t.add_sample(x, y)
-t.train()
+for _ in range(t.epochs):
+    t.train_epoch()
 acc, _ = t.evaluate(data["Xt"], data["yt"])
 errors = []
 for kw in ({"path": "int", "method": "lora-all"}, {"path": "int", "batch": 4}, {"path": "fixed"}):
@@ -27,6 +28,11 @@ for kw in ({"path": "int", "method": "lora-all"}, {"path": "int", "batch": 4}, {
         new_tuner(load("model.s2lm"), **dict({"method": "skip2-lora"}, **kw))
     except TunerError as e:
         errors.append(str(e))
+for v in (float("nan"), float("inf"), 1e39):  # 1e39: a finite double that float32 cannot hold
+    try:
+        t.add_sample([v] * len(data["X"][0]), 0)
+    except TunerError as e:
+        errors.append(str(e).split(" (")[0])  # the value's spelling differs between float widths
 print(json.dumps({"path": t.path, "default": new_tuner(load("model.s2lm")).path, "accuracy": acc,
                   "losses": t.losses, "adapters": [[list(ad.qa), list(ad.qb)] for ad in t.adapters],
                   "hits": t.cache.hits, "cache_bytes": t.cache.bytes, "errors": errors}))
@@ -48,7 +54,7 @@ def test_integer_path_is_bit_exact_across_runtimes():
     assert any(v for ad in cpython["adapters"] for v in ad[1])  # B learned something
     assert cpython["errors"] == ["the integer path runs skip2-lora only, not 'lora-all'",
                                  "the integer path trains with batch 1 (got 4)",
-                                 "unknown path 'fixed' (one of float, int)"]
+                                 "unknown path 'fixed' (one of float, int)"] + ["sample has a non-finite feature"] * 3
 
 
 ALLOCATIONS = """
@@ -102,12 +108,12 @@ for name in data["models"]:
     start = {"a0": list(t.adapters[0].qa[:4]), "fa0": t.fa[0], "b0": list(t.adapters[0].qb[:4])}
     for x, y in zip(data["X"], data["y"]):
         t.add_sample(x, y)
-    out[name] = dict(start, losses=t.train(), accuracy=t.evaluate(data["Xt"], data["yt"])[0])
+    out[name] = dict(start, losses=[t.train_epoch() for _ in range(t.epochs)], accuracy=t.evaluate(data["Xt"], data["yt"])[0])
     if name in data["compare"]:  # the float path on the same model
         f = new_tuner(load(name + ".s2lm"), "skip2-lora", path="float", **dict(data["config"], batch=1))
         for x, y in zip(data["X"], data["y"]):
             f.add_sample(x, y)
-        out[name]["float"] = {"losses": f.train(), "accuracy": f.evaluate(data["Xt"], data["yt"])[0]}
+        out[name]["float"] = {"losses": [f.train_epoch() for _ in range(f.epochs)], "accuracy": f.evaluate(data["Xt"], data["yt"])[0]}
 print(json.dumps(out))
 """
 

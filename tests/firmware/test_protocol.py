@@ -148,7 +148,8 @@ def test_a_session_on_the_integer_path(runtime, problem):
     tuner = new_tuner(Model(model), "skip2-lora", path="int", **config)  # the same, in this process
     for x, label in zip(X, y):
         tuner.add_sample(x, int(label))
-    tuner.train()
+    for _ in range(tuner.epochs):
+        tuner.train_epoch()
     want, _ = tuner.evaluate(Xt, yt)
     evals = [r[2] for r in replies if r[0] == F.OK and "confusion" in r[2]]
     assert [e["accuracy"] for e in evals] == [want, want]

@@ -25,7 +25,8 @@ for method in METHODS:
     t = Tuner(load("model.s2lm"), method, **data["config"])
     for x, y in zip(data["X"], data["y"]):
         t.add_sample(x, y)
-    t.train()
+    for _ in range(t.epochs):
+        t.train_epoch()
     acc, confusion = t.evaluate(data["Xt"], data["yt"])
     params = [[list(ad.a), list(ad.b)] for ad in t.adapters if ad is not None]
     if t.family == "ft":
@@ -156,7 +157,8 @@ for budget, spill in ((None, None), (16 * 8, "spill.bin")):
                **data["config"])
     for x, y in zip(data["X"], data["y"]):
         t2.add_sample(x, y)
-    t2.train()
+    for _ in range(t2.epochs):
+        t2.train_epoch()
     results.append([t2.losses, [list(ad.a) for ad in t2.adapters], t2.cache.hits, t2.cache.spilled_bytes])
 print(json.dumps({"errors": errors, "state_unchanged": same, "compact": results}))
 """
