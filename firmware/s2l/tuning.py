@@ -10,7 +10,6 @@ CACHE_MODES = ("float", "compact")  # how the float path stores samples and skip
 BOARDS = ("rp2", "esp32")
 ON_BOARD = sys.platform in BOARDS
 SPILL_PATH = "skipcache.bin"
-FLOAT32_MAX = 3.4028234e38
 
 
 class TunerError(ValueError):
@@ -18,7 +17,9 @@ class TunerError(ValueError):
 
 
 def finite(v):
-    return -FLOAT32_MAX <= v <= FLOAT32_MAX  # false for NaN, the infinities and what float32 cannot hold
+    # false for NaN, the infinities and what float32 cannot hold; literals, not a named constant:
+    # -NAME builds a new float object on every call, a literal is folded once at compile time
+    return -3.4028234e38 <= v <= 3.4028234e38
 
 
 def check_sample(x, label, n_in, n_classes):
