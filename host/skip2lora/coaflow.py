@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from s2l import modelfile as fmt
+from s2l.inttuner import MAX_LAYERS_X_RANK
 
 from . import reference
 from .coa import CoA, damage, evaluate
@@ -275,13 +276,17 @@ def uniform_check(record, net, scenario):
             "searched": min(fits, key=lambda e: e["damage"]), "searched_coa": min(fits, key=lambda e: e["damage_coa"])}
 
 
+def int_path_holds(rank, n_layers):
+    """Whether the board's integer path takes adapters of this rank (its logits stay inside int32)."""
+    return rank * n_layers <= MAX_LAYERS_X_RANK
+
+
 def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=None, progress=True):
     """Skip2-LoRA on the drifted domain by the firmware's tuners under CPython (the float path, and
     the integer path a board runs by default where it holds the rank), starting from the CoA
     adapter or from the usual zero-B adapter, per path, configuration and seed."""
-    from s2l.inttuner import MAX_LAYERS_X_RANK
     from .onboard import run_methods
-    paths = ("float", "int") if record["rank"] * (len(record["dims"]) - 1) <= MAX_LAYERS_X_RANK else ("float",)
+    paths = ("float", "int") if int_path_holds(record["rank"], len(record["dims"]) - 1) else ("float",)
     scenario = load_scenario(scenario_name, data_path)
     coa = CoA.from_json(record["coa"])
     rows = []
@@ -365,9 +370,9 @@ def format_on_device(device):
     """The on-device comparison's lines, per row and per path and configuration (none for no rows)."""
     if not device:
         return []
-    paths = list(dict.fromkeys(r["path"] for r in device))
+    only_float = "int" not in [r["path"] for r in device]
     lines = ["on-device Skip2-LoRA (firmware tuners, CPython) on the drifted domain, start CoA vs zero%s" % (
-             "" if "int" in paths else " (float path only: the integer path holds layers x rank <= 16)"),
+             " (float path only: the integer path holds layers x rank <= %d)" % MAX_LAYERS_X_RANK if only_float else ""),
              "%-5s %-28s %5s %12s %12s %12s %12s" % ("path", "configuration", "seed", "CoA before", "CoA after",
                                                      "zero before", "zero after")]
     for r in device:
@@ -449,6 +454,9 @@ def cmd_export_budget(args):
         args.output, len(data), budget, entry["label"], entry["average_bits"], rank))
     print("source-domain test accuracy: %.1f%% quantized, %.1f%% with the CoA adapter" % (
         100 * entry["accuracy"], 100 * entry["accuracy_coa"]))
+    if not int_path_holds(rank, len(entry["config"])):
+        print("rank %d is beyond the board's integer path (layers x rank <= %d): fine-tune it with "
+              "`skip2lora run --path float`" % (rank, MAX_LAYERS_X_RANK))
 
 
 def _write_json(path, data):

@@ -80,7 +80,10 @@ def test_export_picks_the_least_coa_damage_that_fits_and_writes_its_adapter(reco
     assert len(data) <= budget
     fits = [e for e in record["front"] if e["file_bytes"] <= budget]
     best = min(fits, key=lambda e: e["damage_coa"])
-    assert len(data) == best["file_bytes"] and best["label"] in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert len(data) == best["file_bytes"] and best["label"] in printed
+    assert "beyond the board's integer path" not in printed  # rank 3 x 3 layers: the integer path holds it
+    assert coaflow.int_path_holds(5, 3) and not coaflow.int_path_holds(8, 3)  # rank 8: float path only
     model = read_model_file(data)
     config = QuantConfig.from_json(best["config"])
     assert [layer.bits for layer in model.layers] == list(config.bits)
