@@ -117,6 +117,7 @@ class Core:
         # (seq, type, payload, reply type, reply payload) of the last request: a retry gets the
         # reply again, and REPLY hands it out in parts (a long reply on a noisy link)
         self.last = None
+        self.status_events = 0  # events the STATUS being handled carries
         self.handlers = {
             F.HELLO: self.hello, F.MODEL_BEGIN: self.model_begin, F.MODEL_CHUNK: self.model_chunk,
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
@@ -158,8 +159,11 @@ class Core:
             if self.last is not None and self.last[:3] == (seq, ftype, payload):
                 out += F.encode(self.last[3], seq, self.last[4])  # a retry: same answer, not done twice
                 continue
+            self.status_events = 0
             rtype, rpayload = self._handle(ftype, seq, payload)
-            if ftype not in (F.STATUS, F.REPLY):  # these only read, and report the last request
+            # STATUS and REPLY only read, and report the last request; a STATUS that carries events
+            # is kept too, so that a lost event too long for a noisy link comes in parts (REPLY)
+            if ftype != F.REPLY and (ftype != F.STATUS or self.status_events):
                 self.last = (seq, ftype, payload, rtype, rpayload)
             out += F.encode(rtype, seq, rpayload)
         self.rx_bytes += len(data) if n is None else n
@@ -486,9 +490,10 @@ class Core:
         for number, ftype, body in self.events if after is not None else ():
             if (number - after) & 0xFFFF < 0x8000 and number != after & 0xFFFF:  # newer, modulo 2^16
                 size += len(body) + 16
-                if size > STATUS_EVENT_BYTES or len(events) >= limit:
+                if len(events) >= limit or (events and size > STATUS_EVENT_BYTES):
                     break  # the rest at the next STATUS (a short reply survives a noisy link)
                 events.append([number, ftype, json.loads(body)])
+        self.status_events = len(events)
         last = None
         if self.last is not None:
             last = [self.last[0], self.last[1], self.last[3] == F.OK, len(self.last[4])]

@@ -246,7 +246,9 @@ class Client:
             else:
                 silent = 0
                 damaged += 1
-                if damaged >= PART_AFTER and not max_attempts and ftype not in (F.STATUS, F.REPLY):
+                # a STATUS that asks for events is kept by the board when it carries some: in parts too
+                if damaged >= PART_AFTER and not max_attempts and ftype != F.REPLY and \
+                        (ftype != F.STATUS or b'"after"' in payload):
                     got = self._reply_in_parts(seq, ftype)
                     if got is not None:
                         return got

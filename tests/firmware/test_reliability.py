@@ -169,6 +169,14 @@ def test_events_are_kept_and_a_lost_one_is_fetched_by_status(tmp_path, problem):
         assert rtype == F.PART and struct.unpack_from(F.PART_HEADER, part) == (F.OK, len(whole))
         parts += part[F.PART_HEADER_SIZE:]
     assert parts == whole
+    # a STATUS that carries events is kept as the last request (a plain one is not): on a noisy
+    # link a long one comes in parts too
+    one = b.json(F.STATUS, after=started["event"], limit=1)[1]
+    asked = b.seq
+    assert len(one["events"]) == 1 and b.json(F.STATUS)[1]["last"][:3] == [asked, F.STATUS, True]
+    assert b.json(F.STATUS)[1]["last"][0] == asked
+    rtype, part = b.json(F.REPLY, seq=asked, at=0, size=1000)
+    assert json.loads(part[F.PART_HEADER_SIZE:]) == one
     assert b.json(F.REPLY, seq=12345, at=0, size=40)[:2] == ("ERROR", F.E_STATE)
 
 
