@@ -289,20 +289,24 @@ def on_device(record, net, scenario_name, epochs=30, seeds=(1, 2, 3), data_path=
     paths = ("float", "int") if int_path_holds(record["rank"], len(record["dims"]) - 1) else ("float",)
     scenario = load_scenario(scenario_name, data_path)
     coa = CoA.from_json(record["coa"])
+    # per configuration and start, once: the model file and its accuracy before fine-tuning
+    files = dict((c, {"coa": model_bytes(net, c, coa.adapter(c)), "zero": model_bytes(net, c)})
+                 for c in ON_DEVICE_CONFIGS)
+    before = dict((c, {"coa": evaluate(net, c, *scenario.test, coa)[1], "zero": evaluate(net, c, *scenario.test)[1]})
+                  for c in ON_DEVICE_CONFIGS)
     rows = []
     with tqdm(total=len(paths) * len(ON_DEVICE_CONFIGS) * len(seeds) * 2 * epochs, desc="on-device fine-tune (cpython)",
               disable=not progress, leave=False) as bar:
         for path in paths:
             for c in ON_DEVICE_CONFIGS:
-                files = {"coa": model_bytes(net, c, coa.adapter(c)), "zero": model_bytes(net, c)}
                 for seed in seeds:
                     config = reference.Config(rank=record["rank"], epochs=epochs, seed=seed)
                     row = {"path": path, "label": c.label, "seed": seed}
-                    for start, data in files.items():
+                    for start, data in files[c].items():
                         result = run_methods(data, config, scenario.finetune, scenario.test, ["skip2-lora"], "cpython",
                                              path=path, on_epoch=lambda *a: bar.update())[0]
                         row[start] = result["accuracy"]
-                        row[start + "_before"] = evaluate(net, c, *scenario.test, coa if start == "coa" else None)[1]
+                        row[start + "_before"] = before[c][start]
                     rows.append(row)
     return rows
 
