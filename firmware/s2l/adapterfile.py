@@ -20,7 +20,8 @@ class AdapterError(ValueError):
 
 
 def parameters(tuner):
-    """The tuner's trained arrays, in a fixed order."""
+    """The tuner's trained arrays, in a fixed order: float arrays, or on the integer path int16
+    little-endian bytes (views of its arena), as the file holds them."""
     arrays = []
     for ad in tuner.adapters:
         if ad is not None:
@@ -33,13 +34,17 @@ def parameters(tuner):
     return arrays
 
 
+def _count(a, path):
+    return len(a) // 2 if path == "int" else len(a)
+
+
 def encode(arrays, path):
     code = _VALUE[PATHS.index(path)]
     out = bytearray(struct.pack(_HEAD, MAGIC, VERSION, len(arrays), PATHS.index(path), 0))
     for a in arrays:
-        out += struct.pack("<I", len(a))
+        out += struct.pack("<I", _count(a, path))
     for a in arrays:
-        out += struct.pack("<%d%s" % (len(a), code), *a)
+        out += a if path == "int" else struct.pack("<%d%s" % (len(a), code), *a)
     return bytes(out + struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
 
 
@@ -68,19 +73,23 @@ def restore(tuner, data):
     if path != tuner.path:
         raise AdapterError("the saved adapter is from the %s path, this tuner runs the %s path" % (path, tuner.path))
     arrays = parameters(tuner)
-    if lengths != [len(a) for a in arrays]:
-        raise AdapterError("saved shapes %s do not fit this tuner's %s" % (lengths, [len(a) for a in arrays]))
-    code = _VALUE[PATHS.index(path)]
+    counts = [_count(a, path) for a in arrays]
+    if lengths != counts:
+        raise AdapterError("saved shapes %s do not fit this tuner's %s" % (lengths, counts))
     at = _HEAD_SIZE + 4 * len(lengths)
+    if path == "int":  # int16 bytes as the tuner holds them: any value is valid
+        for a in arrays:
+            a[:] = memoryview(data)[at:at + len(a)]
+            at += len(a)
+        return
     values = []
     for a in arrays:  # decode and check everything before the first array is touched
-        v = struct.unpack_from("<%d%s" % (len(a), code), data, at)
-        if code == "f":
-            for x in v:
-                if x != x or x in (float("inf"), float("-inf")):
-                    raise AdapterError("the saved adapter holds a non-finite value")
+        v = struct.unpack_from("<%df" % len(a), data, at)
+        for x in v:
+            if x != x or x in (float("inf"), float("-inf")):
+                raise AdapterError("the saved adapter holds a non-finite value")
         values.append(v)
-        at += struct.calcsize("<%d%s" % (len(a), code))
+        at += 4 * len(a)
     for a, v in zip(arrays, values):
         for k in range(len(a)):
             a[k] = v[k]

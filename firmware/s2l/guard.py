@@ -10,7 +10,7 @@ from array import array
 
 from s2l import clock
 from s2l.adapterfile import parameters
-from s2l.tuning import finite, sample_order
+from s2l.tuning import finite
 
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
@@ -20,19 +20,20 @@ SPIKE_FLOOR = 0.05  # near-zero losses move by more than 1.5x without anything g
 MAX_RESTORES = 4  # the learning rate may halve this often (to 1/16) before training gives up
 
 
-def split(labels, n_classes, holdout, order):
-    """Arrange `order` (one entry per sample) as the training samples' indices, then the
-    validation samples'; returns how many are validation: per class, round(holdout x its count)
-    but at least min(MIN_VAL_PER_CLASS, a quarter of its count), spread evenly over its samples in
-    arrival order. No list of indices: a board's heap is planned to the last rows."""
+def split(labels, n, n_classes, holdout, order):
+    """Arrange `order` (one entry per sample) as the indices of the training samples among the
+    first n, then the validation samples'; returns how many are validation: per class,
+    round(holdout x its count) but at least min(MIN_VAL_PER_CLASS, a quarter of its count), spread
+    evenly over its samples in arrival order. No list of indices: a board's memory is planned to
+    the last rows."""
     counts = [0] * n_classes
-    for c in labels:
-        counts[c] += 1
+    for i in range(n):
+        counts[labels[i]] += 1
     want = [max(int(holdout * c + 0.5), min(MIN_VAL_PER_CLASS, c // 4)) if holdout > 0 else 0 for c in counts]
     n_val = sum(want)
     seen = [0] * n_classes
-    t, v = 0, len(labels) - n_val
-    for i in range(len(labels)):
+    t, v = 0, n - n_val
+    for i in range(n):
         c = labels[i]
         j, k, w = seen[c], counts[c], want[c]
         if (j + 1) * w // k > j * w // k:  # the j-th of k samples takes one of w places
@@ -53,9 +54,12 @@ class Guard:
         self.tuner = tuner
         self.holdout = HOLDOUT if holdout is None else holdout
         self.patience = PATIENCE if patience is None else patience
-        code = "h" if tuner.path == "int" else "f"  # int16 adapters, or float arrays
-        # (kept copy, live array) as memoryviews: slices of one copy into the other in both runtimes
-        self.pairs = [(memoryview(array(code, a)), memoryview(a)) for a in parameters(tuner)]
+        # (kept copy, live array): slices of one copy into the other; the integer path's adapters are
+        # one region of its arena, and so is their copy
+        if tuner.path == "int":
+            self.pairs = [(tuner.arena.take(len(tuner.w), "the guard's copy of the adapters"), tuner.w)]
+        else:
+            self.pairs = [(memoryview(array("f", a)), memoryview(a)) for a in parameters(tuner)]
         self.n_val = self.n_train = 0
 
     def arrange(self):
@@ -64,11 +68,11 @@ class Guard:
         part) and start over from the adapters as they are. False when there is nothing to hold
         out (a holdout of 0, or classes too small): then train unguarded."""
         t = self.tuner
-        self.n_val = split(t.labels, t.n_classes, self.holdout, sample_order(t))
+        self.n_val = split(t.labels, t.n_samples, t.n_classes, self.holdout, t.sample_order())
         self.n_train = t.n_samples - self.n_val
         self.lr = t.lr
         self._keep()
-        self.start_epoch = len(t.losses)
+        self.start_epoch = t.epochs_done
         self.best_epoch = self.start_epoch  # the epoch whose adapters are kept (the start: none trained)
         self.val_start = self.val_best = None
         self.best_loss = None  # the training loss of the kept epoch (None for the start)
@@ -133,7 +137,7 @@ class Guard:
     def _judge(self, loss, last):
         t = self.tuner
         lr = self.lr
-        epoch = len(t.losses)
+        epoch = t.epochs_done
         spike = not finite(loss) or loss > SPIKE * self.lowest + SPIKE_FLOOR
         if spike:  # back to the best adapters, at half the rate
             self._restore()

@@ -7,12 +7,16 @@
 #
 # A sample's row (bytes): its layer inputs x_0 .. x_{L-1} as int8, then the frozen logits z0 as
 # int16 little-endian; each vector has an exponent (value = q * 2^-e) kept beside the row (int8).
-# Adapters: one array('h') holding A_i (n_in x rank) and B_i (rank x n_classes), row-major.
+# Adapters: int16 values holding A_i (n_in x rank) and B_i (rank x n_classes), row-major.
+# Buffers are raw memory, as the viper twins' pointers see them (the tuner's are bytes views of
+# its arena): this twin reads its int16/int32 arguments through typed() views.
 # The ranges keep every sum inside int32, where viper's machine words wrap on a board: n terms of
 # 32767 * 127 (int8 inputs) need n <= 512, of 32767 * 2047 (int12 activations) n <= 32.
 # Rounding: rshift(v, s) = floor((v + 2^(s-1)) / 2^s), half up, as an arithmetic shift does it.
 
 from array import array
+
+from s2l.arena import typed
 
 INT8 = 127
 INT12 = 2047
@@ -103,6 +107,7 @@ def frozen_layer(packed, lp, mult, bias, rb, ro, e, acc):
     # int16 for the logits) at rb[ro + y offset]; returns y's exponent. A scale per group of lp[10]
     # inputs (lp[10] = n_in: per channel) is an integer multiplier, |mult[r * groups + g]| <= 2^14,
     # at exponent lp[4]; the bias an int32 at exponent lp[5]. acc: n_out * groups int32 of scratch.
+    lp, mult, bias, acc = typed(lp, "i"), typed(mult, "i"), typed(bias, "i"), typed(acc, "i")
     row_bytes, bits, n_out, n_in, size = lp[0], lp[1], lp[2], lp[3], lp[10]
     xo, yo, wide, limit = ro + lp[6], ro + lp[7], lp[8], lp[9]
     groups = (n_in + size - 1) // size
@@ -183,6 +188,7 @@ def step(rb, ro, ex, eo, w, meta, s, label, train):
     #   gh_i = B_i g (with B_i before its update);  B_i += h_i g^T;  A_i += x_i gh_i^T
     # (saturating int16); returns sum(p) with p = s[P + c], so that the loss is log(sum / p[label]).
     # Returns -1 when the logits leave the range the softmax handles (exponent -4..30).
+    w, meta, s = typed(w, "h"), typed(meta, "i"), typed(s, "i")
     n_layers, r, nc, zo = meta[0], meta[1], meta[2], ro + meta[3]
     HE = n_layers * r
     GH = HE + n_layers

@@ -11,28 +11,34 @@
 #   adapters A, B                  int16, fixed exponents fa_i (A) and FB (B) per tensor
 #   logits for the softmax         int32, summed at the coarsest exponent of their parts
 #   softmax                        Q15 (exp by table), its gradient times lr (an int16 multiplier)
-# Each fine-tune sample has one row (introws.py): its layer inputs and its frozen logits, i.e. the
-# sample and its skip-cache entry, written once, read by every later epoch.
+# Each fine-tune sample has one row (introws.py): its layer inputs, its frozen logits and their
+# exponents, i.e. the sample and its skip-cache entry, written once, read by every later epoch.
+# Every buffer of the tuner is carved from the job's arena (arena.py): nothing it holds comes from
+# the heap, so the next job finds the memory this one had.
 import math
 import struct
-from array import array
 
-from s2l import clock
+from s2l import clock, memplan
 from s2l import ikernels as I
+from s2l.arena import Arena, default_size, typed
 from s2l.introws import Rows
 from s2l.rng import XorShift32
 from s2l.tuning import SPILL_PATH, TunerError, check_label, check_sample, epoch_order, evaluate
 
-RESERVE = 24 * 1024  # heap a plan leaves free for serving: frames, replies, the spill file, JSON
 # |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
 # differences of logits (and their rounding) stay inside int32
 MAX_LAYERS_X_RANK = 16
 INF = float("inf")
+OUT_OF_RANGE = 2  # a sample's cached flag when its frozen layers' outputs leave the integer range
 
 
-def _zeros(typecode, n):
-    # from zero bytes, read as raw memory by both MicroPython and CPython: no list of n ints first
-    return array(typecode, bytes(n * {"b": 1, "h": 2, "H": 2, "i": 4}[typecode]))
+def _int32s(arena, values, what):
+    # an int32 array in the arena holding `values`: (its bytes for the kernels, its typed view)
+    raw = arena.take(4 * len(values), what)
+    view = typed(raw, "i")
+    for k in range(len(values)):
+        view[k] = values[k]
+    return raw, view
 
 
 def _exponent(values, limit, zero=0):
@@ -45,13 +51,13 @@ def _exponent(values, limit, zero=0):
 
 
 class Adapter:
-    """Views of one layer's A (n_in x rank) and B (rank x n_classes) in the tuner's int16 array."""
+    """One layer's A (n_in x rank) and B (rank x n_classes): int16 little-endian bytes, views of the
+    tuner's adapter region (kernels, copies and files take them as they are)."""
 
     def __init__(self, w, at, n_in, rank, n_classes):
         self.n_in, self.rank = n_in, rank
-        view = memoryview(w)
-        self.qa = view[at:at + n_in * rank]
-        self.qb = view[at + n_in * rank:at + n_in * rank + rank * n_classes]
+        self.qa = w[2 * at:2 * (at + n_in * rank)]
+        self.qb = w[2 * (at + n_in * rank):2 * (at + n_in * rank + rank * n_classes)]
 
 
 class IntSkip2Tuner:
@@ -59,7 +65,7 @@ class IntSkip2Tuner:
     rounded to int16), computed in integers. Batch 1: each step updates the adapters."""
     method, family, path, cache_mode, fused = "skip2-lora", "skip2", "int", "int8", True
 
-    def __init__(self, model, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None,
+    def __init__(self, model, arena=None, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None,
                  spill_path=SPILL_PATH):
         # samples and cache are int8 on this path: a float cache mode does not apply
         dims, n = model.dims, model.n_layers
@@ -70,17 +76,18 @@ class IntSkip2Tuner:
             raise TunerError("the integer path trains with batch 1 (got %d)" % batch)
         if max(dims[:-1]) > 512 or dims[-1] > 32:
             raise TunerError("the integer path takes layers of up to 512 inputs and 32 classes")
-        self.model, self.rank, self.lr, self.epochs, self.batch = model, rank, lr, epochs, 1
+        arena = arena or Arena(default_size())  # a tuner of its own, outside a board's protocol core
+        self.model, self.arena, self.rank, self.lr, self.epochs, self.batch = model, arena, rank, lr, epochs, 1
         self.n_classes = nc = dims[-1]
         self.rng = XorShift32(seed)
-        # the row of a sample: x_0 .. x_{n-1} int8, then z0 int16; exponents beside it
+        # the row of a sample: x_0 .. x_{n-1} int8, then z0 int16, then their n + 1 exponents (int8)
         self.x_at = [sum(dims[:i]) for i in range(n)]
         self.z_at = sum(dims[:-1])
-        self.rows = Rows(self.z_at + 2 * nc, spill_path)
+        self.e_at = memplan.int_exps_at(dims)
         self.n_exps = n + 1
-        self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
+        self.rows = Rows(memplan.int_row_stride(dims), spill_path)
+        self.labels = self.cached = self.order = None  # per sample, carved by plan()
         self.n_planned = None  # samples allocated for up front by plan()
-        self.order = array("H")  # an epoch's sample order
         self.hits = 0
         # frozen layers: scales (per channel, or per group of G inputs) as integer multipliers
         # round(scale * 2^K), |M| <= 2^14, biases as int32 at exponent KB, |bias| <= 2^29; the rest
@@ -93,19 +100,23 @@ class IntSkip2Tuner:
             k = _exponent(model.scales[i], 16384.0)
             kb = _exponent(model.bias[i], 2.0 ** 29, zero=64)  # zero biases never limit the exponent
             last = i == n - 1
-            lp = array("i", [model.row_bytes[i], model.bits[i], dims[i + 1], dims[i], k, kb, self.x_at[i],
-                             self.z_at if last else self.x_at[i + 1], 1 if last else 0,
-                             I.INT12 if last else I.INT8, size])
-            self.layers.append((lp, array("i", [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]]),
-                                array("i", [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]])))
-        self.acc = _zeros("i", n_acc)
+            lp = [model.row_bytes[i], model.bits[i], dims[i + 1], dims[i], k, kb, self.x_at[i],
+                  self.z_at if last else self.x_at[i + 1], 1 if last else 0, I.INT12 if last else I.INT8, size]
+            self.layers.append((_int32s(arena, lp, "a layer's parameters")[0],
+                                _int32s(arena, [int(math.floor(s * 2 ** k + 0.5)) for s in model.scales[i]],
+                                        "a layer's scales")[0],
+                                _int32s(arena, [int(math.floor(b * 2 ** kb + 0.5)) for b in model.bias[i]],
+                                        "a layer's biases")[0]))
+        self.acc = arena.take(4 * n_acc, "the frozen layers' sums")
         # adapters in one int16 array, A from the float path's init (uniform +-sqrt(6 / n_in), the
         # same PRNG draws) or the model's starting adapter, at an exponent whose bound uses a quarter
         # of int16; B zero or the starting adapter's, at FB
         start = model.adapter
         if start is not None and start[0] != rank:
             raise TunerError("the model's starting adapter has rank %d, not %d" % (start[0], rank))
-        self.w = _zeros("h", sum(dims[i] * rank + rank * nc for i in range(n)))
+        n_w = sum(dims[i] * rank + rank * nc for i in range(n))
+        self.w = arena.take(2 * n_w, "the adapters")
+        w = typed(self.w, "h")
         self.adapters, self.fa = [], []
         meta = [n, rank, nc, self.z_at, 0, 0]
         at = 0
@@ -119,28 +130,28 @@ class IntSkip2Tuner:
             scale = 2 ** fa
             for k in range(dims[i] * rank):  # the PRNG is drawn either way: the same sample order
                 v = self.rng.uniform(-bound, bound)
-                self.w[at + k] = int(math.floor((v if a is None else a[k]) * scale + 0.5))
+                w[at + k] = int(math.floor((v if a is None else a[k]) * scale + 0.5))
             if b is not None:
                 if max(abs(v) for v in b) * 2 ** I.FB > I.INT16_MAX:
                     raise TunerError("the model's starting adapter B of layer %d leaves the integer path's "
                                      "range (|B| <= %g)" % (i, I.INT16_MAX / 2.0 ** I.FB))
                 for k in range(rank * nc):
-                    self.w[at + dims[i] * rank + k] = int(math.floor(b[k] * 2 ** I.FB + 0.5))
+                    w[at + dims[i] * rank + k] = int(math.floor(b[k] * 2 ** I.FB + 0.5))
             self.adapters.append(Adapter(self.w, at, dims[i], rank, nc))
             self.fa.append(fa)
             meta += [dims[i], self.x_at[i], at, at + dims[i] * rank, fa]
             at += dims[i] * rank + rank * nc
-        self.meta = array("i", meta)
+        self.meta, self.meta_view = _int32s(arena, meta, "the adapters' layout")
         self.set_lr(lr)
-        self.scratch = _zeros("i", I.scratch_size(n, rank, nc))
-        self.probe = bytearray(self.rows.stride)  # a sample being predicted
-        self.probe_exps = array("b", [0] * self.n_exps)
+        self.scratch = arena.take(4 * I.scratch_size(n, rank, nc), "a step's scratch")
+        self.scratch_view = typed(self.scratch, "i")
+        self.probe = arena.take(self.rows.stride, "a sample being predicted")
         self.macs = {"frozen_forward": 0, "adapter_forward": 0, "backward": 0, "update": 0, "cache": 0}
         self.us = {"frozen_forward": 0, "step": 0, "cache": 0}
         # MACs per step, counted once: the adapter forward and backward do the same work each step
         self.macs_forward = sum(d * rank + rank * nc for d in dims[:-1])
         self.macs_backward = sum(d * rank + 2 * rank * nc for d in dims[:-1])
-        self.losses = []
+        self.epochs_done, self.loss, self.skipped = 0, None, 0  # epochs trained, the last one's loss
         self.kernel_calls = 0
         self.kernels = I.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
@@ -148,53 +159,32 @@ class IntSkip2Tuner:
     # -- memory ----------------------------------------------------------------------------------
     @property
     def row_bytes(self):
-        """Bytes a fine-tune sample costs: its row, its exponents, label, cached flag and order."""
-        return self.rows.stride + self.n_exps + 4
+        """Bytes a fine-tune sample costs in RAM: its row, label, cached flag and order entry."""
+        return self.rows.stride + memplan.INT_SAMPLE_BYTES
 
-    def plan(self, n, free, flash_free=None, fit=False):
-        """Allocate for n fine-tune samples now: rows in RAM while `free` heap bytes (less a
-        reserve for serving) allow, the rest on flash. Returns the plan. When they do not fit
-        even with flash: with `fit`, plan for as many as fit; else TunerError saying how many."""
-        if len(self.rows):
+    def plan(self, n, flash_free=None, fit=False):
+        """Carve room for n fine-tune samples from the arena now: rows in RAM while the arena
+        holds them, the rest on flash (memplan.int_plan, the formula export uses too). Returns
+        the plan. When they do not fit even with flash: with `fit`, plan for as many as fit; else
+        TunerError saying how many."""
+        if len(self.rows) or self.n_planned is not None:
             raise TunerError("plan before the first sample")
-        stride, small = self.rows.stride, self.n_exps + 4  # a row; its exponents, label, flag, order (RAM)
-        # less the reserve and a row's worth of slack (CPython reports no heap: no limit there)
-        heap = (1 << 30 if free is None else free) - RESERVE - stride
-        on_flash = 0 if flash_free is None or self.rows.spill_path is None else max(0, flash_free - RESERVE) // stride
-        fits = max(0, min(heap // small, (heap + on_flash * stride) // (stride + small)))
-        if n > fits:
-            if not fit or fits < 1:
-                raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of heap free, "
-                                 "%s bytes of flash; at most %d fit" % (n, stride + small, free, flash_free, fits))
-            n = fits
-        try:
-            self.exps = _zeros("b", n * self.n_exps)
-            self.labels, self.cached = bytearray(n), bytearray(n)
-            self.order = _zeros("H", n)
-        except MemoryError:
-            self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
-            raise TunerError("no memory for %d samples' exponents and labels (%s bytes free)" % (n, free))
-        # RAM rows: the estimate, then what the heap really gives, keeping RESERVE free (object
-        # headers and block rounding are not in the estimate); the rest on flash
-        ram = max(0, min(n, (heap - n * small) // stride))
-        per_chunk = self.rows.per_chunk
-        while True:
-            try:
-                self.rows.reserve(ram)
-                break
-            except MemoryError:
-                ram = max(0, ram - ram % per_chunk - per_chunk)
-        while ram and (clock.mem_free() or RESERVE) < RESERVE:
-            ram = max(0, ram - ram % per_chunk - per_chunk)
-            self.rows.release(ram)
-        if (n - ram) * stride > (on_flash * stride if on_flash else 0):
-            self.rows.release(0)
-            self.exps, self.labels, self.cached = array("b"), bytearray(), bytearray()
-            raise TunerError("%d fine-tune samples do not fit: %d in RAM, and %s bytes of flash for the rest; "
-                             "at most %d fit" % (n, ram, flash_free, ram + on_flash))
+        on_flash = None if self.rows.spill_path is None else flash_free
+        plan = memplan.int_plan(self.arena.free, self.rows.stride, on_flash, n)
+        if plan["samples"] < n:
+            if not fit or plan["samples"] < 1:
+                raise TunerError("%d fine-tune samples do not fit: %d bytes each, %d bytes of the arena free, "
+                                 "%s bytes of flash; at most %d fit" % (n, self.row_bytes, self.arena.free,
+                                                                       flash_free, plan["samples"]))
+        n, ram = plan["samples"], plan["ram_rows"]
+        self.labels = self.arena.take(n, "labels")
+        self.cached = self.arena.take(n, "cached flags")
+        self.order_bytes = self.arena.take(2 * n, "the epoch order")
+        self.order = typed(self.order_bytes, "H")
+        self.rows.reserve(self.arena, ram, n)
         self.n_planned = n
         return {"samples": n, "ram_rows": ram, "spilled_rows": n - ram, "row_bytes": self.row_bytes,
-                "ram_bytes": ram * stride + n * small}
+                "ram_bytes": ram * self.rows.stride + n * memplan.INT_SAMPLE_BYTES}
 
     # -- samples: int8 rows with an exponent, as the skip-cache holds them ------------------------
     def check_sample(self, x, label):
@@ -233,27 +223,27 @@ class IntSkip2Tuner:
 
     def _add(self, label, fill):
         # fill(buf, at) writes the sample's int8 values into its new row and returns their exponent
+        if self.n_planned is None:  # no plan: as many as the arena holds in RAM beside a guard made later
+            free = self.arena.free - len(self.w)
+            self.plan(memplan.int_plan(free, self.rows.stride, None, memplan.MAX_SAMPLES)["samples"], fit=True)
         k = len(self.rows)
-        if self.n_planned is not None and k >= self.n_planned:
+        if k >= self.n_planned:
             raise TunerError("more fine-tune samples than the %d planned" % self.n_planned)
-        try:
-            at = self.rows.append()
-        except MemoryError:
-            raise TunerError("out of memory storing sample %d" % k)
+        at = self.rows.append()
         try:
             e = fill(self.rows.buf, at)
             if not -128 <= e <= 127:
                 raise TunerError("sample %d is out of the integer path's range (exponent %d)" % (k, e))
+            self.rows.buf[at + self.e_at] = e & 0xFF
             self.rows.stored(k)
         except Exception:
-            self.rows.drop_last()
+            self.rows.truncate(k)
             raise
-        eo = k * self.n_exps
-        if self.n_planned is None:  # unplanned: the small arrays grow with the samples
-            self.exps.extend(array("b", bytes(self.n_exps)))
-            self.labels.append(0)
-            self.cached.append(0)
-        self.labels[k], self.cached[k], self.exps[eo] = label, 0, e
+        self.labels[k], self.cached[k] = label, 0
+
+    def truncate(self, n):
+        """Forget the fine-tune samples from n on (those of a frame that was refused)."""
+        self.rows.truncate(n)
 
     def add_sample(self, x, label):
         """A float sample in raw sensor units (the host's scripts, float32 on the wire): normalised
@@ -272,27 +262,37 @@ class IntSkip2Tuner:
     def n_samples(self):
         return len(self.rows)
 
+    def sample_order(self):
+        """The order array (carved by plan(), one entry per planned sample)."""
+        return self.order
+
     # -- training --------------------------------------------------------------------------------
-    def _frozen_forward(self, buf, at, exps, eo):
-        """Fill the row's layer inputs 1..n-1 and frozen logits from its x_0, and their exponents."""
-        e = exps[eo]
+    def _frozen_forward(self, buf, at):
+        """Fill the row's layer inputs 1..n-1 and frozen logits from its x_0, and their exponents;
+        False when a layer's outputs leave the integer path's range (the sample cannot be used)."""
+        eo = at + self.e_at
+        e = (buf[eo] ^ 0x80) - 0x80
         for i in range(len(self.layers)):
             lp, mult, bias = self.layers[i]
             e = I.frozen_layer(self.model.packed(i), lp, mult, bias, buf, at, e, self.acc)
-            if not -128 <= e <= 127:
-                raise TunerError("layer %d's outputs are out of the integer path's range" % i)
-            exps[eo + i + 1] = e
+            self.kernel_calls += 1
             self.macs["frozen_forward"] += self.model.dims[i] * self.model.dims[i + 1]
-        self.kernel_calls += len(self.layers)
+            if not -128 <= e <= 127:
+                return False
+            buf[eo + i + 1] = e & 0xFF
+        return True
 
     def train_epoch(self, count=None, tick=None):
         """One epoch over the stored samples (or the first `count` of the order the guard
         arranged) in a shuffled order; returns the mean loss, infinite when the logits left the
         integer range. The first visit of a sample runs the frozen layers into its row; later ones
         only step. tick(done, of), if given, is called after each frozen forward (the slow part of
-        an epoch; a cached step stays free of it)."""
+        an epoch; a cached step stays free of it). A sample whose logits leave the range the
+        softmax takes is skipped (counted in self.skipped): one bad sample must not spoil the run;
+        when most of them do, the rate diverged and the loss is infinite."""
         order, n = epoch_order(self, count)
         total = 0.0
+        skipped = 0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
         us = self.us
         for k in range(n):
@@ -301,26 +301,34 @@ class IntSkip2Tuner:
             at = self._cached_row(index)
             if fresh and tick:
                 tick(k + 1, n)
+            if at < 0:  # its frozen layers' outputs are out of range: it never trains
+                skipped += 1
+                continue
             t1 = clock.ticks_us()
             label = self.labels[index]
-            s = I.step(self.rows.buf, at, self.exps, index * self.n_exps, self.w, self.meta, self.scratch, label, 1)
+            s = I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, label, 1)
             us["step"] += clock.ticks_diff(clock.ticks_us(), t1)
-            if s < 0:  # the logits left the range the softmax takes: this rate diverges
-                total = INF
-                break
+            if s < 0:  # the logits left the range the softmax takes: no step was taken
+                skipped += 1
+                continue
             # the cross-entropy, -log(p[label] / sum p); a label whose p rounds to 0 counts as 1/32767
-            total += math.log(s / max(self.scratch[p_at + label], 1))
+            total += math.log(s / max(self.scratch_view[p_at + label], 1))
         self.kernel_calls += n
         self.macs["adapter_forward"] += n * self.macs_forward
         self.macs["backward"] += n * self.macs_backward
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
-        loss = total / n
-        self.losses.append(loss)
+        self.skipped = skipped
+        loss = INF if 2 * skipped > n else total / (n - skipped)
+        self.epochs_done += 1
+        self.loss = loss
         return loss
 
     def _cached_row(self, index):
         """The offset of sample `index`'s row in rows.buf, its frozen layers run into it on the
-        first visit (a skip-cache miss), read back from the cache on later ones."""
+        first visit (a skip-cache miss), read back from the cache on later ones; -1 for a sample
+        whose frozen layers' outputs are out of the integer path's range (marked so, never rerun)."""
+        if self.cached[index] == OUT_OF_RANGE:
+            return -1
         t0 = clock.ticks_us()
         at = self.rows.row(index)
         t1 = clock.ticks_us()
@@ -328,39 +336,45 @@ class IntSkip2Tuner:
         if self.cached[index]:
             self.hits += 1
             return at
-        self._frozen_forward(self.rows.buf, at, self.exps, index * self.n_exps)
+        fits = self._frozen_forward(self.rows.buf, at)
         self.rows.stored(index)
-        self.cached[index] = 1
+        self.cached[index] = 1 if fits else OUT_OF_RANGE
         self.us["frozen_forward"] += clock.ticks_diff(clock.ticks_us(), t1)
-        return at
+        return at if fits else -1
 
     def predict_stored(self, index):
         """The prediction for stored sample `index` (a validation sample), from the skip-cache."""
         at = self._cached_row(index)
+        if at < 0:
+            return -1
         self.kernel_calls += 1
-        return I.step(self.rows.buf, at, self.exps, index * self.n_exps, self.w, self.meta, self.scratch, 0, 0)
+        return I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, 0, 0)
 
     def set_lr(self, lr):
         # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
         self.lr = lr
-        self.meta[5] = _exponent([lr], 16383.0)
-        self.meta[4] = int(math.floor(lr * 2 ** self.meta[5] + 0.5))
+        self.meta_view[5] = _exponent([lr], 16383.0)
+        self.meta_view[4] = int(math.floor(lr * 2 ** self.meta_view[5] + 0.5))
 
     # -- prediction --------------------------------------------------------------------------------
-    def _predict_probe(self):
-        self._frozen_forward(self.probe, 0, self.probe_exps, 0)
+    def _predict_probe(self, e):
+        # -1 when the sample is out of the integer path's range (its logits, or an exponent)
+        if not -128 <= e <= 127:
+            return -1
+        self.probe[self.e_at] = e & 0xFF
+        if not self._frozen_forward(self.probe, 0):
+            return -1
         self.kernel_calls += 1
-        return I.step(self.probe, 0, self.probe_exps, 0, self.w, self.meta, self.scratch, 0, 0)
+        return I.step(self.probe, 0, self.probe, self.e_at, self.w, self.meta, self.scratch, 0, 0)
 
     def predict(self, x):
-        """The class of a raw reading (float sensor units, as add_sample takes them)."""
+        """The class of a raw reading (float sensor units, as add_sample takes them); -1 for a
+        reading the integer path cannot represent."""
         self.check_sample(x, 0)
-        self.probe_exps[0] = self._q8(self.model.normalised(x), self.probe, 0)
-        return self._predict_probe()
+        return self._predict_probe(self._q8(self.model.normalised(x), self.probe, 0))
 
     def predict_int8(self, src, at):
-        self.probe_exps[0] = self._ingest(self.probe, 0, src, at)
-        return self._predict_probe()
+        return self._predict_probe(self._ingest(self.probe, 0, src, at))
 
     def evaluate(self, samples, labels):
         return evaluate(self, samples, labels)
@@ -372,7 +386,10 @@ class IntSkip2Tuner:
 
     @property
     def bytes(self):
-        return sum(self.cached) * (self.rows.stride - self.model.dims[0] + self.n_exps - 1)
+        cached = 0
+        for k in range(len(self.rows)):
+            cached += self.cached[k] == 1
+        return cached * (self.rows.stride - self.model.dims[0] - 1)
 
     @property
     def spilled_bytes(self):

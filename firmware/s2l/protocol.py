@@ -13,9 +13,13 @@ from array import array
 
 from s2l import VERSION, adapterfile, clock, configcheck, storage
 from s2l import frames as F
+from s2l.arena import Arena, ArenaFull, aligned, default_size
+from s2l.guard import Guard
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
+from s2l.tuning import ON_BOARD, SPILL_PATH, TunerError, finite, new_tuner
+if ON_BOARD:  # the board's job modules, imported before the arena is taken: never into what it leaves
+    import s2l.inttuner  # noqa: F401
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
@@ -25,6 +29,9 @@ KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a 
 # apart, so that the host hears the board is alive well within its 2 s heartbeat
 WORKING_EVERY_US = 1000000
 FREED = " (the previous tuner was freed to make room)"  # what a refused CONFIG says when it cost the old tuner
+# the heap a board keeps outside its arena: frames, replies, JSON, events, the tuner's small objects
+# and the float path's arrays (the model, the integer tuner's buffers and its samples are the arena's)
+GENERAL_HEAP = 40 * 1024
 
 
 class ProtocolError(Exception):
@@ -85,6 +92,8 @@ def _error_of(e):
         return F.E_MODEL, str(e)
     if isinstance(e, adapterfile.AdapterError):
         return F.E_STORAGE, str(e)
+    if isinstance(e, ArenaFull):
+        return F.E_MEMORY, str(e)
     if isinstance(e, MemoryError):
         return F.E_MEMORY, "out of memory"
     return F.E_INTERNAL, "%s: %s" % (type(e).__name__, e)
@@ -98,8 +107,23 @@ def _error_reply(e):
         return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
 
 
+def boot_arena_size():
+    """The arena a runtime gets at boot: on a board, its largest free block less GENERAL_HEAP."""
+    if not ON_BOARD:
+        return default_size()
+    free = free_heap()
+    return max(0, largest_free_block(free) - GENERAL_HEAP)
+
+
+def move_down(view, src, n):
+    # view[0:n] = view[src:src + n], in pieces that never overlap (src > 0)
+    for k in range(0, n, src):
+        end = min(n, k + src)
+        view[k:end] = view[src + k:src + end]
+
+
 class Core:
-    def __init__(self, storage_dir="."):
+    def __init__(self, storage_dir=".", arena_bytes=None):
         self.dir = storage_dir
         self.decoder = F.Decoder()
         self.model = None
@@ -125,9 +149,13 @@ class Core:
             F.LOAD: self.load, F.RESET: self.reset,
             F.STATUS: self.status, F.REPLY: self.reply,
         }
+        # one block for every job's buffers, taken once, after the imports (arena.py)
+        self.arena = Arena(boot_arena_size() if arena_bytes is None else arena_bytes)
+        self.model_end = 0  # the arena's bytes the loaded model holds; a job's start after them
         # a power cut may have interrupted a write: keep the valid copy of each file
-        data, model_state = storage.recover(self._path(MODEL_FILE), Model)
-        self.model = Model(data) if data is not None else None
+        data, model_state = storage.recover(self._path(MODEL_FILE), Model, self._read_model)
+        if data is not None:
+            self._keep_model(data)
         _, adapter_state = storage.recover(self._path(ADAPTER_FILE), adapterfile.check)
         self.storage = {"model": model_state, "adapter": adapter_state}
 
@@ -141,6 +169,30 @@ class Core:
     def _read(self, name):
         with open(self._path(name), "rb") as f:
             return f.read()
+
+    def _read_model(self, path):
+        # a model file read straight into the arena's start (no copy of it on the heap)
+        self.arena.release(0)
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(0)
+            buf = self.arena.take(size, "the model file")
+            f.readinto(buf)
+        return buf
+
+    def _keep_model(self, buf):
+        # buf, at the arena's start, becomes the model; a job's buffers follow it
+        self.arena.release(aligned(len(buf)))
+        self.model_end = self.arena.mark()
+        self.model = Model(buf)
+
+    def _drop_model(self):
+        self._drop_tuner()
+        self.model = None
+        self.model_end = 0
+        self.arena.release(0)
+        gc.collect()
 
     # -- bytes in, bytes out -----------------------------------------------------------------------
     def wanted(self):
@@ -202,7 +254,7 @@ class Core:
     def _failed(self, code, message):
         self.epochs_left = 0
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
-                                      "epoch": len(self.tuner.losses) if self.tuner else 0})
+                                      "epoch": self.tuner.epochs_done if self.tuner else 0})
 
     def _tick(self, done, of):
         # the tuner's tick while work() runs with an emit: a WORKING frame whenever working_every_us
@@ -223,7 +275,7 @@ class Core:
             guard = self.guard if self.guarded else None
             t0 = clock.ticks_us()
             tick = self._tick if emit else None
-            self.beat = [emit, t0, len(self.tuner.losses) + 1]
+            self.beat = [emit, t0, self.tuner.epochs_done + 1]
             if guard is not None and not guard.started:  # a call of its own: the board answers between
                 self.beat[2] = 0
                 guard.start(tick)
@@ -232,12 +284,14 @@ class Core:
                 fields = {"loss": self.tuner.train_epoch(None, tick)}
             else:  # validation, best adapters, restores: guard.py
                 fields = guard.epoch(self.epochs_left == 1, tick)
-                fields["loss"] = self.tuner.losses[-1]
+                fields["loss"] = self.tuner.loss
                 if guard.stopped:
                     self.epochs_left = 1
             fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
             self.epochs_left -= 1
-            epoch = fields["epoch"] = len(self.tuner.losses)
+            epoch = fields["epoch"] = self.tuner.epochs_done
+            if getattr(self.tuner, "skipped", 0):  # samples out of the integer path's range, not trained
+                fields["skipped"] = self.tuner.skipped
             loss_finite = finite(fields["loss"])
             if not loss_finite:  # JSON has no NaN: the host gets null
                 fields["loss"] = None
@@ -270,6 +324,7 @@ class Core:
         free = free_heap()
         return {"protocol": F.PROTOCOL_VERSION, "firmware": VERSION, "platform": sys.platform,
                 "free_heap": free, "largest_free": largest_free_block(free) if free else None,
+                "arena": {"size": self.arena.size, "model": self.model_end, "free": self.arena.free},
                 "flash_free": flash_free(self.dir), "model": model, "max_payload": F.MAX_PAYLOAD,
                 "storage": self.storage}
 
@@ -278,15 +333,24 @@ class Core:
         size, crc = args.get("size"), args.get("crc")
         if not isinstance(size, int) or not isinstance(crc, int) or not 0 < size <= 256 * 1024:
             raise ProtocolError(F.E_PAYLOAD, "MODEL_BEGIN needs an int size (1..262144) and crc")
-        self.upload = None
-        free = free_heap()
-        try:
-            self.upload = (bytearray(size), crc)
-        except MemoryError:  # the model is one block: what fragmentation leaves decides
-            raise ProtocolError(F.E_MEMORY, "no memory for the model's %d bytes in one block (%s bytes free, "
-                                            "the largest block %s): this board cannot hold this model" % (
-                                                size, free, largest_free_block(free) if free else None))
-        return {"size": size}
+        self._cancel_upload()
+        # into the arena beside what is loaded; when that leaves no room, the tuner goes, then the
+        # model (its file on flash stays until a new one is written)
+        for drop in (None, self._drop_tuner, self._drop_model):
+            if drop:
+                drop()
+            at = self.arena.mark()
+            if self.arena.free >= size:
+                self.upload = (self.arena.take(size, "the model"), crc, at)
+                return {"size": size}
+        raise ProtocolError(F.E_MEMORY, "the model's %d bytes do not fit this board's arena of %d bytes: this "
+                                        "board cannot hold this model" % (size, self.arena.size))
+
+    def _cancel_upload(self):
+        # an upload is the arena's top: anything else carved gives it up first
+        if self.upload is not None:
+            self.arena.release(self.upload[2])
+            self.upload = None
 
     def model_chunk(self, payload):
         if self.upload is None:
@@ -303,16 +367,23 @@ class Core:
     def model_end(self, payload):
         if self.upload is None:
             raise ProtocolError(F.E_STATE, "MODEL_END before MODEL_BEGIN")
-        buf, crc = self.upload
+        buf, crc, at = self.upload
         self.upload = None
-        if binascii.crc32(buf) & 0xFFFFFFFF != crc:
-            raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
-        model = Model(buf)  # validate before anything is replaced (the buffer becomes the model's)
-        storage.write_atomic(self._path(MODEL_FILE), buf)
+        try:
+            if binascii.crc32(buf) & 0xFFFFFFFF != crc:
+                raise ProtocolError(F.E_PAYLOAD, "model upload failed its overall CRC (chunks missing?)")
+            Model(buf)  # validate before anything is replaced
+            storage.write_atomic(self._path(MODEL_FILE), buf)
+        except Exception:
+            self.arena.release(at)  # what was loaded stays as it was
+            raise
         self.storage["model"] = storage.OK
         self._drop_tuner()
-        self.model = model
-        return {"dims": model.dims, "bits": model.bits}
+        self.model = None
+        if at:  # to the arena's start, where a model lives
+            move_down(self.arena.view, at, len(buf))
+        self._keep_model(self.arena.view[0:len(buf)])
+        return {"dims": self.model.dims, "bits": self.model.bits}
 
     def configure(self, payload):
         if self.model is None:
@@ -324,44 +395,56 @@ class Core:
         planned, fit = args.pop("samples", None), args.pop("fit", False)
         # the epoch guard's settings (guard.py); a holdout of 0 trains on every sample, unguarded
         holdout, patience = args.pop("holdout", None), args.pop("patience", None)
-        # the new tuner (and its guard) is built beside the old one, so that a refusal (a range the
-        # integer path cannot hold, ...) leaves the old tuner and its samples serving; the old one is
-        # freed when there is no room for both, and before a plan, which divides the memory it holds
-        old = self.tuner
-        while True:
+        # the new tuner (and its guard) is first built beside the old one, so that a refusal (a range
+        # the integer path cannot hold, ...) leaves the old tuner and its samples serving; then it is
+        # built again where a job starts, after the model, so that the arena stays in one piece (the
+        # build is deterministic). With no room beside the old one, the old one goes first.
+        self._cancel_upload()
+        if self.tuner is not None:
+            at = self.arena.mark()
             try:
-                tuner = new_tuner(self.model, spill_path=self._path(SPILL_PATH), **args)
-                guard = None
-                if holdout != 0:  # before the plan: its copy of the adapters is not the plan's to give
-                    from s2l.guard import Guard  # imported when first needed: the heap it takes is the board's
-                    guard = Guard(tuner, holdout, patience)
-                break
+                self._build(args, holdout, patience)
+            except ArenaFull:
+                pass
             except TunerError as e:
-                raise TunerError("%s%s" % (e, " (the previous tuner and its samples are kept)" if old else ""))
-            except MemoryError:
-                if not self.tuner:
-                    raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s bytes free beside the model's %d; "
-                                                    "this board cannot fine-tune this model (a smaller model, or "
-                                                    "more RAM)%s" % (free_heap(), len(self.model.buf), FREED if old else ""))
-                self._drop_tuner()
+                raise TunerError("%s (the previous tuner and its samples are kept)" % e)
+            finally:
+                self.arena.release(at)
+        freed = self.tuner is not None
         self._drop_tuner()
-        reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
-                 "lr": tuner.lr, "rank": tuner.rank}  # CONFIG's, else the model file's
-        if planned is not None:
-            try:
-                reply["plan"] = tuner.plan(planned, free_heap(), flash_free(self.dir), fit is True)
-            except TunerError as e:
-                tuner.cache and tuner.cache.close()
-                raise TunerError("%s%s" % (e, FREED if old else ""))
+        try:
+            tuner, guard = self._build(args, holdout, patience)
+            reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
+                     "lr": tuner.lr, "rank": tuner.rank}  # CONFIG's, else the model file's
+            if planned is not None:
+                reply["plan"] = tuner.plan(planned, flash_free(self.dir), fit is True)
+        except ArenaFull as e:
+            self._drop_tuner()
+            raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s; this board cannot fine-tune this model "
+                                            "(a smaller model, or more RAM)%s" % (e, FREED if freed else ""))
+        except TunerError as e:
+            self._drop_tuner()
+            raise TunerError("%s%s" % (e, FREED if freed else ""))
+        except Exception:
+            self._drop_tuner()
+            raise
         self.tuner, self.guard, self.config = tuner, guard, args
         reply["free_heap"] = free_heap()
+        reply["arena_free"] = self.arena.free
         return reply
+
+    def _build(self, args, holdout, patience):
+        tuner = new_tuner(self.model, arena=self.arena, spill_path=self._path(SPILL_PATH), **args)
+        # the guard before the plan: its copy of the adapters is not the plan's to give
+        guard = Guard(tuner, holdout, patience) if holdout != 0 else None
+        return tuner, guard
 
     def _drop_tuner(self):
         if self.tuner is not None:
             self.tuner.cache and self.tuner.cache.close()
         self.tuner, self.config, self.guard = None, None, None
         self._drop_samples()
+        self.arena.release(self.model_end)
         gc.collect()
 
     def _drop_samples(self):
@@ -389,25 +472,41 @@ class Core:
                 tuner.check_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
             else:
                 tuner.check_int8(payload, at + 1, payload[at])
+        self._cancel_upload()  # the samples' memory is the arena's top from here
         if kind == F.KIND_FINETUNE:
-            for at in starts:
-                if floats:
-                    tuner.add_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
-                else:
-                    tuner.add_int8(payload, at + 1, payload[at])
+            stored = tuner.n_samples
+            try:
+                for at in starts:
+                    if floats:
+                        tuner.add_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
+                    else:
+                        tuner.add_int8(payload, at + 1, payload[at])
+            except Exception:
+                tuner.truncate(stored)  # all or nothing: the frame's earlier samples go too
+                raise
             return {"kind": kind, "stored": tuner.n_samples}
-        # test samples are scored as they arrive against the current adapters, and not kept
+        # test samples are scored as they arrive against the current adapters, and not kept; every
+        # guess comes before a count changes
         nc = self.model.dims[-1]
+        guesses = bytearray(count)
+        macs = dict(tuner.macs)  # scoring is not fine-tuning: its MACs are not counted
+        try:
+            for k in range(count):
+                at = starts[k]
+                if floats:
+                    guess = tuner.predict(struct.unpack_from("<%df" % n, payload, at + 1))
+                else:
+                    guess = tuner.predict_int8(payload, at + 1)
+                if guess < 0:
+                    raise TunerError("test sample %d of this frame is out of the integer path's range "
+                                     "(its logits): none of the frame was scored" % k)
+                guesses[k] = guess
+        finally:
+            tuner.macs = macs
         if self.confusion is None:
             self.confusion = array("H", bytes(2 * nc * nc))
-        macs = dict(tuner.macs)  # scoring is not fine-tuning: its MACs are not counted
-        for at in starts:
-            if floats:
-                guess = tuner.predict(struct.unpack_from("<%df" % n, payload, at + 1))
-            else:
-                guess = tuner.predict_int8(payload, at + 1)
-            self.confusion[payload[at] * nc + guess] += 1
-        tuner.macs = macs
+        for k in range(count):
+            self.confusion[payload[starts[k]] * nc + guesses[k]] += 1
         return {"kind": kind, "scored": sum(self.confusion)}
 
     def train(self, payload):
@@ -446,7 +545,7 @@ class Core:
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "STATS before CONFIG")
         t, cache = self.tuner, self.tuner.cache
-        return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": len(t.losses),
+        return {"method": t.method, "us": t.us, "macs": t.macs, "epochs": t.epochs_done,
                 "samples": t.n_samples, "test_scored": sum(self.confusion) if self.confusion else 0,
                 "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,
                 "cache_spilled_bytes": cache.spilled_bytes if cache else 0,
@@ -475,7 +574,7 @@ class Core:
     def reset(self, payload):
         stopped = self.epochs_left > 0  # a cancelled TRAIN: no DONE follows
         self.epochs_left = 0
-        self.upload = None
+        self._cancel_upload()
         self._drop_tuner()
         return {"stopped": stopped}
 

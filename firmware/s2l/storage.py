@@ -62,8 +62,9 @@ def write_atomic(path, data):
     remove(old)
 
 
-def recover(path, check):
-    """(data of the valid copy or None, state). check(data) raises on an invalid copy."""
+def recover(path, check, read=read):
+    """(data of the valid copy or None, state). check(data) raises on an invalid copy; read(path)
+    gives a copy's data (a board reads a model straight into its arena)."""
     found = False
     for suffix in ("", NEW, OLD):
         candidate = path + suffix

@@ -117,7 +117,7 @@ class Tuner:
         self.g = K.zeros(self.n_classes)
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
-        self.losses = []
+        self.epochs_done, self.loss = 0, None  # epochs trained, the last one's loss
         self.order = array("H")  # an epoch's sample order
         self.kernels = K.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
@@ -161,7 +161,13 @@ class Tuner:
     def n_samples(self):
         return len(self.labels)
 
-    def plan(self, n, free, flash_free=None, fit=False):
+    def sample_order(self):
+        """The order array, one entry per stored sample."""
+        if len(self.order) != self.n_samples:
+            self.order = array("H", bytes(2 * self.n_samples))
+        return self.order
+
+    def plan(self, n, flash_free=None, fit=False):
         """Allocate for n fine-tune samples (and their skip-cache rows) now (all n: `fit` asks
         for no fewer on this path, where the cache's RAM budget decides what spills)."""
         try:
@@ -169,7 +175,7 @@ class Tuner:
             if self.cache is not None:
                 self.cache.reserve(n)
         except MemoryError as e:
-            raise TunerError("no memory for %d samples (%s; %s bytes free)" % (n, e, free))
+            raise TunerError("no memory for %d samples (%s; %s bytes free)" % (n, e, clock.mem_free()))
         return {"samples": n}
 
     def add_sample(self, x, label):
@@ -183,6 +189,11 @@ class Tuner:
         except MemoryError:
             raise TunerError("out of memory storing sample %d" % len(self.labels))
         self.labels.append(label)
+
+    def truncate(self, n):
+        """Forget the fine-tune samples from n on (those of a frame that was refused)."""
+        self.samples.n = min(self.samples.n, n)
+        del self.labels[n:]
 
     def sample(self, index):
         return self.samples.get(index)[0]
@@ -393,7 +404,8 @@ class Tuner:
         # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
         loss = total / count
-        self.losses.append(loss)
+        self.epochs_done += 1
+        self.loss = loss
         return loss
 
     def set_lr(self, lr):

@@ -2,13 +2,14 @@
 # only the tuner its job needs (the integer path must not pay the heap for the seven float methods,
 # nor the float path for the integer kernels).
 import sys
-from array import array
 
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 PATHS = ("float", "int")
 CACHE_MODES = ("float", "compact")  # how the float path stores samples and skip-cache rows
 BOARDS = ("rp2", "esp32")
-ON_BOARD = sys.platform in BOARDS
+# a MicroPython with a board's fixed heap takes a board's defaults: the boards, and the unix port
+# (the emulator that holds a board's heap); the WebAssembly build's heap grows on demand
+ON_BOARD = sys.implementation.name == "micropython" and sys.platform != "webassembly"
 SPILL_PATH = "skipcache.bin"
 
 
@@ -58,7 +59,7 @@ def epoch_order(tuner, count):
     n = tuner.n_samples
     if not n:
         raise TunerError("no fine-tune samples stored")
-    order = sample_order(tuner)
+    order = tuner.sample_order()
     if count is None:
         for i in range(n):
             order[i] = i
@@ -67,19 +68,12 @@ def epoch_order(tuner, count):
     return order, count
 
 
-def sample_order(tuner):
-    """The tuner's order array, one entry per stored sample (allocated with the samples where the
-    tuner planned for them: a block of this size may not exist later)."""
-    if len(tuner.order) != tuner.n_samples:
-        tuner.order = array("H", bytes(2 * tuner.n_samples))
-    return tuner.order
-
-
-def new_tuner(model, method="skip2-lora", path=None, **config):
+def new_tuner(model, method="skip2-lora", path=None, arena=None, **config):
     """A tuner on the float or the integer path; by default the integer one for Skip2-LoRA on a
     board (where it is the fast path), the float one elsewhere (where it is the reference). Without
     an lr, the model file's default (picked at export) when it has one, else the tuner's; without a
-    rank, the rank of the file's starting adapter when it has one, else the tuner's."""
+    rank, the rank of the file's starting adapter when it has one, else the tuner's. The integer
+    tuner carves every buffer from `arena` (arena.py; by default one of its own)."""
     if "lr" not in config and model.lr is not None:
         config["lr"] = model.lr
     if "rank" not in config and model.adapter is not None:
@@ -96,4 +90,4 @@ def new_tuner(model, method="skip2-lora", path=None, **config):
     if method != "skip2-lora":
         raise TunerError("the integer path runs skip2-lora only, not %r" % method)
     from s2l.inttuner import IntSkip2Tuner
-    return IntSkip2Tuner(model, **config)
+    return IntSkip2Tuner(model, arena, **config)

@@ -38,21 +38,22 @@ def fine_tune(model_bytes, path, lr, epochs, finetune, test, holdout, patience, 
     tuner = _tuner(model_bytes, path, lr, epochs, finetune)
     before = tuner.evaluate(*test)[0]
     t0 = time.perf_counter()
-    events, summary = [], None
+    events, losses, summary = [], [], None
     if holdout:
         guard = Guard(tuner, holdout, patience)
         guard.arrange()
         while len(events) < epochs and not guard.stopped:
             events.append(guard.epoch(len(events) == epochs - 1))
+            losses.append(tuner.loss)
             tick()
         summary = guard.finish()
     else:
         for _ in range(epochs):
-            tuner.train_epoch()
+            losses.append(tuner.train_epoch())
             tick()
     seconds = time.perf_counter() - t0
-    return {"before": before, "after": tuner.evaluate(*test)[0], "seconds": seconds, "epochs_run": len(tuner.losses),
-            "losses": tuner.losses, "events": events, "guard": summary}
+    return {"before": before, "after": tuner.evaluate(*test)[0], "seconds": seconds, "epochs_run": len(losses),
+            "losses": losses, "events": events, "guard": summary}
 
 
 def scenario_rows(name, epochs, progress):

@@ -34,12 +34,13 @@ def run(method):
     for x, label in samples("finetune.txt"):
         tuner.add_sample(x, label)
     peak = 0
-    epoch_seconds = []
+    epoch_seconds, losses = [], []
     for epoch in range(tuner.epochs):
         yield
         peak = max(peak, mem_alloc() - base)
         t0 = ticks_us()
         loss = tuner.train_epoch()
+        losses.append(loss)
         epoch_seconds.append(ticks_diff(ticks_us(), t0) / 1e6)
         print("P " + json.dumps([method, epoch + 1, tuner.epochs, loss]))
     yield
@@ -55,7 +56,7 @@ def run(method):
     print("R " + json.dumps({
         "method": method, "path": tuner.path, "accuracy": correct / total,
         "finetune_seconds": sum(epoch_seconds), "epoch_seconds": epoch_seconds,
-        "losses": tuner.losses, "diverged": not (tuner.losses[-1] < float("inf")),
+        "losses": losses, "diverged": not (losses[-1] < float("inf")),
         "macs": macs, "phase_seconds": dict((k, v / 1e6) for k, v in us.items()),
         "peak_heap_bytes": peak, "cache_mode": tuner.cache_mode, "kernels": tuner.kernels,
         "cache_hits": cache.hits if cache else 0, "cache_bytes": cache.bytes if cache else 0,

@@ -20,7 +20,7 @@ MODEL = "models/digits-rotate.s2lm"
 
 def _held(labels, n_classes, holdout):
     order = array("H", bytes(2 * len(labels)))
-    n_val = split(labels, n_classes, holdout, order)
+    n_val = split(labels, len(labels), n_classes, holdout, order)
     assert sorted(order) == list(range(len(labels)))  # every sample once: trained or validated
     return list(order[len(labels) - n_val:])
 

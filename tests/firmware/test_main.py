@@ -38,7 +38,7 @@ def session(fd):
     assert json.loads(hello[-1][3])["model"] is None
     requests = [(F.MODEL_BEGIN, json.dumps({"size": len(model), "crc": binascii.crc32(model)}).encode()),
                 (F.MODEL_CHUNK, struct.pack("<I", 0) + model), (F.MODEL_END, b""),
-                (F.CONFIG, json.dumps(dict(CONFIG, method="skip2-lora")).encode()),
+                (F.CONFIG, json.dumps(dict(CONFIG, method="skip2-lora", path="float")).encode()),
                 (F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))]
     for seq, (ftype, payload) in enumerate(requests, 2):
         assert exchange(fd, d, F.encode(ftype, seq, payload), F.OK)[-1][1] == F.OK

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+from s2l.arena import aligned
 
 from s2l import frames as F
 from skip2lora import reference
@@ -85,7 +86,7 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     # unguarded (holdout 0): every sample trains, as in the reference
     model, net, (X, y), (Xt, yt) = problem
     s = Session().send(F.HELLO)
-    s.upload(model).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
+    s.upload(model).json(F.CONFIG, method="skip2-lora", holdout=0, path="float", cache_mode="float", **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:12], y[:12], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE))
     s.send(F.SAMPLES, samples_payload(X[12:], y[12:], F.KIND_FINETUNE), seq=s.seq)  # a retry: not stored twice
@@ -96,7 +97,7 @@ def test_a_full_session_matches_the_reference(runtime, problem):
     s.send(F.EVAL)  # nothing scored since TRAIN
     s.send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST))
-    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
+    s.send(F.EVAL).send(F.STATS).send(F.SAVE).send(F.RESET).json(F.CONFIG, method="skip2-lora", holdout=0, path="float", cache_mode="float", **CONFIG)
     s.send(F.LOAD).send(F.SAMPLES, samples_payload(Xt[:15], yt[:15], F.KIND_TEST))
     s.send(F.SAMPLES, samples_payload(Xt[15:], yt[15:], F.KIND_TEST)).send(F.EVAL)
     replies = s.run(runtime)
@@ -173,7 +174,7 @@ def test_bad_input_gets_an_error_and_the_next_command_works(runtime, problem):
     s.send(F.MODEL_CHUNK, struct.pack("<I", 900) + bytes(broken[900:]))
     s.send(F.MODEL_END)                                                # model fails validation
     s.upload(model).json(F.CONFIG, method="skip2-lora", rank=0)        # bad config
-    s.json(F.CONFIG, method="skip2-lora", holdout=0, **CONFIG)
+    s.json(F.CONFIG, method="skip2-lora", holdout=0, path="float", cache_mode="float", **CONFIG)
     s.send(F.SAMPLES, samples_payload(X[:2], y[:2], F.KIND_FINETUNE)[:-3])  # wrong size
     labels = y[:3].copy()
     labels[2] = 9
@@ -228,45 +229,42 @@ def test_a_config_the_tuner_refuses_keeps_the_old_tuner_and_its_samples(runtime,
     assert progress == list(range(1, CONFIG["epochs"] + 2))  # trained on from where it stopped
 
 
-def test_a_tuner_with_no_room_beside_the_old_one_frees_it_and_says_so(monkeypatch, tmp_path, problem):
-    # no heap for the new tuner beside the old one: the old one is freed to try again, which works,
-    # or does not, and then the error says the old one is gone. A plan is made after the old tuner
-    # is freed (it divides the memory the old one holds): a refused plan says so
+def _core_with_model(tmp_path, model, arena_bytes):
     from s2l import protocol
-    model, *_ = problem
-    real = protocol.new_tuner
-    config = json.dumps({"method": "skip2-lora", "path": "int"}).encode()
-    for fails, want in ((0, F.ERROR), (1, F.OK), (2, F.ERROR)):
-        core = protocol.Core(str(tmp_path))
-        core.model = protocol.Model(model)
-        core.configure(config)
-        old, calls = core.tuner, []
+    core = protocol.Core(str(tmp_path), arena_bytes=arena_bytes)
+    for ftype, payload in ((F.MODEL_BEGIN, json.dumps({"size": len(model), "crc": binascii.crc32(model)}).encode()),
+                           (F.MODEL_CHUNK, struct.pack("<I", 0) + model), (F.MODEL_END, b"")):
+        assert core._handle(ftype, 1, payload)[0] == F.OK
+    return core
 
-        def tight(*args, **kw):
-            calls.append(core.tuner is old)
-            if len(calls) <= fails:
-                raise MemoryError
-            return real(*args, **kw)
-        monkeypatch.setattr(protocol, "new_tuner", tight)
-        if fails:
-            rtype, body = core._handle(F.CONFIG, 1, config)
-            assert calls[:2] == [True, False]  # the first try beside the old tuner, the next without it
-        else:  # the tuner fits, 200 samples do not: 30,000 bytes of heap, no flash
-            monkeypatch.setattr(protocol, "free_heap", lambda: 30000)
-            monkeypatch.setattr(protocol, "flash_free", lambda path: None)
-            rtype, body = core._handle(F.CONFIG, 1, json.dumps({"method": "skip2-lora", "path": "int",
-                                                                 "samples": 200}).encode())
-            assert body[2:].decode().startswith("200 fine-tune samples do not fit")
-            assert body[2:].decode().endswith(" (the previous tuner was freed to make room)")
-        assert rtype == want
-        if want == F.OK:
-            assert core.tuner is not None and core.tuner is not old
-        else:
-            assert core.tuner is None
-            assert core._handle(F.STATS, 2, b"")[0] == F.ERROR  # STATS before CONFIG
-        if fails == 2:
-            assert body[2:].decode().endswith(" (the previous tuner was freed to make room)")
-        monkeypatch.undo()
+
+def test_a_new_tuner_is_tried_beside_the_old_one_and_built_where_a_job_starts(monkeypatch, tmp_path, problem):
+    # CONFIG builds the new tuner beside the old one first: a refusal keeps the old one serving; with
+    # no room beside it, the old one goes first, and a refusal then says so. Whatever happens, the
+    # new job starts where the model ends: the arena stays in one piece
+    from s2l import protocol
+    monkeypatch.setattr(protocol, "flash_free", lambda path: None)  # no flash to spill rows to
+    model, *_ = problem
+    config = json.dumps({"method": "skip2-lora", "path": "int", "holdout": 0}).encode()
+    roomy = _core_with_model(tmp_path, model, 64 * 1024)
+    assert roomy._handle(F.CONFIG, 2, config)[0] == F.OK
+    one_job = roomy.arena.mark() - roomy.model_end
+    old = roomy.tuner
+    assert roomy._handle(F.CONFIG, 3, config)[0] == F.OK  # the new one replaces it, in the same place
+    assert roomy.tuner is not old and roomy.arena.mark() - roomy.model_end == one_job
+    refused = roomy._handle(F.CONFIG, 4, json.dumps({"path": "int", "rank": 9}).encode())  # 3 layers x 9 > 16
+    assert refused[0] == F.ERROR and refused[1][2:].decode().endswith("(the previous tuner and its samples are kept)")
+    assert roomy.tuner is not None and roomy.arena.mark() - roomy.model_end == one_job
+
+    tight = _core_with_model(tmp_path, model, aligned(len(model)) + one_job + 100)  # room for one tuner
+    assert tight._handle(F.CONFIG, 2, config)[0] == F.OK
+    assert tight._handle(F.CONFIG, 3, config)[0] == F.OK  # no room beside: the old one went first
+    plan = json.dumps({"method": "skip2-lora", "path": "int", "holdout": 0, "samples": 200}).encode()
+    rtype, body = tight._handle(F.CONFIG, 4, plan)  # the tuner fits, 200 samples do not (no flash here)
+    assert rtype == F.ERROR and body[2:].decode().startswith("200 fine-tune samples do not fit")
+    assert body[2:].decode().endswith(" (the previous tuner was freed to make room)")
+    assert tight.tuner is None and tight.arena.mark() == tight.model_end
+    assert tight._handle(F.STATS, 5, b"")[0] == F.ERROR  # STATS before CONFIG
 
 
 WORKING_SCRIPT = """

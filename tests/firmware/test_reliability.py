@@ -65,7 +65,7 @@ def ready_board(folder, problem, **config):
 def snapshot(core):
     t = core.tuner
     return (core.model and core.model.dims, id(t), core.config, t and t.n_samples, core.confusion and list(core.confusion),
-            t and [list(a) for a in adapterfile.parameters(t)], t and list(t.losses), core.epochs_left)
+            t and [bytes(a) for a in adapterfile.parameters(t)], t and (t.epochs_done, t.loss), core.epochs_left)
 
 
 def test_an_error_message_of_any_length_fits_its_frame_and_the_board_serves_on(runtime):

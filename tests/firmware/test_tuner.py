@@ -22,16 +22,15 @@ from s2l.tuning import METHODS
 data = json.load(open("data.json"))
 out = {}
 for method in METHODS:
-    t = Tuner(load("model.s2lm"), method, **data["config"])
+    t = Tuner(load("model.s2lm"), method, cache_mode="float", cache_budget=None, **data["config"])
     for x, y in zip(data["X"], data["y"]):
         t.add_sample(x, y)
-    for _ in range(t.epochs):
-        t.train_epoch()
+    losses = [t.train_epoch() for _ in range(t.epochs)]
     acc, confusion = t.evaluate(data["Xt"], data["yt"])
     params = [[list(ad.a), list(ad.b)] for ad in t.adapters if ad is not None]
     if t.family == "ft":
         params = [[list(w) if w is not None else [], list(b)] for w, b in zip(t.weights, t.bias)]
-    out[method] = {"accuracy": acc, "losses": t.losses, "params": params, "macs": t.macs,
+    out[method] = {"accuracy": acc, "losses": losses, "params": params, "macs": t.macs,
                    "cache_hits": t.cache.hits if t.cache else 0}
 print(json.dumps(out))
 """
@@ -122,7 +121,7 @@ model_bytes = open("model.s2lm", "rb").read()
 
 def state(t):
     return json.dumps([[list(ad.a), list(ad.b)] for ad in t.adapters], ) + json.dumps(
-        [len(t.samples), list(t.labels), len(t.cache), t.cache.hits, t.cache.bytes, t.macs, t.us, t.losses])
+        [len(t.samples), list(t.labels), len(t.cache), t.cache.hits, t.cache.bytes, t.macs, t.us, t.epochs_done, t.loss])
 
 t = Tuner(Model(model_bytes), "skip2-lora", cache_budget=0, spill_path=None, **data["config"])
 for x, y in zip(data["X"], data["y"]):
@@ -157,9 +156,8 @@ for budget, spill in ((None, None), (16 * 8, "spill.bin")):
                **data["config"])
     for x, y in zip(data["X"], data["y"]):
         t2.add_sample(x, y)
-    for _ in range(t2.epochs):
-        t2.train_epoch()
-    results.append([t2.losses, [list(ad.a) for ad in t2.adapters], t2.cache.hits, t2.cache.spilled_bytes])
+    losses = [t2.train_epoch() for _ in range(t2.epochs)]
+    results.append([losses, [list(ad.a) for ad in t2.adapters], t2.cache.hits, t2.cache.spilled_bytes])
 print(json.dumps({"errors": errors, "state_unchanged": same, "compact": results}))
 """
 

@@ -30,7 +30,7 @@ def test_the_board_reports_the_references_accuracy(emulator, problem):
     with Client(emulator.port, timeout=10) as board:
         assert board.hello()["protocol"] == F.PROTOCOL_VERSION
         assert board.upload_model(model)["dims"] == [12, 8, 6, 4]
-        board.configure(method="skip2-lora", holdout=0, **CONFIG)  # unguarded, as the reference runs
+        board.configure(method="skip2-lora", holdout=0, path="float", cache_mode="float", **CONFIG)  # unguarded, as the reference runs
         board.send_samples(X, y, F.KIND_FINETUNE)  # int8: the reference gets what the board decoded
         done = board.train(on_progress=progress.append)
         board.send_samples(Xt, yt, F.KIND_TEST, F.ENC_FLOAT32)  # scored as they arrive, after training
@@ -79,7 +79,7 @@ def test_a_corrupted_reply_is_retried_and_the_board_does_not_act_twice(emulator,
 
     with Client(emulator.port, timeout=10) as board:
         board.reset()
-        board.configure(method="skip2-lora", **CONFIG)
+        board.configure(method="skip2-lora", path="float", **CONFIG)
     with Noisy(emulator.port, timeout=10) as board:
         board.seq = 1000
         stored = board.request(F.SAMPLES, _one_sample(X, y))
