@@ -5,6 +5,7 @@
 # link is USB-CDC (the REPL's stdin/stdout), or a UART when the board has a uart.json ({"id": 0,
 # "baudrate": 115200, "tx": 0, "rx": 1}: pin numbers), for boards without native USB. Frames never contain 0x03, so on USB
 # Ctrl-C still drops to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
+import gc
 import json
 import select
 import sys
@@ -14,6 +15,7 @@ from s2l.protocol import Core
 
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # the most a read asks for
 UART_CONFIG = "uart.json"
+GC_EVERY = 4096  # bytes allocated between collections
 
 
 def open_link():
@@ -36,6 +38,10 @@ def open_link():
 
 def serve():
     core = Core()
+    # collect every few KB of allocation: garbage never spreads over the heap the arena leaves, so
+    # what outlives a request (events, the last reply, a tuner's small objects) lands low, and the
+    # heap's largest free block stays the same job after job (measured: 40 KB, against 3 KB without)
+    gc.threshold(GC_EVERY)
     reader, writer, pollable = open_link()
     poll = select.poll()
     poll.register(pollable, select.POLLIN)

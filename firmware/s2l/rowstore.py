@@ -5,7 +5,7 @@
 #   "compact"  per vector a float32 scale then int8 values q, value = q * scale: about 4x smaller,
 #              costs a little accuracy (the benchmark reports how much)
 # Rows live in RAM blocks up to a byte budget; rows beyond it spill to a file on flash, one record
-# per row, laid out as in RAM.
+# per row, laid out as in RAM. Compact blocks come from `alloc` (a board's arena, arena.py).
 import struct
 from array import array
 
@@ -15,7 +15,7 @@ BLOCK_ROWS = 16
 
 
 class RowStore:
-    def __init__(self, widths, encoding="float", ram_budget=None, spill_path=None):
+    def __init__(self, widths, encoding="float", ram_budget=None, spill_path=None, alloc=bytearray):
         if encoding not in ENCODINGS:
             raise ValueError("unknown encoding %r (one of %s)" % (encoding, ", ".join(ENCODINGS)))
         self.widths = widths
@@ -26,6 +26,7 @@ class RowStore:
         block_bytes = BLOCK_ROWS * self.row_bytes
         self.ram_rows = None if ram_budget is None else ram_budget // block_bytes * BLOCK_ROWS
         self.spill_path = spill_path
+        self.alloc = alloc
         self.blocks = []
         self.n = 0
         self.spill = None  # open spill file, once a row has gone there
@@ -47,6 +48,12 @@ class RowStore:
     def ram_capacity(self):
         return self.n if self.ram_rows is None else self.ram_rows
 
+    def ram_bytes_for(self, rows):
+        """Bytes (4-byte aligned blocks) that RAM needs to hold `rows` rows."""
+        if self.ram_rows is not None:
+            rows = min(rows, self.ram_rows)
+        return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS * ((BLOCK_ROWS * self.row_bytes + 3) & ~3)
+
     def reserve(self, rows):
         """Allocate RAM for `rows` rows now (MemoryError here, not halfway through filling)."""
         limit = rows if self.ram_rows is None else min(rows, self.ram_rows)
@@ -56,7 +63,7 @@ class RowStore:
         try:
             while len(self.blocks) * BLOCK_ROWS < limit:
                 size = BLOCK_ROWS * self.row_bytes
-                self.blocks.append(bytearray(size) if self.compact else K.zeros(size // 4))
+                self.blocks.append(self.alloc(size) if self.compact else K.zeros(size // 4))
         except MemoryError:
             del self.blocks[had:]  # give back what this call took
             raise

@@ -6,8 +6,8 @@ from s2l.rowstore import RowStore
 
 
 class SkipCache:
-    def __init__(self, dims, encoding="float", ram_budget=None, spill_path=None):
-        self.rows = RowStore(list(dims[1:]), encoding, ram_budget, spill_path)
+    def __init__(self, dims, encoding="float", ram_budget=None, spill_path=None, alloc=bytearray):
+        self.rows = RowStore(list(dims[1:]), encoding, ram_budget, spill_path, alloc)
         self.row_of = K.zeros(0, "i")  # sample index -> row, -1 while not cached
         self.hits = 0
 

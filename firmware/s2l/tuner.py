@@ -65,7 +65,7 @@ def _softmax_grad(z, label, scale, g):
 
 class Tuner:
     def __init__(self, model, method="skip2-lora", rank=4, lr=0.05, epochs=30, batch=1, seed=1,
-                 cache_mode=DEFAULT_CACHE_MODE, cache_budget=DEFAULT_CACHE_BUDGET, spill_path=SPILL_PATH):
+                 cache_mode=DEFAULT_CACHE_MODE, cache_budget=DEFAULT_CACHE_BUDGET, spill_path=SPILL_PATH, arena=None):
         if method not in METHODS:
             raise TunerError("unknown method %r (one of %s)" % (method, ", ".join(METHODS)))
         for name, value in (("rank", rank), ("epochs", epochs), ("batch", batch)):
@@ -111,9 +111,13 @@ class Tuner:
             raise TunerError("unknown cache mode %r (one of %s)" % (cache_mode, ", ".join(ENCODINGS)))
         self.cache_mode = cache_mode  # also how fine-tune samples are stored
         self.cache = None
+        # compact rows (a board's) are carved from the arena when there is one; float32 rows, read
+        # back as float views, stay on the heap
+        self.arena = arena if cache_mode == "compact" else None
+        alloc = self.arena.take if self.arena else bytearray
         if method == "skip2-lora":
-            self.cache = SkipCache(dims, cache_mode, cache_budget, spill_path)
-        self.samples, self.labels = RowStore([dims[0]], cache_mode), bytearray()
+            self.cache = SkipCache(dims, cache_mode, cache_budget, spill_path, alloc)
+        self.samples, self.labels = RowStore([dims[0]], cache_mode, alloc=alloc), bytearray()
         self.g = K.zeros(self.n_classes)
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
@@ -167,9 +171,26 @@ class Tuner:
             self.order = array("H", bytes(2 * self.n_samples))
         return self.order
 
+    def _plan_bytes(self, n):
+        # the arena n samples take: their rows, and their skip-cache rows up to the cache's budget
+        return self.samples.ram_bytes_for(n) + (self.cache.rows.ram_bytes_for(n) if self.cache else 0)
+
     def plan(self, n, flash_free=None, fit=False):
-        """Allocate for n fine-tune samples (and their skip-cache rows) now (all n: `fit` asks
-        for no fewer on this path, where the cache's RAM budget decides what spills)."""
+        """Allocate for n fine-tune samples (and their skip-cache rows) now; with an arena, as many
+        as it holds when `fit` (else TunerError saying how many fit); cache rows past the cache's
+        RAM budget spill to flash."""
+        if self.arena is not None:
+            low, high = 0, n
+            while low < high:  # the most samples whose rows the arena holds
+                mid = (low + high + 1) // 2
+                if self._plan_bytes(mid) <= self.arena.free:
+                    low = mid
+                else:
+                    high = mid - 1
+            if low < n and (not fit or low < 1):
+                raise TunerError("%d fine-tune samples do not fit: %d bytes of the arena free; at most %d fit" % (
+                    n, self.arena.free, low))
+            n = low
         try:
             self.samples.reserve(n)
             if self.cache is not None:

@@ -86,7 +86,7 @@ def new_tuner(model, method="skip2-lora", path=None, arena=None, **config):
         raise TunerError("unknown path %r (one of %s)" % (path, ", ".join(PATHS)))
     if path == "float":
         from s2l.tuner import Tuner
-        return Tuner(model, method, **config)
+        return Tuner(model, method, arena=arena, **config)
     if method != "skip2-lora":
         raise TunerError("the integer path runs skip2-lora only, not %r" % method)
     from s2l.inttuner import IntSkip2Tuner

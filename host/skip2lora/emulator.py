@@ -11,6 +11,7 @@ loop in CPython); this process pumps bytes between the pty and the child, and as
 one unit of work (a training epoch) whenever it is busy and no bytes are waiting, as main.py does."""
 import os
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -99,7 +100,10 @@ class UnixBoard:
         lib = build("x64", self.build.name)
         env = dict(unix_env(), MICROPYPATH=str(lib))
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(unix_command(heap) + [str(FIRMWARE / "main.py")], stdin=master, stdout=master,
+        # main.py at the root of "flash", beside no sources: the firmware is imported from lib/ as
+        # mpy-cross compiled it, as on a board (compiling sources at import would cut up the heap)
+        shutil.copyfile(FIRMWARE / "main.py", os.path.join(self.flash.name, "main.py"))
+        self.proc = subprocess.Popen(unix_command(heap) + ["main.py"], stdin=master, stdout=master,
                                      stderr=self.log, cwd=self.flash.name, env=env)
 
     def close(self):
