@@ -30,8 +30,13 @@ KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a 
 WORKING_EVERY_US = 1000000
 FREED = " (the previous tuner was freed to make room)"  # what a refused CONFIG says when it cost the old tuner
 # the heap a board keeps outside its arena: frames, replies, JSON, events, the tuner's small objects
-# and the float path's arrays (the model, the integer tuner's buffers and its samples are the arena's)
+# and the float path's arrays (the model, the integer tuner's buffers and its samples are the arena's).
+# Of it, SMALL_OBJECTS lie below the arena: MicroPython allocates first fit from the bottom, so what
+# outlives a request (a tuner's objects, events, the last reply) lands there, and the block above
+# the arena stays whole job after job
 GENERAL_HEAP = 40 * 1024
+SMALL_OBJECTS = 16 * 1024
+MIN_GENERAL_HEAP = 16 * 1024  # a small board's (a quarter of its largest block, at least this)
 
 
 class ProtocolError(Exception):
@@ -107,12 +112,20 @@ def _error_reply(e):
         return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
 
 
-def boot_arena_size():
-    """The arena a runtime gets at boot: on a board, its largest free block less GENERAL_HEAP."""
+def boot_arena():
+    """The arena a runtime gets at boot: on a board, its largest free block less GENERAL_HEAP, placed
+    above SMALL_OBJECTS of it."""
     if not ON_BOARD:
-        return default_size()
-    free = free_heap()
-    return max(0, largest_free_block(free) - GENERAL_HEAP)
+        return Arena(default_size())
+    largest = largest_free_block(free_heap())
+    general = max(MIN_GENERAL_HEAP, min(GENERAL_HEAP, largest // 4))
+    if largest <= general:  # a board too small for any job: an empty arena, and every job says so
+        return Arena(0)
+    below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
+    arena = Arena(largest - general)
+    del below
+    gc.collect()
+    return arena
 
 
 def move_down(view, src, n):
@@ -150,7 +163,7 @@ class Core:
             F.STATUS: self.status, F.REPLY: self.reply,
         }
         # one block for every job's buffers, taken once, after the imports (arena.py)
-        self.arena = Arena(boot_arena_size() if arena_bytes is None else arena_bytes)
+        self.arena = boot_arena() if arena_bytes is None else Arena(arena_bytes)
         self.model_end = 0  # the arena's bytes the loaded model holds; a job's start after them
         # a power cut may have interrupted a write: keep the valid copy of each file
         data, model_state = storage.recover(self._path(MODEL_FILE), Model, self._read_model)
@@ -339,7 +352,7 @@ class Core:
         for drop in (None, self._drop_tuner, self._drop_model):
             if drop:
                 drop()
-            at = self.arena.mark()
+            at = aligned(self.arena.mark())  # where take() puts it
             if self.arena.free >= size:
                 self.upload = (self.arena.take(size, "the model"), crc, at)
                 return {"size": size}

@@ -4,9 +4,12 @@ RP2040's free heap at boot, and with an ESP32's."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from s2l import frames as F
 
 from skip2lora import cli
+from skip2lora.client import BoardError, Client
 from skip2lora.emulator import Emulator
 from skip2lora.mpyrun import BOARD_HEAP, ESP32_HEAP
 from skip2lora.pipeline import FAN_DATA
@@ -33,8 +36,10 @@ def test_the_readme_board_command_completes_on_an_rp2040_heap(tmp_path):
     assert (board["accuracy_before"], board["accuracy"]) == (host["accuracy_before"], host["accuracy"])
     assert board["accuracy"] - board["accuracy_before"] >= 0.10
     assert board["test_samples"] == 250
-    # room left: what HELLO saw free minus what the samples took stays well above the plan's reserve
-    assert board["board"]["free_heap"] > 150 * 1024 and board["free_heap_after"] > 60 * 1024
+    # the arena (measured: 78 KB on the 64-bit unix port) holds the job; the heap beside it keeps
+    # what the protocol needs (measured: 24 KB in one block above the arena, 55 KB free after the job)
+    assert board["board"]["arena"]["size"] > 64 * 1024 and board["board"]["largest_free"] > 20 * 1024
+    assert board["free_heap_after"] > 32 * 1024
 
 
 @pytest.mark.skipif(not Path(FAN_DATA).is_dir(), reason="the cooling-fan dataset is not at ../shared/data")
@@ -65,3 +70,84 @@ def test_an_esp32_heap_completes_or_is_refused_before_streaming(tmp_path, capsys
             assert "send fine-tune samples" not in capsys.readouterr().out
             return
     assert result["plan"]["samples"] == 200 and result["epochs"] == 3
+
+
+def write_csv(path, n_features, n_classes, rows, seed, drift=False):
+    """A user's sensor data: `rows` rows of n_features in classes 0..n_classes-1 (header, label column);
+    drifted: a per-feature gain and offset, as a new sensor would read the same things."""
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(n_features * 100 + n_classes).normal(0, 0.6, (n_classes, n_features))
+    y = np.arange(rows) % n_classes
+    X = means[y] + rng.normal(0, 1.0, (rows, n_features))
+    if drift:
+        X = X * rng.uniform(0.5, 1.5, n_features) + rng.uniform(-2.0, 2.0, n_features)
+    path.write_text(",".join("f%d" % i for i in range(n_features)) + ",label\n" + "".join(
+        ",".join("%.3f" % v for v in x) + ",%d\n" % k for x, k in zip(X, y)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def own_models(tmp_path_factory):
+    """Three users' data and models (exported as a user does): 128-64-64-4, 30-64-64-2, 64-64-64-3."""
+    folder = tmp_path_factory.mktemp("own")
+    made = {}
+    for n_features, n_classes in ((128, 4), (30, 2), (64, 3)):
+        name = "f%d" % n_features
+        lab = write_csv(folder / (name + "-lab.csv"), n_features, n_classes, 400, 1)
+        drift = write_csv(folder / (name + "-drift.csv"), n_features, n_classes, 600, 2, drift=True)
+        model = folder / (name + ".s2lm")
+        cli.main(["export", "--data", lab, "--drift", drift, "--model", str(model), "--quiet"])
+        made[name] = {"data": ["--data", lab, "--drift", drift], "model": model}
+    return made
+
+
+def hello(port):
+    with Client(port) as board:
+        return board.hello()
+
+
+def test_ten_jobs_in_a_row_keep_the_boards_memory(tmp_path, own_models, capsys):
+    # one emulated board, no reset: ten jobs of three models (and a refused CONFIG, a RESET, a job cut
+    # off mid-stream) between them; every job completes, the arena is the same size throughout and
+    # the heap beside it keeps its largest free block within 5% of the first HELLO's
+    jobs = [((), MODEL), (("--limit", "200", "--epochs", "10", "--holdout", "0"), MODEL)]
+    for name in ("f128", "f30", "f64") * 2 + ("f128", "f30"):
+        jobs.append((tuple(own_models[name]["data"]) + ("--epochs", "4"), own_models[name]["model"]))
+    with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
+        first = hello(emu.port)
+        seen = []
+        for k, (args, model) in enumerate(jobs):
+            result = run(emu.port, tmp_path, *args, model=model)
+            assert result["epochs"] >= 1 and result["link"]["finetune_samples"] == result["plan"]["samples"]
+            if k == 3:  # things a user's session does: a refused CONFIG, a RESET, a job cut off mid-stream
+                with Client(emu.port) as board:
+                    with pytest.raises(BoardError, match="rank must be 1..5 on the integer path"):
+                        board.configure(path="int", rank=6)
+                    board.reset()
+                    board.configure(samples=100)
+                    n_in = board.hello()["model"]["dims"][0]
+                    board.send_samples(np.ones((20, n_in)), np.zeros(20, int), F.KIND_FINETUNE, F.ENC_INT8)
+            h = hello(emu.port)
+            seen.append((h["largest_free"], h["arena"]["size"]))
+    capsys.readouterr()
+    print("largest free block at HELLO: first %d, after each job %s" % (first["largest_free"], [s[0] for s in seen]))
+    assert all(size == first["arena"]["size"] for _, size in seen)
+    assert all(abs(largest - first["largest_free"]) <= 0.05 * first["largest_free"] for largest, _ in seen), seen
+
+
+def test_what_export_promises_the_board_plans(tmp_path, own_models):
+    # export's "room for N fine-tune samples" in RAM is the board's own plan: with the board's arena,
+    # N samples plan all in RAM, and N + 1 put one row on flash
+    from s2l import modelfile as fmt
+
+    from skip2lora.pipeline import board_budget
+    model = own_models["f128"]["model"]
+    layout = fmt.parse(model.read_bytes())
+    dims, bits = layout.dims, layout.bits
+    with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
+        n = board_budget(dims, bits, arena=hello(emu.port)["arena"]["size"])["samples_that_fit"]
+        assert 100 < n < 600
+        plans = [run(emu.port, tmp_path, *own_models["f128"]["data"], "--limit", str(k), "--epochs", "1",
+                     model=model)["plan"] for k in (n, n + 1)]
+    assert (plans[0]["ram_rows"], plans[0]["spilled_rows"]) == (n, 0)
+    assert plans[1]["spilled_rows"] >= 1
