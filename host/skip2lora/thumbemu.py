@@ -162,10 +162,12 @@ class Thumb:
             return [bytes(uc.mem_read(addresses[k], len(bufs[k]))) for k in range(len(bufs))]
         self.counting = {"instructions": 0, "cycles": 0, "last": None}
         hook = uc.hook_add(UC_HOOK_CODE, self._step)
+        uc.ctl_remove_cache(CODE, CODE + 0x10000)  # code translated before the hook would not call it
         try:
             uc.emu_start(self.at[name] | 1, RETURN)
         finally:
             uc.hook_del(hook)
+            uc.ctl_remove_cache(CODE, CODE + 0x10000)
         out = [bytes(uc.mem_read(addresses[k], len(bufs[k]))) for k in range(len(bufs))]
         self._settle(RETURN)
         counted, self.counting = self.counting, None
