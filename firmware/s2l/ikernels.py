@@ -1,5 +1,6 @@
 # Integer kernels of the board's fast path (integer Skip2-LoRA), portable flavour. The viper twins
-# in ikernels_viper.py compute the same integers; on boards they replace these at import time.
+# in ikernels_viper.py, and the Thumb flavour (ikernels_thumb.py: viper around assembler, RP2040),
+# compute the same integers; on boards they replace these at import time.
 # A board pays for every call into a kernel and for every line of Python between calls, so the
 # work is cut into few, large kernels: a sample arrives in one call (ingest8), a frozen layer is
 # one call (frozen_layer), and a whole training step from the skip-cache, or the adapters' part of
@@ -294,7 +295,11 @@ def step(rb, ro, ex, eo, w, meta, s, label, train):
 
 FLAVOUR = "portable"
 try:
-    from s2l.ikernels_viper import ingest8, frozen_layer, step
-    FLAVOUR = "viper"
-except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
-    pass
+    from s2l.ikernels_thumb import ingest8, frozen_layer, step
+    FLAVOUR = "thumb"
+except (ImportError, SyntaxError):  # no inline Thumb assembler: every port but the RP2040's (rp2)
+    try:
+        from s2l.ikernels_viper import ingest8, frozen_layer, step
+        FLAVOUR = "viper"
+    except (ImportError, SyntaxError):  # no native emitter here (CPython, WebAssembly MicroPython)
+        pass

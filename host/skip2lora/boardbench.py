@@ -2,10 +2,11 @@
 (bytes per second of the interpreter's own time, ticks_us), the heap left after the imports, after
 the samples, after the skip-cache is filled, and at its lowest while training, and the kernel calls
 and time of a cached training step. The default job of `run` on the integer path: the digits
-rotate model, 200 fine-tune samples as int8, 10 epochs.
+rotate model, 200 fine-tune samples as int8, 10 epochs. Then the RP2040's Thumb routines on one
+sample: their machine code run in an emulator, instructions counted, Cortex-M0+ cycles estimated.
 
     python -m skip2lora.boardbench [--runtimes cpython,micropython,micropython-unix]
-                                   [--granularity channel,16,32,tensor]
+                                   [--granularity channel,16,32,tensor] [--no-thumb]
 
 With --granularity, the rotate network (pretrained, seed 0) is quantized at 8 bits with each of
 those scale granularities and every one is measured in the same run, with its frozen forward time
@@ -106,6 +107,64 @@ def measure(runtime, model_bytes, X, y, epochs=10):
     return json.loads(run_firmware_script(SCRIPT, runtime, files=files, timeout=900, **kwargs))
 
 
+THUMB_SCRIPT = """
+import sys, thumb_spec
+sys.modules["s2l.thumb_asm"] = thumb_spec  # the glue runs; its routines' calls are recorded
+from s2l import ikernels as I
+from s2l.protocol import Core
+core = Core(".")
+for line in open("frames.txt"):
+    core.feed(bytes.fromhex(line.split()[1]))
+t = core.tuner
+at = t.rows.row(0)
+thumb_spec.RECORD = True
+print("P frozen forward")
+t._frozen_forward(t.rows.buf, at, t.exps, 0)
+print("P cached step")
+I.step(t.rows.buf, at, t.exps, 0, t.w, t.meta, t.scratch, t.labels[0], 1)
+"""
+
+
+def thumb_estimate(model_bytes, X, y):
+    """The Thumb flavour on one sample: a frozen forward and a training step, each routine call
+    recorded (the glue on the unix port) and replayed on the machine code in the emulator.
+    Returns {(phase, routine): [calls, multiply-accumulates, instructions, cycles]}."""
+    from . import thumb_spec
+    from .thumbemu import Thumb
+    frames, _ = frames_for(model_bytes, X[:1], y[:1], 1)
+    files = {"frames.txt": frames.encode(), "thumb_spec.py": open(thumb_spec.__file__, "rb").read()}
+    thumb, out, phase = Thumb(), {}, None
+    for line in run_firmware_script(THUMB_SCRIPT, "micropython-unix", files=files, timeout=300,
+                                    heap="8m").splitlines():
+        if line.startswith("P "):
+            phase = line[2:]
+        elif line.startswith("T "):
+            call = json.loads(line[2:])
+            blk = call["blk"]
+            _, instructions, cycles = thumb.call(call["f"], blk, [bytes.fromhex(h) for h in call["in"]],
+                                                 call["alias"], count=True)
+            macs = {"rowsums": blk[1] * blk[2], "wsum": blk[3] * blk[4], "outer": blk[3] * blk[4]}[call["f"]]
+            row = out.setdefault((phase, call["f"]), [0, 0, 0, 0])
+            for k, v in enumerate((1, macs, instructions, cycles)):
+                row[k] += v
+    return out
+
+
+def print_thumb(label, estimate):
+    from .thumbemu import CLOCK_HZ
+    print("\nThumb routines on %s, one sample (mpy-cross -march=armv6m machine code run in unicorn; "
+          "Cortex-M0+ cycles estimated)" % label)
+    print("%-15s %-8s %5s %6s %12s %8s %10s %14s" % ("phase", "routine", "calls", "MACs", "instructions",
+                                                     "cycles", "cycles/MAC", "M MAC/s@125MHz"))
+    for (phase, name), (calls, macs, instructions, cycles) in estimate.items():
+        print("%-15s %-8s %5d %6d %12d %8d %10.2f %14.2f" % (phase, name, calls, macs, instructions, cycles,
+                                                             cycles / macs, macs / cycles * CLOCK_HZ / 1e6))
+    for phase in dict.fromkeys(p for p, _ in estimate):
+        cycles = sum(v[3] for (p, _), v in estimate.items() if p == phase)
+        print("%s: %d cycles in the routines = %.3f ms at 125 MHz (the viper glue between calls "
+              "not counted)" % (phase, cycles, cycles / CLOCK_HZ * 1e3))
+
+
 def granularity_models(names):
     """(label, model bytes): the rotate network at 8 bits, one scale per channel, per group of
     16 or 32 inputs, or per tensor, as `names` lists them."""
@@ -132,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=10, help="epochs (default: %(default)s)")
     parser.add_argument("--granularity", default="", help="comma-separated scale granularities to measure "
                         "instead of --model: channel, 16, 32, tensor (default: none)")
+    parser.add_argument("--no-thumb", action="store_true", help="skip the Thumb routines' cycle estimate")
     args = parser.parse_args(argv)
     if args.granularity:
         models = granularity_models(args.granularity.split(","))
@@ -157,6 +217,9 @@ def main(argv=None):
     print("(%d samples x %d epochs, integer path; fwd ms: the first epoch a sample, frozen ms: its frozen forward "
           "alone (the fastest of 5 passes over the rows), ratio: to the first model's in the same run; the wire at 115200 baud delivers 11.25 KB/s; times "
           "are this machine's, not a board's)" % (len(y), args.epochs))
+    if not args.no_thumb:
+        for label, model_bytes in models:
+            print_thumb(label, thumb_estimate(model_bytes, X, y))
 
 
 if __name__ == "__main__":
