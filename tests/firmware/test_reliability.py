@@ -6,6 +6,7 @@ import json
 import math
 import struct
 
+import numpy as np
 import pytest
 
 from s2l import adapterfile, configcheck, storage
@@ -356,3 +357,93 @@ def test_config_fields_are_checked_without_a_model():
                        "cache_mode": "compact", "path": None})
     with pytest.raises(configcheck.ConfigError, match="lr must be in"):
         configcheck.check({"lr": math.nan})
+
+
+def _int_board(folder, problem, **config):
+    # the integer path (a board's default), unguarded unless asked
+    return ready_board(folder, problem, **dict(dict(path="int", batch=1, holdout=0), **config))
+
+
+def test_a_refused_samples_frame_stores_and_scores_nothing(tmp_path, problem):
+    # a frame whose last sample the integer path cannot hold (features of 1e-38: an exponent past
+    # int8) is refused whole: the samples before it in the frame are not kept; a test frame with a
+    # sample out of range (features of 1e30: logits past the softmax's range) scores none of it
+    _, _, (X, y), (Xt, yt) = problem
+    b = _int_board(tmp_path, problem)
+    stored = b.core.tuner.n_samples
+    scored = list(b.core.confusion)
+    tiny = [[1e-38] * X.shape[1]]
+    reply = b.send(F.SAMPLES, samples_payload(np.vstack([X[:3], tiny]), list(y[:3]) + [0], F.KIND_FINETUNE))
+    assert reply[0] == "ERROR" and reply[1] == F.E_TUNER and "out of the integer path's range" in reply[2]
+    assert b.core.tuner.n_samples == stored
+    assert b.send(F.SAMPLES, samples_payload(X[:3], y[:3], F.KIND_FINETUNE))[1]["stored"] == stored + 3
+    huge = [[1e30] * X.shape[1]]
+    reply = b.send(F.SAMPLES, samples_payload(np.vstack([Xt[:3], huge]), list(yt[:3]) + [0], F.KIND_TEST))
+    assert reply[0] == "ERROR" and "test sample 3 of this frame is out of the integer path's range" in reply[2]
+    assert list(b.core.confusion) == scored
+
+
+@pytest.mark.parametrize("holdout", [0, 0.2])
+def test_one_bad_fine_tune_sample_is_skipped_not_a_dead_run(tmp_path, problem, holdout):
+    # one accepted sample whose logits leave the softmax's range made every epoch's loss infinite:
+    # unguarded FAILED, guarded four halvings then "diverged". It is skipped and counted instead
+    _, _, (X, y), _ = problem
+    b = _int_board(tmp_path, problem, holdout=holdout)
+    assert b.send(F.SAMPLES, samples_payload(np.full((1, X.shape[1]), 1e30), [1], F.KIND_FINETUNE))[0] == F.OK
+    assert b.send(F.TRAIN)[0] == F.OK
+    events = b.train()
+    progress = [e[2] for e in events if e[0] == F.PROGRESS]
+    assert [e[0] for e in events][-1] == F.DONE
+    assert all(p["loss"] is not None for p in progress)
+    if not holdout:  # with the guard the bad sample may be a validation one: then no step skips it
+        assert all(p["skipped"] == 1 for p in progress)
+    assert events[-1][2].get("stopped") != "diverged"
+
+
+def test_training_keeps_nothing_that_grows_with_its_length(tmp_path, problem):
+    # tuner.losses grew by one float per epoch: a long run died of a fragmented heap (epoch 256 on the
+    # unix port at 241 KB); now an epoch count and the last loss
+    b = _int_board(tmp_path, problem, epochs=5)
+    assert b.json(F.TRAIN, epochs=300)[0] == F.OK
+    b.train()
+    t = b.core.tuner
+    assert t.epochs_done == 300 and not hasattr(t, "losses")
+    assert len(b.core.events) <= 16
+
+
+def test_a_guard_with_fewer_samples_than_planned_splits_only_those_stored(tmp_path, problem):
+    # CONFIG planned 200 samples, 20 arrived: the guard's split walked the planned length (labels of
+    # samples never stored); it takes the stored ones only
+    model, _, (X, y), _ = problem
+    b = Board(tmp_path)
+    b.json(F.MODEL_BEGIN, size=len(model), crc=binascii.crc32(model))
+    b.send(F.MODEL_CHUNK, struct.pack("<I", 0) + model)
+    b.send(F.MODEL_END)
+    reply = b.json(F.CONFIG, method="skip2-lora", path="int", rank=2, epochs=2, samples=200, holdout=0.25)
+    assert reply[1]["plan"]["samples"] == 200
+    assert b.send(F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))[1]["stored"] == len(y)
+    reply = b.send(F.TRAIN)
+    assert reply[0] == F.OK and reply[1]["samples"] == len(y) and 0 < reply[1]["validation_samples"] <= len(y) // 3
+    assert b.train()[-1][0] == F.DONE
+
+
+def test_samples_past_what_the_board_holds_are_refused_and_it_trains_on_the_rest(tmp_path, problem):
+    # CONFIG without a plan, samples streamed until memory runs out: every later frame is refused
+    # with the same clear error, rows and labels stay in step, and TRAIN trains on what was stored
+    model, _, (X, y), _ = problem
+    b = Board(tmp_path)
+    b.core.arena.buf = b.core.arena.buf[:8 * 1024]  # a small board: 8 KB of arena
+    b.core.arena.view = memoryview(b.core.arena.buf)
+    b.json(F.MODEL_BEGIN, size=len(model), crc=binascii.crc32(model))
+    b.send(F.MODEL_CHUNK, struct.pack("<I", 0) + model)
+    b.send(F.MODEL_END)
+    assert b.json(F.CONFIG, method="skip2-lora", path="int", rank=2, epochs=2, holdout=0)[0] == F.OK
+    refused = []
+    for _ in range(30):
+        reply = b.send(F.SAMPLES, samples_payload(X, y, F.KIND_FINETUNE))
+        if reply[0] == "ERROR":
+            refused.append(reply[2])
+    t = b.core.tuner
+    assert refused and all(r.startswith("more fine-tune samples than the %d planned" % t.n_planned) for r in refused)
+    assert t.n_samples % len(y) == 0 and t.n_samples <= t.n_planned
+    assert b.send(F.TRAIN)[0] == F.OK and b.train()[-1][0] == F.DONE
