@@ -346,18 +346,22 @@ class Core:
         size, crc = args.get("size"), args.get("crc")
         if not isinstance(size, int) or not isinstance(crc, int) or not 0 < size <= 256 * 1024:
             raise ProtocolError(F.E_PAYLOAD, "MODEL_BEGIN needs an int size (1..262144) and crc")
+        if size > self.arena.size:  # refused before anything is dropped
+            raise ProtocolError(F.E_MEMORY, "the model's %d bytes do not fit this board's arena of %d bytes: this "
+                                            "board cannot hold this model" % (size, self.arena.size))
         self._cancel_upload()
         # into the arena beside what is loaded; when that leaves no room, the tuner goes, then the
-        # model (its file on flash stays until a new one is written)
-        for drop in (None, self._drop_tuner, self._drop_model):
-            if drop:
-                drop()
-            at = aligned(self.arena.mark())  # where take() puts it
-            if self.arena.free >= size:
-                self.upload = (self.arena.take(size, "the model"), crc, at)
-                return {"size": size}
-        raise ProtocolError(F.E_MEMORY, "the model's %d bytes do not fit this board's arena of %d bytes: this "
-                                        "board cannot hold this model" % (size, self.arena.size))
+        # model (its file on flash stays until a new one is written): the reply says which
+        freed = []
+        if self.arena.free < size and self.tuner is not None:
+            self._drop_tuner()
+            freed.append("tuner")
+        if self.arena.free < size:
+            self._drop_model()
+            freed.append("model")
+        at = aligned(self.arena.mark())  # where take() puts it
+        self.upload = (self.arena.take(size, "the model"), crc, at)
+        return {"size": size, "freed": freed}
 
     def _cancel_upload(self):
         # an upload is the arena's top: anything else carved gives it up first

@@ -31,13 +31,14 @@ TEMPERATURE = 3.0
 # CoA's Adam steps, chosen on the validation part the same way (at T = 3: 20,000 0.0103, 40,000
 # 0.0093; lr 0.005, and 0.007 gave 0.0130)
 STEPS = 40000
-# The budget rule. Bytes a board can give the model file: its free heap less FINETUNE_RESERVE for
-# the fine-tune itself (the RP2040-mode Skip2-LoRA run over 250 digits samples peaks at 113 KB of
-# heap, of which the 8-bit model takes about 11 KB). A board on a port: the free heap it reports in
-# HELLO, no more than its largest free block (the file is one buffer) and its free flash (the file
-# is kept there). A named board: its free heap from DESIGN.md (~190 KB RP2040, ~110 KB ESP32).
-FINETUNE_RESERVE = 100 * 1024
-BOARD_BUDGETS = {"rp2040": 190 * 1024 - FINETUNE_RESERVE, "esp32": 110 * 1024 - FINETUNE_RESERVE}
+# The budget rule. Bytes a board can give the model file: its arena (the block it takes at boot for a
+# job: the model and the fine-tune) less FINETUNE_RESERVE for the fine-tune itself (the integer
+# tuner, its guard copy and 250 digits samples' rows: 62 KB by s2l/memplan's formula), no more than
+# its free flash (the file is kept there); a board on a port reports its arena in HELLO. A named
+# board: its free heap from DESIGN.md (~190 KB RP2040, ~110 KB ESP32) less the 100 KB the fine-tune
+# took before the arena (measured then: the RP2040-mode run over 250 digits samples peaked at 113 KB)
+FINETUNE_RESERVE = 64 * 1024
+BOARD_BUDGETS = {"rp2040": 90 * 1024, "esp32": 10 * 1024}
 # on-device comparison: a 2-bit-heavy and a 3-bit-heavy configuration
 ON_DEVICE_CONFIGS = (QuantConfig((2, 2, 3), (16, 16, fmt.PER_CHANNEL)),
                      QuantConfig((3, 3, 2), (fmt.PER_CHANNEL, 32, 16)))
@@ -138,14 +139,14 @@ def load_record(path, scenario_name):
 
 def budget_from_hello(info, url):
     """Bytes for the model file on the board at `url` from its HELLO reply (the rule above)."""
-    free, largest, flash = info.get("free_heap"), info.get("largest_free"), info.get("flash_free")
-    if free is None:
+    if info.get("free_heap") is None:
         raise ValueError("the board at %s reports no free heap (an emulator under CPython or WebAssembly): "
                          "give --budget-bytes or --board" % url)
-    budget = min(v for v in (free - FINETUNE_RESERVE, largest, flash) if v is not None)
+    arena, flash = info["arena"]["size"], info.get("flash_free")
+    budget = min(v for v in (arena - FINETUNE_RESERVE, flash) if v is not None)
     if budget < 1:
-        raise ValueError("the board at %s has %d bytes of free heap: nothing is left for a model beside the "
-                         "fine-tune's %d" % (url, free, FINETUNE_RESERVE))
+        raise ValueError("the board at %s has a %d-byte arena: nothing is left for a model beside the "
+                         "fine-tune's %d" % (url, arena, FINETUNE_RESERVE))
     return budget
 
 
@@ -162,8 +163,8 @@ def budget_of(budget_bytes, board, port=None):
         raise ValueError("give one of --budget-bytes, --board, --port")
     if port is not None:
         budget, info = board_budget(port)
-        print("the board at %s reports %s bytes of free heap, %s in its largest block, %s of free flash: "
-              "a %d-byte budget" % (port, info["free_heap"], info.get("largest_free"), info.get("flash_free"), budget))
+        print("the board at %s reports a %s-byte arena and %s bytes of free flash: a %d-byte budget" % (
+            port, info["arena"]["size"], info.get("flash_free"), budget))
         return budget
     if board:
         if board not in BOARD_BUDGETS:

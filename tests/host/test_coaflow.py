@@ -150,31 +150,33 @@ def test_on_device_start_from_coa_is_loaded_by_the_firmware(record):
             r["path"], r["label"], 100 * r["coa"], 100 * r["zero"]) in text
 
 
-def test_budget_from_hello_is_free_heap_less_the_fine_tune_within_the_largest_block_and_flash():
+def test_budget_from_hello_is_the_arena_less_the_fine_tune_within_the_flash():
     reserve = coaflow.FINETUNE_RESERVE
-    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": 50000, "flash_free": None}, "p") == 9000
-    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": 7000, "flash_free": 10 ** 6}, "p") == 7000
-    assert coaflow.budget_from_hello({"free_heap": reserve + 9000, "largest_free": None, "flash_free": 6000}, "p") == 6000
-    with pytest.raises(ValueError, match="^the board at p has 90000 bytes of free heap: nothing is left"):
-        coaflow.budget_from_hello({"free_heap": 90000, "largest_free": 90000, "flash_free": None}, "p")
+
+    def hello(arena, flash):
+        return {"free_heap": 30000, "largest_free": 20000, "arena": {"size": arena}, "flash_free": flash}
+    assert coaflow.budget_from_hello(hello(reserve + 9000, None), "p") == 9000
+    assert coaflow.budget_from_hello(hello(reserve + 9000, 6000), "p") == 6000
+    with pytest.raises(ValueError, match="^the board at p has a 60000-byte arena: nothing is left"):
+        coaflow.budget_from_hello(hello(60000, None), "p")
 
 
 def test_export_takes_its_budget_from_the_free_memory_the_board_reports(record, record_path, tmp_path, capsys):
     from skip2lora.emulator import Emulator
     out = tmp_path / "board.s2lm"
-    with Emulator("micropython-unix", heap="164k") as emu:  # about 8.7 KB left beside the fine-tune
+    with Emulator("micropython-unix", heap="203k") as emu:  # an arena of ~9 KB more than the fine-tune's
         cli.main(["export", "--port", emu.port, "--coa", str(record_path), "--model", str(out), "--quiet"])
     printed = capsys.readouterr().out
-    free, largest, budget = map(int, re.search(r"reports (\d+) bytes of free heap, (\d+) in its largest block, "
-                                               r"\d+ of free flash: a (\d+)-byte budget", printed).groups())
-    assert budget == min(free - coaflow.FINETUNE_RESERVE, largest)
+    arena, budget = map(int, re.search(r"reports a (\d+)-byte arena and \d+ bytes of free flash: a (\d+)-byte budget",
+                                       printed).groups())
+    assert budget == arena - coaflow.FINETUNE_RESERVE
     assert budget < max(e["file_bytes"] for e in record["front"])  # the board's memory decided
     assert len(out.read_bytes()) == coaflow.pick(record, budget)["file_bytes"] <= budget
 
 
 @pytest.mark.parametrize("runtime,heap,message", [
     ("cpython", None, "reports no free heap (an emulator under CPython or WebAssembly): give --budget-bytes or --board"),
-    ("micropython-unix", "120k", "bytes of free heap: nothing is left for a model beside the fine-tune's 102400"),
+    ("micropython-unix", "160k", "-byte arena: nothing is left for a model beside the fine-tune's 65536"),
 ])
 def test_a_board_with_no_room_or_no_figure_is_a_one_line_error(record_path, tmp_path, runtime, heap, message):
     from skip2lora.emulator import Emulator
