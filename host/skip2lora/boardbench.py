@@ -4,9 +4,11 @@ the samples, after the skip-cache is filled, and at its lowest while training, a
 and time of a cached training step. The default job of `run` on the integer path: the digits
 rotate model, 200 fine-tune samples as int8, 10 epochs. Then the RP2040's Thumb routines on one
 sample: their machine code run in an emulator, instructions counted, Cortex-M0+ cycles estimated.
+Then the arena job after job: per emulated heap, the arena's size and the largest free block HELLO
+reports before job 1 and after job 10 (ten `run`s without a reset).
 
     python -m skip2lora.boardbench [--runtimes cpython,micropython,micropython-unix]
-                                   [--granularity channel,16,32,tensor] [--no-thumb]
+                                   [--granularity channel,16,32,tensor] [--no-thumb] [--arena-heaps 241k,...]
 
 With --granularity, the rotate network (pretrained, seed 0) is quantized at 8 bits with each of
 those scale granularities and every one is measured in the same run, with its frozen forward time
@@ -119,9 +121,9 @@ t = core.tuner
 at = t.rows.row(0)
 thumb_spec.RECORD = True
 print("P frozen forward")
-t._frozen_forward(t.rows.buf, at, t.exps, 0)
+t._frozen_forward(t.rows.buf, at)
 print("P cached step")
-I.step(t.rows.buf, at, t.exps, 0, t.w, t.meta, t.scratch, t.labels[0], 1)
+I.step(t.rows.buf, at, t.rows.buf, at + t.e_at, t.w, t.meta, t.scratch, t.labels[0], 1)
 """
 
 
@@ -192,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--granularity", default="", help="comma-separated scale granularities to measure "
                         "instead of --model: channel, 16, 32, tensor (default: none)")
     parser.add_argument("--no-thumb", action="store_true", help="skip the Thumb routines' cycle estimate")
+    parser.add_argument("--arena-heaps", default="241k,160k,520k",
+                        help="unix-port heaps to run ten jobs on, comma-separated; empty: none (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.granularity:
         models = granularity_models(args.granularity.split(","))
@@ -220,6 +224,46 @@ def main(argv=None):
     if not args.no_thumb:
         for label, model_bytes in models:
             print_thumb(label, thumb_estimate(model_bytes, X, y))
+    if args.arena_heaps:
+        print_arena([h for h in args.arena_heaps.split(",") if h], models[0][1], args.epochs)
+
+
+def jobs_on_one_board(heap, model_bytes, epochs, jobs=10):
+    """Ten jobs (`run` as a user types it: as many samples as fit, the guard on, then alternating a
+    limit of 100 and 200 unguarded) on one emulated board with `heap` bytes of heap, no reset.
+    Returns the first HELLO and the HELLO after each job."""
+    from .board import run_job
+    from .client import Client
+    from .emulator import Emulator
+    scenario = load_scenario("rotate")
+    with Emulator("micropython-unix", heap=heap) as emu:
+        with Client(emu.port) as board:
+            first = board.hello()
+        after = []
+        for k in range(jobs):
+            limit, config = ((None, {"epochs": epochs}) if k % 3 == 0 else
+                             (100 * (1 + k % 2), {"epochs": epochs, "holdout": 0}))
+            run_job(emu.port, model_bytes, scenario, config, limit=limit)
+            with Client(emu.port) as board:
+                after.append(board.hello())
+    return first, after
+
+
+def print_arena(heaps, model_bytes, epochs):
+    print("\nthe arena job after job: ten jobs without a reset on the unix port (the rotate model; objects twice a "
+          "board's size)")
+    print("%-6s %9s %12s %14s %14s %12s" % ("heap", "arena KB", "model KB", "largest KB", "largest KB", "change"))
+    print("%-6s %9s %12s %14s %14s %12s" % ("", "", "", "before job 1", "after job 10", ""))
+    for heap in heaps:
+        try:
+            first, after = jobs_on_one_board(heap, model_bytes, epochs)
+        except (SystemExit, Exception) as e:  # a heap too small for a job: said, not a traceback
+            print("%-6s %s" % (heap, str(e).splitlines()[0][:100]))
+            continue
+        last = after[-1]
+        print("%-6s %9.1f %12.1f %14.1f %14.1f %+11.1f%%" % (
+            heap, first["arena"]["size"] / 1024, last["arena"]["model"] / 1024, first["largest_free"] / 1024,
+            last["largest_free"] / 1024, 100.0 * (last["largest_free"] - first["largest_free"]) / first["largest_free"]))
 
 
 if __name__ == "__main__":
