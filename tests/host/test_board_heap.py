@@ -151,3 +151,46 @@ def test_what_export_promises_the_board_plans(tmp_path, own_models):
                      model=model)["plan"] for k in (n, n + 1)]
     assert (plans[0]["ram_rows"], plans[0]["spilled_rows"]) == (n, 0)
     assert plans[1]["spilled_rows"] >= 1
+
+
+def test_the_float_path_fits_a_boards_heap_or_says_what_does(tmp_path):
+    # the float path (compact rows carved from the arena) on an RP2040's heap: it completes with the
+    # samples its plan holds (it could not plan even --limit 10 into 241 KB before the arena)
+    with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
+        result = run(emu.port, tmp_path, "--path", "float", "--limit", "100", "--epochs", "2", "--holdout", "0")
+    assert result["path"] == "float" and result["cache_mode"] == "compact"
+    assert result["plan"]["samples"] == result["link"]["finetune_samples"] == 100 and result["epochs"] == 2
+
+
+def test_a_long_run_keeps_its_memory(tmp_path):
+    # tuner.losses grew by a float every epoch: on this heap `run --epochs 1000` died of out of
+    # memory at epoch 256; a job keeps nothing that grows with its length
+    with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
+        result = run(emu.port, tmp_path, "--limit", "20", "--epochs", "600", "--holdout", "0")
+        after = hello(emu.port)
+    assert result["epochs"] == 600
+    assert after["largest_free"] >= 0.95 * result["board"]["largest_free"]
+
+
+def test_samples_past_the_plan_are_refused_and_the_board_trains_on_the_rest():
+    # CONFIG without `samples`: the board plans what RAM holds at the first sample; frames past it
+    # are refused alike (rows and labels in step: they broke with E_INTERNAL before), and TRAIN
+    # trains on what was stored
+    from skip2lora.pipeline import load_scenario
+    X, y = load_scenario("rotate").finetune
+    with Emulator("micropython-unix", heap=BOARD_HEAP) as emu:
+        with Client(emu.port) as board:
+            board.upload_model(open(MODEL, "rb").read())
+            board.configure(path="int", holdout=0, epochs=2)
+            refused = []
+            for _ in range(4):  # 1,000 samples: more than the arena holds in RAM
+                try:
+                    board.send_samples(X, y, F.KIND_FINETUNE, F.ENC_INT8)
+                except BoardError as e:
+                    refused.append(e.message)
+            stored = board.stats()["samples"]
+            done = board.train()
+    planned = int(refused[0].split("than the ")[1].split()[0])
+    assert all(m.startswith("more fine-tune samples than the %d planned" % planned) for m in refused)
+    assert 250 <= stored <= planned < 1000 and planned - stored < 15  # frames of 14 samples: the last one refused
+    assert done["epochs"] == 2
