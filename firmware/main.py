@@ -1,10 +1,11 @@
 # The board's serial loop: bytes from the link into the protocol core, its replies back out, and
-# pending training run an epoch at a time while no bytes wait. Bytes are read in blocks into one
-# buffer: as many as the frame in progress still needs (the core says), so a read never waits for
-# bytes the host has not sent, and a frame costs a few reads, not a Python loop turn a byte. The
-# link is USB-CDC (the REPL's stdin/stdout), or a UART when the board has a uart.json ({"id": 0,
-# "baudrate": 115200, "tx": 0, "rx": 1}: pin numbers), for boards without native USB. Frames never contain 0x03, so on USB
-# Ctrl-C still drops to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
+# pending training run an epoch at a time while no bytes wait. A read never waits: it takes the
+# bytes already there, up to what the frame in progress still needs (the core says), so one stray
+# 0x7E or a damaged length field cannot hold the loop for bytes that never come; a frame whose next
+# byte is GAP_MS late is dropped (its sender stopped). The link is USB-CDC (the REPL's stdin/stdout),
+# or a UART when the board has a uart.json ({"id": 0, "baudrate": 115200, "tx": 0, "rx": 1}: pin
+# numbers), for boards without native USB. Frames never contain 0x03, so on USB Ctrl-C still drops
+# to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
 import json
 import select
 import sys
@@ -13,6 +14,7 @@ from s2l.frames import CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
 from s2l.protocol import Core
 
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # the most a read asks for
+GAP_MS = 100  # ms without a byte in the middle of a frame: the rest is not coming
 UART_CONFIG = "uart.json"
 
 
@@ -34,17 +36,47 @@ def open_link():
     return uart, uart, uart
 
 
+def waiting_bytes(stream, poll):
+    """read(view): the bytes already waiting, up to len(view), into view; how many. A UART counts
+    them (any()); USB-CDC's stdin does not, and its reads return only once every byte asked for has
+    come, so it is read a byte at a time, each after poll says one is there (ipoll: no allocation)."""
+    if hasattr(stream, "any"):
+        def read(view):
+            n = min(stream.any(), len(view))
+            return (stream.readinto(view[:n]) or 0) if n else 0
+        return read
+    ready = getattr(poll, "ipoll", poll.poll)  # CPython has only poll()
+    one = bytearray(1)
+
+    def read(view):
+        n = 0
+        while n < len(view):
+            for _ in ready(0):
+                break
+            else:
+                return n
+            stream.readinto(one)
+            view[n] = one[0]
+            n += 1
+        return n
+    return read
+
+
 def serve():
     core = Core()
-    reader, writer, pollable = open_link()
+    stream, writer, pollable = open_link()
     poll = select.poll()
     poll.register(pollable, select.POLLIN)
+    read = waiting_bytes(stream, poll)
     buf = bytearray(MAX_FRAME)
     view = memoryview(buf)
     while True:
-        if poll.poll(0 if core.busy else 1000):
-            n = reader.readinto(view[:core.wanted()]) or 0  # poll promised one byte, the frame the rest
-            reply = core.feed(buf, n)
+        partial = core.decoder.receiving()
+        if poll.poll(GAP_MS if partial else 0 if core.busy else 1000):
+            reply = core.feed(buf, read(view[:core.wanted()]))
+        elif partial:
+            core.decoder.abandon()  # a frame cut short: the host retries it (with a new START)
+            reply = None
         else:
             reply = core.work(writer.write)  # WORKING frames go out during a long epoch
         if reply:

@@ -144,7 +144,7 @@ class Core:
 
     # -- bytes in, bytes out -----------------------------------------------------------------------
     def wanted(self):
-        """Bytes the frame in progress still needs: a reader may block for this many."""
+        """Bytes the frame in progress still needs at least: a cap for a read, not a promise."""
         return self.decoder.wanted()
 
     def feed(self, data, n=None):
