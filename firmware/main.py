@@ -55,7 +55,8 @@ def waiting_bytes(stream, poll):
                 break
             else:
                 return n
-            stream.readinto(one)
+            if not stream.readinto(one):  # end of file (a host side that closed, off a board)
+                return n
             view[n] = one[0]
             n += 1
         return n
@@ -72,8 +73,9 @@ def serve():
     view = memoryview(buf)
     while True:
         partial = core.decoder.receiving()
-        if poll.poll(GAP_MS if partial else 0 if core.busy else 1000):
-            reply = core.feed(buf, read(view[:core.wanted()]))
+        n = read(view[:core.wanted()]) if poll.poll(GAP_MS if partial else 0 if core.busy else 1000) else 0
+        if n:
+            reply = core.feed(buf, n)
         elif partial:
             core.decoder.abandon()  # a frame cut short: the host retries it (with a new START)
             reply = None
