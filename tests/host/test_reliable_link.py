@@ -230,7 +230,7 @@ def test_run_through_a_relay_that_damages_headers_equals_the_clean_link(tmp_path
     with Emulator("micropython-unix") as emu:
         cli.main(argv + ["--port", emu.port, "--json", str(tmp_path / "clean.json")])
         with FaultyRelay(emu.port, flip=0.003, drop=0.002, stray=0.002, truncate=0.002, seed=5) as relay:
-            cli.main(argv + ["--port", relay.port, "--json", str(tmp_path / "noisy.json"), "--retries", "8"])
+            cli.main(argv + ["--port", relay.port, "--json", str(tmp_path / "noisy.json")])
             assert min(relay.counts[k] for k in ("flipped", "dropped", "stray", "truncated")) > 10, relay.counts
         assert emu.board.proc.poll() is None  # never restarted
     clean, noisy = (json.loads((tmp_path / name).read_text()) for name in ("clean.json", "noisy.json"))
