@@ -2,6 +2,7 @@
 heap) on a pseudo-terminal as a board runs it on USB-CDC: frames in, replies out, training epochs
 between reads."""
 import binascii
+import contextlib
 import json
 import os
 import select
@@ -58,19 +59,26 @@ def start_board(cwd, stdio, interpreter="cpython", **env):
                             stderr=subprocess.PIPE, cwd=cwd, env=env)
 
 
-@pytest.mark.parametrize("interpreter", ["cpython", "micropython-unix"])
-def test_main_serves_frames_on_usb_cdc(tmp_path, interpreter):
+@contextlib.contextmanager
+def board_on_pty(cwd, interpreter):
+    """main.py with a pty's far end as its stdin and stdout (USB-CDC): yields the near end."""
     master, slave = os.openpty()
     tty.setraw(slave)
-    board = start_board(tmp_path, slave, interpreter)
+    board = start_board(cwd, slave, interpreter)
     try:
-        model = session(master)
-        assert (tmp_path / "model.s2lm").read_bytes() == model  # written to "flash"
+        yield master
     finally:
         board.kill()
         board.wait()
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.parametrize("interpreter", ["cpython", "micropython-unix"])
+def test_main_serves_frames_on_usb_cdc(tmp_path, interpreter):
+    with board_on_pty(tmp_path, interpreter) as master:
+        model = session(master)
+        assert (tmp_path / "model.s2lm").read_bytes() == model  # written to "flash"
 
 
 # machine.UART as a board has it, over a pseudo-terminal (the test's stand-in for the UART pins)
@@ -155,10 +163,7 @@ GARBAGE = {
 @pytest.mark.parametrize("garbage", sorted(GARBAGE))
 @pytest.mark.parametrize("interpreter", ["cpython", "micropython-unix"])
 def test_garbage_during_training_stops_neither_training_nor_answers(tmp_path, interpreter, garbage):
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    board = start_board(tmp_path, slave, interpreter)
-    try:
+    with board_on_pty(tmp_path, interpreter) as master:
         session(master, holdout=0)  # unguarded: no early stop
         d = F.Decoder()
         _, _, (X, y), _ = fixed_problem()
@@ -178,21 +183,13 @@ def test_garbage_during_training_stops_neither_training_nor_answers(tmp_path, in
             assert answers, "no answer to %#x within %.1f s after %s" % (ftype, STALL_BOUND, garbage)
             assert json.loads(answers[0][3]).get("busy", True), "training ended early"
             assert longest_silence(got, t0, time.monotonic()) < STALL_BOUND
-        stop = exchange(master, d, F.encode(F.RESET, 23), F.OK)
-        assert json.loads(stop[-1][3]) == {"stopped": True}
-    finally:
-        board.kill()
-        board.wait()
-        os.close(master)
-        os.close(slave)
+        stop = [f for f in exchange(master, d, F.encode(F.RESET, 23), F.OK) if f[1] == F.OK]
+        assert json.loads(stop[0][3]) == {"stopped": True}
 
 
 @pytest.mark.parametrize("interpreter", ["cpython", "micropython-unix"])
 def test_a_frame_whose_bytes_stop_for_the_gap_is_dropped(tmp_path, interpreter):
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    board = start_board(tmp_path, slave, interpreter)
-    try:
+    with board_on_pty(tmp_path, interpreter) as master:
         d = F.Decoder()
         exchange(master, d, F.encode(F.HELLO, 1), F.OK)  # up and serving
         for pause, answered in ((0.5, False), (0.0, True)):
@@ -202,8 +199,3 @@ def test_a_frame_whose_bytes_stop_for_the_gap_is_dropped(tmp_path, interpreter):
             os.write(master, frame[5:])
             got = frames_for(master, d, 1.0)
             assert bool(got) == answered, got
-    finally:
-        board.kill()
-        board.wait()
-        os.close(master)
-        os.close(slave)
