@@ -6,61 +6,14 @@
 # or a UART when the board has a uart.json ({"id": 0, "baudrate": 115200, "tx": 0, "rx": 1}: pin
 # numbers), for boards without native USB. Frames never contain 0x03, so on USB Ctrl-C still drops
 # to the REPL and mpremote keeps working; on a UART the REPL stays on USB.
-import json
 import select
-import sys
 
 from s2l.frames import CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
-from s2l.protocol import Core
+from s2l.protocol import Core  # first, while the heap is whole: its module needs a 4.6 KB block
+from s2l.link import open_link, waiting_bytes
 
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE  # the most a read asks for
 GAP_MS = 100  # ms without a byte in the middle of a frame: the rest is not coming
-UART_CONFIG = "uart.json"
-
-
-def open_link():
-    """(reader, writer, pollable): the UART of uart.json if there is one, else USB-CDC."""
-    try:
-        with open(UART_CONFIG) as f:
-            cfg = json.load(f)
-    except OSError:  # no uart.json: USB-CDC
-        stdin = sys.stdin.buffer
-        return getattr(stdin, "raw", stdin), sys.stdout.buffer, sys.stdin  # CPython buffers ahead of poll()
-    except ValueError as e:
-        raise ValueError("%s is not JSON: %s" % (UART_CONFIG, e))
-    from machine import UART, Pin
-    try:
-        uart = UART(cfg.get("id", 0), baudrate=cfg.get("baudrate", 115200), tx=Pin(cfg["tx"]), rx=Pin(cfg["rx"]))
-    except KeyError as e:
-        raise ValueError("%s needs %s (a pin number)" % (UART_CONFIG, e))
-    return uart, uart, uart
-
-
-def waiting_bytes(stream, poll):
-    """read(view): the bytes already waiting, up to len(view), into view; how many. A UART counts
-    them (any()); USB-CDC's stdin does not, and its reads return only once every byte asked for has
-    come, so it is read a byte at a time, each after poll says one is there (ipoll: no allocation)."""
-    if hasattr(stream, "any"):
-        def read(view):
-            n = min(stream.any(), len(view))
-            return (stream.readinto(view[:n]) or 0) if n else 0
-        return read
-    ready = getattr(poll, "ipoll", poll.poll)  # CPython has only poll()
-    one = bytearray(1)
-
-    def read(view):
-        n = 0
-        while n < len(view):
-            for _ in ready(0):
-                break
-            else:
-                return n
-            if not stream.readinto(one):  # end of file (a host side that closed, off a board)
-                return n
-            view[n] = one[0]
-            n += 1
-        return n
-    return read
 
 
 def serve():
