@@ -116,8 +116,8 @@ class Decoder:
     abandons it and begins a new one (the sender restarted). A frame's bytes are copied in runs
     (between escapes) into one buffer of the largest frame's size, not a byte at a time: a board
     decodes a frame about as fast as its link delivers it. wanted() says how many more bytes the
-    frame in progress needs at least, so a reader may block for that many and never for bytes of
-    a frame that has not been sent."""
+    frame in progress needs at least: a cap for a read, never a promise (its length field may be
+    damaged), so a reader takes only bytes already there, and abandon()s a frame that stops coming."""
 
     def __init__(self):
         self.buf = bytearray(HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE)  # unescaped bytes of a frame
@@ -130,6 +130,13 @@ class Decoder:
         if self.fill < HEADER_SIZE:
             return HEADER_SIZE - self.fill
         return HEADER_SIZE + struct.unpack_from(_HEADER, self.buf, 0)[2] + CRC_SIZE - self.fill
+
+    def receiving(self):
+        """Whether a frame is in progress."""
+        return self.fill >= 0
+
+    def abandon(self):
+        self.fill = -1
 
     def feed(self, data, n=None):
         """Events completed by data[:n] (all of data by default)."""

@@ -209,7 +209,7 @@ class Core:
 
     # -- bytes in, bytes out -----------------------------------------------------------------------
     def wanted(self):
-        """Bytes the frame in progress still needs: a reader may block for this many."""
+        """Bytes the frame in progress still needs at least: a cap for a read, not a promise."""
         return self.decoder.wanted()
 
     def feed(self, data, n=None):
@@ -573,7 +573,7 @@ class Core:
     def save(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "SAVE before CONFIG")
-        data = adapterfile.encode(adapterfile.parameters(self.tuner), self.tuner.path)
+        data = adapterfile.encode(adapterfile.parameters(self.tuner), self.tuner.path, self._model_crc())
         storage.write_atomic(self._path(ADAPTER_FILE), data)
         self.storage["adapter"] = storage.OK
         return {"bytes": len(data)}
@@ -585,8 +585,13 @@ class Core:
             data = self._read(ADAPTER_FILE)
         except OSError:
             raise ProtocolError(F.E_STORAGE, "no saved adapter on flash")
-        adapterfile.restore(self.tuner, data)
+        adapterfile.restore(self.tuner, data, self._model_crc())
         return {"bytes": len(data)}
+
+    def _model_crc(self):
+        """The model file's trailer, the CRC32 of all before it: what ties a saved adapter to its model
+        (the CRC32 of a whole file, trailer included, is one constant for every valid file)."""
+        return struct.unpack_from("<I", self.model.buf, len(self.model.buf) - 4)[0]
 
     def reset(self, payload):
         stopped = self.epochs_left > 0  # a cancelled TRAIN: no DONE follows

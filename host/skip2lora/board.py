@@ -66,7 +66,7 @@ def flash_steps(port, lib, model_path, uart_path=None):
 
 
 def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None, limit=None,
-            retries=3):
+            retries=3, reset=False):
     """Stream a scenario to the board at `url`, fine-tune there, and measure. Returns a results dict.
 
     config: dict of CONFIG fields (method, rank, lr, epochs, batch, seed, ...; without lr the board
@@ -75,12 +75,15 @@ def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=11
     its samples as the board reports them, then "train": epochs).
     limit: stream the first `limit` fine-tune samples, or fail before streaming if the board cannot
     hold them; None: as many as the board's memory plan holds (all, where they fit). The test set
-    is scored by the board as it arrives, once before training and once after: it is never stored."""
+    is scored by the board as it arrives, once before training and once after: it is never stored.
+    reset: RESET the board first (it stops a training that a host which quit left running)."""
     report = progress or (lambda *a: None)
     X, y = scenario.finetune
     Xt, yt = scenario.test
     with Client(url, baudrate=baudrate, retries=retries) as board:
         hello = board.hello()
+        if reset:
+            board.reset()
         board.upload_model(model_bytes)
         wanted = len(y) if limit is None else min(limit, len(y))
         configured = board.configure(samples=wanted, fit=limit is None, **config)

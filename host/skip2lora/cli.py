@@ -286,6 +286,7 @@ def cmd_demo(args):
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
         run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
+                                      reset=False,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
                                       holdout=guard.HOLDOUT, patience=guard.PATIENCE)
@@ -359,7 +360,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
     result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,
-                     args.retries)
+                     args.retries, args.reset)
     for b in bars.values():
         b.close()
     result["model"] = {"path": model_path, "dims": dims, "bits": bits}
@@ -403,6 +404,21 @@ def cmd_run(args):
     model_path = args.model or default_model(scenario.name)
     model_bytes, lr, lr_source = _model_for_run(args, scenario, model_path)
     _run_on_board(args, args.port, model_path, model_bytes, scenario, lr, lr_source)
+
+
+def cmd_reset(args):
+    from .client import Client
+    with Client(args.port, retries=args.retries) as board:
+        board.hello()
+        stopped = board.reset()["stopped"]
+    print("the board on %s is idle: %s; its tuner and samples dropped, its model kept" % (
+        args.port, "training stopped" if stopped else "it was not training"))
+
+
+def _busy_hint(port):
+    """What a board busy training (error 10) means for a user, and the two ways out."""
+    return ("the board is still training, perhaps a run whose host quit: `skip2lora reset --port %s` stops it, "
+            "or `skip2lora run --reset ...` does before its job" % port)
 
 
 def cmd_probe_lr(args):
@@ -538,8 +554,16 @@ def build_parser():
                    help="stream the first N fine-tune samples, refused before streaming if the board cannot hold "
                         "them (default: as many as the board's memory plan holds, all where they fit)")
     p.add_argument("--json", metavar="FILE", help="write the results JSON here (default: print only)")
+    p.add_argument("--reset", action="store_true",
+                   help="RESET the board before the job: stops a training a run whose host quit left going "
+                        "(default: no; a board still training refuses the job)")
     _add_quiet(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reset", help="stop a board's training and drop its tuner and samples (the model stays)")
+    p.add_argument("--port", required=True, help="pyserial URL of the board or emulator (required)")
+    _add_retries(p)
+    p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("probe-lr", help="the lr export picks (held-out slice of the fine-tune set) against "
                                         "the best lr on the test set, for Skip2-LoRA")
@@ -589,7 +613,10 @@ def main(argv=None):
     except Stopped as exc:  # Ctrl-C: the client reset the board, which confirmed it is idle
         print(exc, file=sys.stderr)
         sys.exit(130)
-    except (ValueError, OSError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
+    except BoardError as exc:
+        busy = exc.code == F.E_BUSY and getattr(args, "port", None)
+        sys.exit("error: %s%s" % (exc, "; " + _busy_hint(args.port) if busy else ""))
+    except (ValueError, OSError, LinkError) as exc:  # bad input, a silent or failing board: one line
         sys.exit("error: %s" % exc)
 
 

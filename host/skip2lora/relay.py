@@ -1,7 +1,9 @@
 """A faulty cable for tests and benchmarks: a pseudo-terminal whose bytes are relayed to and from a
 board's port (the emulator's, or a real one) with faults injected at configurable rates, in both
-directions: a byte flipped (one random bit), dropped, duplicated, or held back (delayed, so later
-bytes wait too, as on a stalled USB link). Open `relay.port` instead of the board's port.
+directions: a byte flipped (one random bit; a header's length field too), dropped, duplicated, held
+back (delayed, so later bytes wait too, as on a stalled USB link), a stray 0x7E inserted before it
+(a frame begun and never finished), or a frame truncated there (the rest of it, up to the next
+0x7E, dropped: a sender that stopped mid-frame). Open `relay.port` instead of the board's port.
 
     python -m skip2lora.relay --flip 0.01 --drop 0.005 --runs 3   # the whole job over a bad link
 """
@@ -14,12 +16,15 @@ import threading
 import time
 import tty
 
-FAULTS = ("flipped", "dropped", "duplicated", "delayed")
+FAULTS = ("flipped", "dropped", "duplicated", "delayed", "stray", "truncated")
+START = 0x7E  # frames.START: a frame begins at each
 
 
 class FaultyRelay:
-    def __init__(self, target, flip=0.0, drop=0.0, duplicate=0.0, delay=0.0, max_delay=0.02, seed=0):
-        self.rates = {"flipped": flip, "dropped": drop, "duplicated": duplicate, "delayed": delay}
+    def __init__(self, target, flip=0.0, drop=0.0, duplicate=0.0, delay=0.0, max_delay=0.02, seed=0, stray=0.0,
+                 truncate=0.0):
+        self.rates = {"flipped": flip, "dropped": drop, "duplicated": duplicate, "delayed": delay, "stray": stray,
+                      "truncated": truncate}
         self.max_delay = max_delay
         self.rng = random.Random(seed)
         self.board = os.open(target, os.O_RDWR | os.O_NOCTTY)
@@ -30,8 +35,9 @@ class FaultyRelay:
         self._slave = slave  # held open: the relay outlives clients that close the port
         self.counts = dict((k, 0) for k in FAULTS)
         self.bytes = 0
-        # per direction: bytes waiting, and when they may go (a delay holds everything behind it)
-        self.queues = {self.master: [bytearray(), 0.0], self.board: [bytearray(), 0.0]}
+        # per direction: bytes waiting, when they may go (a delay holds everything behind it), and
+        # whether a truncated frame's bytes are being dropped
+        self.queues = {self.master: [bytearray(), 0.0, False], self.board: [bytearray(), 0.0, False]}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -45,6 +51,17 @@ class FaultyRelay:
         rates, rng = self.rates, self.rng
         for b in data:
             self.bytes += 1
+            if queue[2] and b != START:  # the rest of a truncated frame
+                continue
+            queue[2] = False
+            if rates["stray"] and rng.random() < rates["stray"]:  # drawn only when asked: seeds keep their faults
+                self.counts["stray"] += 1
+                out.append(START)
+            if rates["truncated"] and rng.random() < rates["truncated"]:
+                self.counts["truncated"] += 1
+                queue[2] = b != START
+                if queue[2]:
+                    continue
             r = rng.random()
             if r < rates["dropped"]:
                 self.counts["dropped"] += 1
@@ -130,25 +147,30 @@ def main(argv=None):
     p.add_argument("--drop", type=float, default=0.005, help="share of bytes dropped (default 0.005)")
     p.add_argument("--duplicate", type=float, default=0.0, help="share of bytes sent twice (default 0)")
     p.add_argument("--delay", type=float, default=0.0, help="share of bytes held back up to 20 ms (default 0)")
+    p.add_argument("--stray", type=float, default=0.001, help="share of bytes with a stray 0x7E before them (default 0.001)")
+    p.add_argument("--truncate", type=float, default=0.001,
+                   help="share of bytes where a frame is cut short: the rest of it dropped (default 0.001)")
     p.add_argument("--runs", type=int, default=3, help="runs over the faulty link (default 3)")
     p.add_argument("--limit", type=int, default=60, help="fine-tune and test samples streamed (default 60)")
     p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument("--runtime", default="cpython", help="emulator runtime (default cpython)")
+    p.add_argument("--runtime", default="micropython-unix",
+                   help="emulator runtime (default micropython-unix: main.py's own reads, as on a board)")
     args = p.parse_args(argv)
     model_bytes = (REPO / "models" / "digits-rotate.s2lm").read_bytes()
     sc = load_scenario("rotate")
     finetune = tuple(v[:args.limit] for v in sc.finetune)
     test = tuple(v[:args.limit] for v in sc.test)
-    config = {"method": "skip2-lora", "epochs": args.epochs}
+    config = {"method": "skip2-lora", "epochs": args.epochs, "path": "int"}  # a board's path, and its memory
     with Emulator(args.runtime) as emu:
         clean, _ = run_session(emu.port, model_bytes, finetune, test, config)
         clean_adapter = open(os.path.join(emu.board.flash.name, "adapter.s2la"), "rb").read() \
-            if args.runtime == "cpython" else None
+            if args.runtime != "micropython" else None  # the WebAssembly board's flash is in memory
         print("clean link: accuracy %.1f%% -> %.1f%%" % (100 * clean["accuracy_before"], 100 * clean["accuracy"]))
         completed = same = lost = 0
         faults, tried = 0, 0
         for run in range(args.runs):
-            with FaultyRelay(emu.port, args.flip, args.drop, args.duplicate, args.delay, seed=run) as relay:
+            with FaultyRelay(emu.port, args.flip, args.drop, args.duplicate, args.delay, seed=run, stray=args.stray,
+                             truncate=args.truncate) as relay:
                 tried += 1
                 t0 = time.monotonic()
                 try:

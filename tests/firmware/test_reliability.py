@@ -12,9 +12,10 @@ import pytest
 from s2l import adapterfile, configcheck, storage
 from s2l import frames as F
 from s2l.protocol import Core
+from skip2lora.modelfile import quantize, write_model
 
 from .test_protocol import Session, samples_payload
-from .test_tuner import CONFIG, fixed_problem
+from .test_tuner import BITS, CONFIG, DIMS, fixed_problem
 
 
 @pytest.fixture(scope="module")
@@ -227,18 +228,48 @@ def test_load_refuses_an_adapter_from_the_other_path_and_never_half_restores(tmp
     # a crafted file with a valid CRC: the right shapes, but a NaN in the last array
     arrays = [list(a) for a in adapterfile.parameters(b.core.tuner)]
     arrays[-1][-1] = float("nan")
-    (tmp_path / "adapter.s2la").write_bytes(adapterfile.encode(arrays, "float"))
+    crc = binascii.crc32(problem[0][:-4])
+    (tmp_path / "adapter.s2la").write_bytes(adapterfile.encode(arrays, "float", crc))
     reply = b.send(F.LOAD)
     assert reply[:2] == ("ERROR", F.E_STORAGE) and "non-finite" in reply[2]
     assert snapshot(b.core) == before
-    good = adapterfile.encode([[0.5] * len(a) for a in arrays], "float")
-    for broken in (good[:-8] + good[-4:], good[:5] + b"\x09" + good[6:], b"S2LA\x01" + good[5:]):
+    good = adapterfile.encode([[0.5] * len(a) for a in arrays], "float", crc)
+    for broken in (good[:-8] + good[-4:], good[:5] + b"\x09" + good[6:], b"S2LA\x02" + good[5:]):
         (tmp_path / "adapter.s2la").write_bytes(broken)
         assert b.send(F.LOAD)[:2] == ("ERROR", F.E_STORAGE)
         assert snapshot(b.core) == before
     (tmp_path / "adapter.s2la").write_bytes(good)
     assert b.send(F.LOAD)[0] == F.OK
     assert all(v == 0.5 for a in adapterfile.parameters(b.core.tuner) for v in a)
+
+
+def upload(board, model):
+    board.json(F.MODEL_BEGIN, size=len(model), crc=binascii.crc32(model))
+    board.send(F.MODEL_CHUNK, struct.pack("<I", 0) + model)
+    assert board.send(F.MODEL_END)[0] == F.OK
+
+
+@pytest.mark.parametrize("path", ["float", "int"])
+def test_load_refuses_adapters_trained_on_another_model_of_the_same_shapes(tmp_path, problem, path):
+    model, _, (X, y), _ = problem
+    rng = np.random.default_rng(11)  # the same dims and bits, other weights
+    other = write_model([quantize(rng.normal(0, 0.6, (o, i)), rng.normal(0, 0.1, o), b)
+                         for i, o, b in zip(DIMS[:-1], DIMS[1:], BITS)])
+    b = ready_board(tmp_path, problem, path=path, batch=1)
+    b.send(F.TRAIN)
+    b.train()
+    assert b.send(F.SAVE)[0] == F.OK
+    upload(b, other)
+    config = dict(CONFIG, method="skip2-lora", path=path, batch=1)
+    assert b.json(F.CONFIG, **config)[0] == F.OK
+    before = snapshot(b.core)
+    reply = b.send(F.LOAD)
+    assert reply[:2] == ("ERROR", F.E_STORAGE) and "trained on another model" in reply[2], reply
+    assert "%08x" % binascii.crc32(model[:-4]) in reply[2] and "%08x" % binascii.crc32(other[:-4]) in reply[2]
+    assert snapshot(b.core) == before
+    upload(b, model)  # its own model again: taken
+    assert b.json(F.CONFIG, **config)[0] == F.OK
+    assert b.send(F.LOAD)[0] == F.OK
 
 
 class PowerCut(Exception):

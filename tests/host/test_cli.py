@@ -4,6 +4,8 @@ log is plain text; help shows every default; the demo writes under its output fo
 import argparse
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +212,39 @@ def test_ctrl_c_on_a_board_command_ends_with_one_line_and_no_traceback(monkeypat
         cli.main(["run", "--port", "loop://"])
     assert stop.value.code == 130
     assert capsys.readouterr().err == "stopped; the board is idle\n"
+
+
+def _kill_mid_training(argv):
+    """`skip2lora run ...` in its own process, killed (SIGKILL: no RESET on the way out) once the
+    board trains: the board is left busy, as a crashed host leaves it."""
+    run = subprocess.Popen([sys.executable, "-m", "skip2lora.cli"] + argv, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line.startswith("the board trains"):
+                break
+        time.sleep(2)  # TRAIN sent (after the scoring's EVAL), a few epochs in
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_a_board_a_killed_run_left_training_is_freed_by_reset_and_by_run_reset(tmp_path, capsys):
+    from skip2lora.emulator import Emulator
+    with Emulator("cpython") as emu:
+        job = ["run", "--port", emu.port, "--model", TRACKED_MODEL, "--path", "int", "--limit", "30", "--quiet"]
+        _kill_mid_training(job + ["--epochs", "10000", "--holdout", "0"])  # unguarded: no early stop
+        with pytest.raises(SystemExit) as busy:
+            cli.main(job + ["--epochs", "2"])
+        message = str(busy.value.code)
+        assert message.startswith("error: board error 10: training in progress")
+        assert "skip2lora reset --port %s" % emu.port in message and "skip2lora run --reset" in message
+        capsys.readouterr()
+        cli.main(["reset", "--port", emu.port])
+        assert capsys.readouterr().out == "the board on %s is idle: training stopped; its tuner and samples " \
+                                          "dropped, its model kept\n" % emu.port
+        _kill_mid_training(job + ["--epochs", "10000", "--holdout", "0"])  # unguarded: no early stop
+        cli.main(job + ["--epochs", "2", "--reset", "--json", str(tmp_path / "run.json")])
+        assert json.loads((tmp_path / "run.json").read_text())["epochs"] == 2
+        cli.main(["reset", "--port", emu.port])
+        assert capsys.readouterr().out.endswith("is idle: it was not training; its tuner and samples dropped, "
+                                                "its model kept\n")

@@ -1,6 +1,7 @@
 """The client on bad links and bad boards, through real pseudo-terminals: a faulty relay (flipped,
 dropped, duplicated, delayed bytes) changes nothing in the result; lost events are fetched; Ctrl-C
 leaves an idle board; a dead board, a busy port, a REPL are each one clear line, in seconds."""
+import json
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ import pytest
 from s2l import frames as F
 from skip2lora.client import BoardError, Client, LinkError, Stopped
 from skip2lora.emulator import Emulator
+from skip2lora.mpyrun import REPO
 from skip2lora.relay import FaultyRelay, run_session
 
 from ..firmware.test_tuner import CONFIG, fixed_problem
@@ -216,3 +218,21 @@ def test_a_first_epoch_longer_than_the_hosts_patience_is_not_a_dead_board(runtim
     assert all(w["epoch"] in (0, 1) for w in working)  # the cached epoch needs none
     with pytest.raises(LinkError, match="stopped answering"):
         _first_epoch(runtime, n, 3600 * 10 ** 6, 0.05)
+
+
+def test_run_through_a_relay_that_damages_headers_equals_the_clean_link(tmp_path, capsys):
+    """`run --limit 100 --epochs 5` as a user types it, to main.py under the unix MicroPython (241 KB),
+    through flipped, dropped, stray 0x7E and truncated frames: it completes, with the clean link's
+    accuracy. (Before main.py's reads stopped waiting, a damaged length field held the board silent.)"""
+    from skip2lora import cli
+    model = str(REPO / "models" / "digits-rotate.s2lm")
+    argv = ["run", "--model", model, "--limit", "100", "--epochs", "5", "--path", "int", "--quiet"]
+    with Emulator("micropython-unix") as emu:
+        cli.main(argv + ["--port", emu.port, "--json", str(tmp_path / "clean.json")])
+        with FaultyRelay(emu.port, flip=0.003, drop=0.002, stray=0.002, truncate=0.002, seed=5) as relay:
+            cli.main(argv + ["--port", relay.port, "--json", str(tmp_path / "noisy.json")])
+            assert min(relay.counts[k] for k in ("flipped", "dropped", "stray", "truncated")) > 10, relay.counts
+        assert emu.board.proc.poll() is None  # never restarted
+    clean, noisy = (json.loads((tmp_path / name).read_text()) for name in ("clean.json", "noisy.json"))
+    assert noisy["accuracy"] == clean["accuracy"] and noisy["accuracy_before"] == clean["accuracy_before"]
+    assert noisy["link"]["finetune_samples"] == 100
