@@ -122,7 +122,7 @@ def boot_arena():
     if largest <= general:  # a board too small for any job: an empty arena, and every job says so
         return Arena(0)
     below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
-    arena = Arena(largest - general)
+    arena = Arena(max(0, largest_free_block(largest) - (general - len(below))))  # measured again: below is placed
     del below
     gc.collect()
     return arena
