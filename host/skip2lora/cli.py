@@ -9,7 +9,7 @@ import sys
 from s2l import frames as F
 from s2l import guard
 from s2l.configcheck import MAX_HOLDOUT
-from s2l.modelfile import SUPPORTED_BITS
+from s2l.modelfile import SUPPORTED_BITS, VERSION
 
 from . import __version__, coaflow, reference
 from .client import BoardError, LinkError, Stopped
@@ -108,8 +108,9 @@ def _add_data(p):
 
 
 def _add_bits(p):
-    p.add_argument("--bits", type=_bits, help="bits per layer, each %s, e.g. 8,4,8 (default: 8,8,8)" % " or ".join(
-        map(str, sorted(SUPPORTED_BITS, reverse=True))))
+    widths = SUPPORTED_BITS[VERSION]  # the widths a model file written now can hold
+    p.add_argument("--bits", type=_bits, help="bits per layer, each %s or %d, e.g. 8,4,8 (default: 8,8,8)" % (
+        ", ".join(map(str, widths[:-1])), widths[-1]))
 
 
 def _add_quiet(p):
