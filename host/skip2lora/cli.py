@@ -11,7 +11,7 @@ from s2l import guard
 from s2l.configcheck import MAX_HOLDOUT
 from s2l.modelfile import SUPPORTED_BITS, VERSION
 
-from . import __version__, coaflow, reference
+from . import __version__, coaflow, provenance, reference
 from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
@@ -219,6 +219,8 @@ def _export(args, scenario, model_path):
         prepared = prepared.with_lr(probe["lr"])
     _write(model_path, prepared.model_bytes, "wb")
     _print_export(model_path, prepared.report)
+    print("wrote %s: the data it was exported from (run and bench check it)" % provenance.write(
+        model_path, prepared.model_bytes, scenario, probed=scenario.finetune is not None))
     if prepared.norm is not None:
         print("input normalisation (mean, 1/std per feature, fitted on the %d pretrain rows) in the model file: "
               "the board normalises the raw readings it is sent" % len(scenario.pretrain[1]))
@@ -249,7 +251,10 @@ def cmd_export(args):
                              "`skip2lora coa train`), not --data FILE")
         args.scenario = args.scenario or DEFAULT_SCENARIO
         args.output = args.model or default_model(args.scenario)
-        return coaflow.cmd_export_budget(args)
+        coaflow.cmd_export_budget(args)
+        with open(args.output, "rb") as f:  # its record: run takes this file for the scenario, not a fresh export
+            provenance.write(args.output, f.read(), load_scenario(args.scenario, args.data), probed=False)
+        return
     scenario = _scenario(args, need_drift=False)
     _export(args, scenario, args.model or default_model(scenario.name))
 
@@ -286,7 +291,7 @@ def cmd_demo(args):
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
-        run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
+        run_args = argparse.Namespace(model=model_path, method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
                                       holdout=guard.HOLDOUT, patience=guard.PATIENCE)
@@ -371,25 +376,55 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
     return result
 
 
+def _misfits(model_path, model_bytes, scenario, bits):
+    """Why the model file does not fit this data and --bits (phrases, none when it fits), and its
+    export record (None without one)."""
+    dims, file_bits = _model_shape(model_path, model_bytes)
+    why = []
+    if bits and bits != file_bits:
+        why.append("has bits %s, not the --bits %s asked for" % (",".join(map(str, file_bits)), ",".join(map(str, bits))))
+    if dims[0] != scenario.n_features or dims[-1] != len(scenario.classes):
+        why.append("takes %d features and %d classes; the data %s has %d and %d" % (
+            dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
+    record = provenance.read(model_path, model_bytes)
+    if record is not None and not why:
+        why += provenance.differences(record, scenario)
+    return why, record
+
+
+def _existing_model(args, scenario, model_path):
+    """The bytes of the model file at model_path if it fits the data, else None (a default model
+    to export again). A --model FILE that does not fit is refused; one without an export record is
+    used, and said to be unchecked."""
+    with open(model_path, "rb") as f:
+        model_bytes = f.read()
+    why, record = _misfits(model_path, model_bytes, scenario, args.bits)
+    if why and args.model:
+        raise ValueError("%s %s: export it again for this data (skip2lora export --model %s ...) or give another "
+                         "--model" % (model_path, "; ".join(why), model_path))
+    if record is None and not why:
+        if not args.model:
+            why.append("has no export record (%s) to say what data it came from" % provenance.record_path(model_path))
+        else:
+            print("note: %s has no export record (%s): that it was exported from this data is not checked" % (
+                model_path, provenance.record_path(model_path)))
+    if why:
+        print("%s %s: exporting it again" % (model_path, "; ".join(why)))
+        return None
+    if record is not None and provenance.lr_probed_elsewhere(record, scenario):
+        print("note: %s's lr was picked on another fine-tune set than this one (--lr sets one)" % model_path)
+    return model_bytes
+
+
 def _model_for_run(args, scenario, model_path):
-    """The model file `run` uploads: validated on the host first, and matching the data and --bits;
-    exported first when missing. Returns (model bytes, lr, where the lr came from)."""
-    if not os.path.exists(model_path):
-        print("%s does not exist: exporting it first" % model_path)
-        prepared = _export(args, scenario, model_path)
-        model_bytes = prepared.model_bytes
-    else:
-        with open(model_path, "rb") as f:
-            model_bytes = f.read()
-        dims, bits = _model_shape(model_path, model_bytes)
-        if args.bits and args.bits != bits:
-            raise ValueError("%s has bits %s, not the --bits %s asked for: export it again (skip2lora export --bits "
-                             "%s --model %s) or drop --bits" % (model_path, ",".join(map(str, bits)),
-                                                                ",".join(map(str, args.bits)),
-                                                                ",".join(map(str, args.bits)), model_path))
-        if dims[0] != scenario.n_features or dims[-1] != len(scenario.classes):
-            raise ValueError("%s takes %d features and %d classes; the data %s has %d and %d" % (
-                model_path, dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
+    """The model file `run` uploads: validated on the host first, and matching the data (its export
+    record) and --bits; exported first when missing, or when a default model no longer fits.
+    Returns (model bytes, lr, where the lr came from)."""
+    model_bytes = _existing_model(args, scenario, model_path) if os.path.exists(model_path) else None
+    if model_bytes is None:
+        if not os.path.exists(model_path):
+            print("%s does not exist: exporting it first" % model_path)
+        model_bytes = _export(args, scenario, model_path).model_bytes
     if args.lr:
         return model_bytes, args.lr, "--lr"
     from .modelfile import read_model_file

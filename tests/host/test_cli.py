@@ -61,7 +61,7 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
     assert round(lr, 6) in LR_CHOICES and "-> lr %g, written into the model file" % round(lr, 6) in printed
     raw = np.loadtxt(lab, delimiter=",", skiprows=1, usecols=range(32))
     assert np.abs(written.norm[0] - raw.mean(axis=0)).max() < 0.2  # fitted on the lab file's pretrain part
-    assert not list(folder.glob("*.json"))  # no sidecar
+    assert [p.name for p in folder.glob("*.json")] == ["sensor.s2lm.json"]  # the export record, nothing else
 
     bench = folder / "bench.json"
     cli.main(["bench", "--epochs", "10", "--lr", str(round(lr, 6)), "--methods", "lora-all,skip2-lora",

@@ -1,0 +1,67 @@
+"""Issue 27, what a newcomer met (round two), each through the command line as a user types it: no
+stale model reused, no label that leaves a class empty, no option ignored or caught only by the
+board, bench and run on the same lr, help that says the truth, reports that tell runs apart, and no
+traceback on Ctrl-C. Small data and few epochs: the whole file runs in well under a minute."""
+import json
+
+import numpy as np
+import pytest
+
+from skip2lora import cli
+from skip2lora.modelfile import read_model_file
+
+from .test_cli import _refused
+
+
+def write_csv(path, X, y, header=None):
+    lines = [header] if header else []
+    lines += [",".join("%.4f" % v for v in x) + ",%s" % label for x, label in zip(X, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def small_data(folder, scale=1.0, labels=(0, 1, 2), seed=3):
+    """A lab file and a drifted file: 90 rows of 6 features each, three classes, features x scale."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.0, (3, 6))
+    folder.mkdir(exist_ok=True)
+
+    def rows(shift):
+        y = np.arange(90) % 3
+        return scale * (means[y] + rng.normal(0, 0.7, (90, 6)) + shift), [labels[k] for k in y]
+    return write_csv(folder / "lab.csv", *rows(0.0)), write_csv(folder / "drift.csv", *rows(0.5))
+
+
+@pytest.fixture
+def uploads(monkeypatch):
+    """`run` up to the upload: the model bytes and lr it would send, no board needed."""
+    sent = []
+    monkeypatch.setattr(cli, "_run_on_board", lambda args, port, path, model_bytes, *rest: sent.append(model_bytes))
+    return sent
+
+
+def test_run_exports_again_when_the_default_model_came_from_other_data(tmp_path, monkeypatch, uploads, capsys):
+    monkeypatch.chdir(tmp_path)  # out/models/lab.s2lm, as a user's checkout has it
+    volts = small_data(tmp_path / "volts")
+    millivolts = small_data(tmp_path / "millivolts", scale=1000.0)  # the same readings in mV: the same shape
+    cli.main(["run", "--port", "loop://", "--data", volts[0], "--drift", volts[1], "--quiet"])
+    assert "does not exist: exporting it first" in capsys.readouterr().out
+    record = json.loads((tmp_path / "out/models/lab.s2lm.json").read_text())
+    assert record["lab"]["rows"] == 90 and record["from"] == "own data from " + volts[0]
+
+    cli.main(["run", "--port", "loop://", "--data", volts[0], "--drift", volts[1], "--quiet"])  # the same data
+    assert "exporting" not in capsys.readouterr().out and uploads[1] == uploads[0]
+
+    cli.main(["run", "--port", "loop://", "--data", millivolts[0], "--drift", millivolts[1], "--quiet"])
+    printed = capsys.readouterr().out
+    assert "out/models/lab.s2lm was exported from other lab data (then: own data from %s" % volts[0] in printed
+    assert "exporting it again" in printed
+    mean = read_model_file(uploads[2]).norm[0]  # the new data's normalisation went to the board
+    assert np.abs(mean).max() > 100 and np.abs(read_model_file(uploads[0]).norm[0]).max() < 10
+
+    # a model named with --model is the user's: refused, not overwritten
+    _refused(["run", "--port", "loop://", "--model", "out/models/lab.s2lm", "--data", volts[0], "--drift", volts[1]],
+             "out/models/lab.s2lm was exported from other lab data", capsys)
+    _refused(["run", "--port", "loop://", "--model", "out/models/lab.s2lm", "--data", millivolts[0], "--drift",
+              millivolts[1], "--classes", "a,b,c"], "was exported with other class names (then 0,1,2; now a,b,c)",
+             capsys)
