@@ -119,7 +119,7 @@ def _csv_columns(path):
         if not all(_is_number(v) for v in fields):
             raise DataError("%s, line %d: not a number in %r" % (path, number, ",".join(fields)[:60]))
     X = _matrix(path, [(n, [float(v) for v in fields]) for n, fields in rows], width - 1)
-    return X, labels
+    return X, labels, [number for number, _ in rows]
 
 
 def _named_labels(path, labels, classes):
@@ -133,9 +133,13 @@ def _named_labels(path, labels, classes):
     return np.array([index[v] for v in labels], np.int64), classes
 
 
-def _labels_and_classes(path, labels, classes):
-    numeric = all(_is_number(str(v)) for v in labels)
-    if not numeric:
+def _labels_and_classes(path, labels, classes, numbers):
+    is_number = [_is_number(str(v)) for v in labels]
+    if any(is_number) and not all(is_number) and not classes:  # a stray text label would become a class
+        at = is_number.index(False) if sum(is_number) > len(labels) // 2 else is_number.index(True)
+        raise DataError("%s, line %d: label %r among %s labels: give every row a number (0..k-1) or every row a "
+                        "name" % (path, numbers[at], labels[at], "text" if is_number[at] else "numeric"))
+    if not all(is_number):
         return _named_labels(path, labels, classes)
     y = _labels(path, [float(v) for v in labels], len(classes) if classes else None)
     return y, list(classes) if classes else None
@@ -148,8 +152,8 @@ def load_features(path, classes=None):
     mapped by them, integer labels must be below k. None: text labels give their sorted names."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        X, labels = _csv_columns(path)
-        y, names = _labels_and_classes(path, labels, classes)
+        X, labels, numbers = _csv_columns(path)
+        y, names = _labels_and_classes(path, labels, classes, numbers)
         return X.astype(np.float32), y, names
     if ext == ".npz":
         if not os.path.isfile(path):

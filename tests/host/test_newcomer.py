@@ -65,3 +65,19 @@ def test_run_exports_again_when_the_default_model_came_from_other_data(tmp_path,
     _refused(["run", "--port", "loop://", "--model", "out/models/lab.s2lm", "--data", millivolts[0], "--drift",
               millivolts[1], "--classes", "a,b,c"], "was exported with other class names (then 0,1,2; now a,b,c)",
              capsys)
+
+
+def test_labels_that_leave_a_class_empty_are_refused(tmp_path, capsys):
+    lab, _ = small_data(tmp_path / "one-based", labels=(1, 2, 3))
+    _refused(["export", "--data", lab], "lab.csv: no row is labelled 0 (the labels are 1, 2, 3), so class 0 would be "
+                                        "empty: number the classes 0..2, or label the rows with names", capsys)
+    two = tmp_path / "two.csv"
+    two_lab = write_csv(two, np.eye(6)[np.arange(40) % 6], [k % 2 for k in range(40)])
+    _refused(["export", "--data", two_lab, "--classes", "a,b,c"],
+             "two.csv: no row of class 'c' (label 2) of --classes a,b,c: name only the classes the file has", capsys)
+    lines = (tmp_path / "one-based" / "lab.csv").read_text().splitlines()
+    lines[6] = lines[6].rsplit(",", 1)[0] + ",oops"
+    (tmp_path / "stray.csv").write_text("\n".join(lines) + "\n")
+    _refused(["export", "--data", str(tmp_path / "stray.csv")],
+             "stray.csv, line 7: label 'oops' among numeric labels: give every row a number (0..k-1) or every row a "
+             "name", capsys)
