@@ -135,9 +135,9 @@ def _add_guard(p):
                    help="share of each class's fine-tune samples the board holds out to score every epoch: it keeps "
                         "the best adapters, stops early, restores them at half the lr when the loss jumps, and never "
                         "ends below where it started; 0 trains on every sample, unguarded (default: %(default)s)")
-    p.add_argument("--patience", type=_count, default=guard.PATIENCE,
-                   help="with --holdout: epochs without a better validation score before the board stops; 0 never "
-                        "stops early (default: %(default)s)")
+    p.add_argument("--patience", type=_count,
+                   help="with --holdout above 0: epochs without a better validation score before the board stops; "
+                        "0 never stops early (default: %d)" % guard.PATIENCE)
 
 
 def _add_retries(p):
@@ -309,7 +309,7 @@ def _board_config(args):
     # without --lr (--rank) the board takes the model file's default lr (its starting adapter's
     # rank), or its own for a file without one
     config = {"method": args.method, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
-              "holdout": args.holdout, "patience": args.patience}
+              "holdout": args.holdout, "patience": guard.PATIENCE if args.patience is None else args.patience}
     if args.lr:
         config["lr"] = args.lr
     if args.rank:
@@ -434,8 +434,25 @@ def _model_for_run(args, scenario, model_path):
     return model_bytes, reference.Config().lr, "the default"
 
 
+def _check_run_options(args, scenario):
+    """Refuse, before any export or connection, what the board would refuse (its own CONFIG checks)
+    and options that could not act."""
+    from s2l.configcheck import ConfigError, check
+    try:
+        check(_board_config(args))
+    except ConfigError as e:
+        raise ValueError("%s (the board's limit, checked before connecting)" % e) from None
+    if args.patience is not None and args.holdout == 0:
+        raise ValueError("--patience %d acts on the validation score, and --holdout 0 keeps none: drop one" %
+                         args.patience)
+    if args.limit is not None and args.limit > len(scenario.finetune[1]):
+        raise ValueError("--limit %d: the data %s has %d fine-tune samples" % (
+            args.limit, scenario.name, len(scenario.finetune[1])))
+
+
 def cmd_run(args):
     scenario = _scenario(args)
+    _check_run_options(args, scenario)
     model_path = args.model or default_model(scenario.name)
     model_bytes, lr, lr_source = _model_for_run(args, scenario, model_path)
     _run_on_board(args, args.port, model_path, model_bytes, scenario, lr, lr_source)
@@ -463,18 +480,47 @@ def cmd_probe_lr(args):
         print("results written to %s" % args.json)
 
 
+def _heap_size(text):
+    import re
+    if not re.fullmatch(r"[1-9][0-9]*[kKmM]?", text):
+        raise argparse.ArgumentTypeError("expected a heap size in bytes, e.g. %s, %s or 1m, got %r" % (
+            BOARD_HEAP, ESP32_HEAP, text))
+    return text
+
+
+def _answered(emu, args):
+    """The emulated board's HELLO, asked before its port is printed: an interpreter that died at
+    start (a heap too small for the firmware's imports) is an error, not a port."""
+    from .client import Client
+    try:
+        with Client(emu.port, retries=1) as client:
+            return client.hello()
+    except LinkError:
+        code = emu.exit_code()
+        if code is None:
+            raise
+        raise ValueError("the emulated board's MicroPython exited at start (code %d) before answering%s" % (
+            code, "" if args.heap is None else "; is --heap %s too small for the firmware? (default %s)" % (
+                args.heap, BOARD_HEAP))) from None
+
+
 def cmd_emulate(args):
     import time
 
     from .emulator import Emulator
-    with Emulator(args.runtime, heap=args.heap) as emu:
+    if args.heap is not None and args.runtime != "micropython-unix":
+        raise ValueError("--heap is for --runtime micropython-unix: the %s runtime's heap grows on demand" %
+                         args.runtime)
+    with Emulator(args.runtime, heap=args.heap or BOARD_HEAP) as emu:
+        _answered(emu, args)
         print(emu.port, flush=True)
         print("emulated board (%s) on %s; Ctrl-C to stop" % (args.runtime, emu.port), file=sys.stderr, flush=True)
         try:
-            while True:
+            while emu.exit_code() is None:
                 time.sleep(1)
         except KeyboardInterrupt:
-            pass
+            return
+        raise ValueError("the emulated board's interpreter exited (code %d)" % emu.exit_code())
 
 
 def cmd_flash(args):
@@ -597,9 +643,9 @@ def build_parser():
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,
                    help="the board's interpreter: the WebAssembly MicroPython, CPython, or the MicroPython "
                         "unix port (viper kernels for real, a board's heap: the closest to a board) (default: %(default)s)")
-    p.add_argument("--heap", default=BOARD_HEAP,
-                   help="GC heap of the micropython-unix board, %s for an ESP32 without PSRAM (default: "
-                        "%%(default)s, an RP2040's free heap at boot)" % ESP32_HEAP)
+    p.add_argument("--heap", type=_heap_size,
+                   help="with --runtime micropython-unix: its GC heap, %s for an ESP32 without PSRAM (default: "
+                        "%s, an RP2040's free heap at boot)" % (ESP32_HEAP, BOARD_HEAP))
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")

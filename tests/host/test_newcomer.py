@@ -81,3 +81,28 @@ def test_labels_that_leave_a_class_empty_are_refused(tmp_path, capsys):
     _refused(["export", "--data", str(tmp_path / "stray.csv")],
              "stray.csv, line 7: label 'oops' among numeric labels: give every row a number (0..k-1) or every row a "
              "name", capsys)
+
+
+def test_run_options_the_board_would_refuse_or_ignore_are_refused_before_connecting(tmp_path, capsys):
+    lab, drift = small_data(tmp_path)
+    data = ["--data", lab, "--drift", drift]
+    for option, reason in [(["--lr", "20"], "lr must be in 1e-06..10, got 20.0 (the board's limit, checked before "
+                                            "connecting)"),
+                           (["--rank", "100"], "rank must be in 1..64, got 100"),
+                           (["--seed", "-1"], "seed must be in 0..4294967295, got -1"),
+                           (["--patience", "5", "--holdout", "0"], "--patience 5 acts on the validation score, and "
+                                                                   "--holdout 0 keeps none"),
+                           (["--limit", "100000"], "--limit 100000: the data lab has 45 fine-tune samples")]:
+        _refused(["run", "--port", "loop://"] + data + option, reason, capsys)  # loop://: nothing answers
+    assert not (tmp_path / "out").exists()  # refused before any export
+
+
+def test_emulate_heap_is_checked_and_a_board_that_died_at_start_prints_no_port(capsys):
+    _refused(["emulate", "--runtime", "micropython-unix", "--heap", "abc"],
+             "argument --heap: expected a heap size in bytes, e.g. 241k, 110k or 1m, got 'abc'", capsys)
+    _refused(["emulate", "--runtime", "cpython", "--heap", "110k"],
+             "--heap is for --runtime micropython-unix: the cpython runtime's heap grows on demand", capsys)
+    _refused(["emulate", "--runtime", "micropython-unix", "--heap", "10k"],
+             "the emulated board's MicroPython exited at start (code 1) before answering; is --heap 10k too small",
+             capsys)
+    assert capsys.readouterr().out == ""  # no port printed
