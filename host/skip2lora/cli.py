@@ -2,6 +2,7 @@
 stops with a one-line reason before any work; every output goes where an option (with a default
 under out/) says."""
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ DEMO = {"epochs": 30, "micropython_samples": 100}
 
 
 MODEL_NAMES = os.path.join(MODELS, "digits-<scenario>.s2lm, fan-<..>.s2lm or <--data file name>.s2lm")
+LR_HELP = "learning rate (default: the lr picked at export, from the model file; else %g)" % reference.Config().lr
 
 
 def default_model(name):
@@ -259,12 +261,26 @@ def cmd_export(args):
     _export(args, scenario, args.model or default_model(scenario.name))
 
 
+def _model_for_bench(args, scenario):
+    """The model bench fine-tunes, as `run` would upload it: --model FILE, else the default model
+    when it was exported from this data, else one pretrained here (seed 0, not written)."""
+    from .pipeline import from_model
+    path = args.model or default_model(scenario.name)
+    if args.model or os.path.exists(path):
+        model_bytes = _existing_model(args, scenario, path, instead="pretraining one here instead (not written)")
+        if model_bytes is not None:
+            return from_model(scenario, model_bytes, path)
+    return prepare(scenario, args.bits, progress=not args.quiet)
+
+
 def cmd_bench(args):
     if args.port and args.runtime != "serial":
         raise ValueError("--port is for --runtime serial (got --runtime %s)" % args.runtime)
     scenario = _scenario(args)
-    prepared = prepare(scenario, args.bits, progress=not args.quiet)  # pretraining: seed 0
-    _bench(args, prepared, _config(args), args.methods, args.runtime, args.port, args.json)
+    prepared = _model_for_bench(args, scenario)
+    lr, source = _lr(args, prepared.report["lr"])
+    print("lr %g (%s)" % (lr, source))
+    _bench(args, prepared, dataclasses.replace(_config(args), lr=lr), args.methods, args.runtime, args.port, args.json)
 
 
 def cmd_demo(args):
@@ -392,7 +408,7 @@ def _misfits(model_path, model_bytes, scenario, bits):
     return why, record
 
 
-def _existing_model(args, scenario, model_path):
+def _existing_model(args, scenario, model_path, instead="exporting it again"):
     """The bytes of the model file at model_path if it fits the data, else None (a default model
     to export again). A --model FILE that does not fit is refused; one without an export record is
     used, and said to be unchecked."""
@@ -409,7 +425,7 @@ def _existing_model(args, scenario, model_path):
             print("note: %s has no export record (%s): that it was exported from this data is not checked" % (
                 model_path, provenance.record_path(model_path)))
     if why:
-        print("%s %s: exporting it again" % (model_path, "; ".join(why)))
+        print("%s %s: %s" % (model_path, "; ".join(why), instead))
         return None
     if record is not None and provenance.lr_probed_elsewhere(record, scenario):
         print("note: %s's lr was picked on another fine-tune set than this one (--lr sets one)" % model_path)
@@ -425,13 +441,17 @@ def _model_for_run(args, scenario, model_path):
         if not os.path.exists(model_path):
             print("%s does not exist: exporting it first" % model_path)
         model_bytes = _export(args, scenario, model_path).model_bytes
-    if args.lr:
-        return model_bytes, args.lr, "--lr"
     from .modelfile import read_model_file
-    picked = read_model_file(model_bytes).lr
+    return (model_bytes, *_lr(args, read_model_file(model_bytes).lr))
+
+
+def _lr(args, picked):
+    """(lr, where it came from): --lr, else the model file's (picked at export), else the default."""
+    if args.lr:
+        return args.lr, "--lr"
     if picked is not None:
-        return model_bytes, picked, "picked at export, the model file's default"
-    return model_bytes, reference.Config().lr, "the default"
+        return picked, "picked at export, the model file's default"
+    return reference.Config().lr, "the default"
 
 
 def _check_run_options(args, scenario):
@@ -574,9 +594,11 @@ def build_parser():
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
+    p.add_argument("--model", metavar="FILE", help="model file to fine-tune, checked against the data (default: %s "
+                                                   "if exported from this data, else one pretrained here)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
-    _add_tuning(p)
+    _add_tuning(p, lr_help=LR_HELP)
     p.add_argument("--methods", type=_methods, default=list(reference.METHODS), metavar="M1,M2,..",
                    help="comma-separated, from %s (default: all)" % ", ".join(reference.METHODS))
     p.add_argument("--runtime", default="numpy", choices=RUNTIMES,
@@ -603,8 +625,7 @@ def build_parser():
                                                    "(default: %s)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
-    _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the model file; "
-                           "else %g)" % reference.Config().lr,
+    _add_tuning(p, lr_help=LR_HELP,
                 rank_help="adapter rank (default: the rank of the model file's starting adapter, a CoA export's; "
                           "else %d)" % reference.Config().rank)
     p.add_argument("--method", default="skip2-lora", choices=reference.METHODS,

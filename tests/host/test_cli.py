@@ -141,7 +141,8 @@ def test_every_option_has_help_that_shows_its_default():
     assert "--output" not in str(spellings) and "--dataset" not in str(spellings)
 
 
-def test_progress_without_a_terminal_is_plain_lines(capsys):
+def test_progress_without_a_terminal_is_plain_lines(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no out/models/digits-rotate.s2lm: bench pretrains here
     cli.main(["bench", "--epochs", "2", "--methods", "skip2-lora"])  # stdout captured: not a terminal
     printed = capsys.readouterr()
     assert "pretrain 64-64-64-10: 60/60 epochs" in printed.out and "fine-tune (numpy): 2/2 epochs" in printed.out

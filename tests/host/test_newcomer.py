@@ -106,3 +106,28 @@ def test_emulate_heap_is_checked_and_a_board_that_died_at_start_prints_no_port(c
              "the emulated board's MicroPython exited at start (code 1) before answering; is --heap 10k too small",
              capsys)
     assert capsys.readouterr().out == ""  # no port printed
+
+
+def test_bench_fine_tunes_the_exported_model_at_its_lr(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    lab, drift = small_data(tmp_path / "data")
+    data = ["--data", lab, "--drift", drift, "--quiet", "--epochs", "2", "--methods", "skip2-lora"]
+    cli.main(["export", "--data", lab, "--drift", drift, "--quiet"])
+    exported = read_model_file((tmp_path / "out/models/lab.s2lm").read_bytes())
+    capsys.readouterr()
+    cli.main(["bench", "--json", "bench.json"] + data)
+    printed = capsys.readouterr().out
+    assert "lr %g (picked at export, the model file's default)" % exported.lr in printed
+    assert "model 6-64-64-3 (out/models/lab.s2lm)" in printed and "lr %g, batch 1" % exported.lr in printed
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["config"]["lr"] == exported.lr and record["model"]["lr"] == exported.lr
+    cli.main(["bench", "--lr", "0.1"] + data)
+    assert "lr 0.1 (--lr)" in capsys.readouterr().out
+
+    other = small_data(tmp_path / "other", scale=1000.0)
+    cli.main(["bench", "--data", other[0], "--drift", other[1], "--quiet", "--epochs", "1", "--methods", "skip2-lora"])
+    printed = capsys.readouterr().out  # the default model is another data's: not used, and said so
+    assert "out/models/lab.s2lm was exported from other lab data" in printed
+    assert "pretraining one here instead (not written)" in printed and "lr 0.05 (the default)" in printed
+    _refused(["bench", "--model", "out/models/lab.s2lm", "--data", other[0], "--drift", other[1]],
+             "out/models/lab.s2lm was exported from other lab data", capsys)
