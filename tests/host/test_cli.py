@@ -88,8 +88,8 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
 
     cli.main(["report", str(bench), str(run), "--out", str(folder / "report")])
     table = (folder / "report" / "table.md").read_text()
-    assert "lab (serial to linux, 3 epochs, 150 fine-tune / 150 test samples)" in table
-    assert "lab (numpy, 10 epochs, 150 fine-tune / 150 test samples)" in table
+    assert "%s: lab (serial to linux, lr %g, 3 epochs, 150 fine-tune / 150 test samples)" % (run, lr) in table
+    assert "%s: lab (numpy, lr %g, 10 epochs, 150 fine-tune / 150 test samples)" % (bench, round(lr, 6)) in table
 
 
 def _refused(argv, reason, capsys):

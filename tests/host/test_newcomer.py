@@ -9,6 +9,7 @@ import pytest
 
 from skip2lora import cli
 from skip2lora.modelfile import read_model_file
+from skip2lora.pipeline import plural
 
 from .test_cli import _refused
 
@@ -131,3 +132,28 @@ def test_bench_fine_tunes_the_exported_model_at_its_lr(tmp_path, monkeypatch, ca
     assert "pretraining one here instead (not written)" in printed and "lr 0.05 (the default)" in printed
     _refused(["bench", "--model", "out/models/lab.s2lm", "--data", other[0], "--drift", other[1]],
              "out/models/lab.s2lm was exported from other lab data", capsys)
+
+
+def test_report_headers_tell_runs_apart_and_count_what_ran(tmp_path, capsys):
+    from skip2lora import report
+    from skip2lora.emulator import Emulator
+    lab, drift = small_data(tmp_path)
+    model = str(tmp_path / "m.s2lm")
+    cli.main(["export", "--data", lab, "--model", model, "--quiet"])
+    runs = [str(tmp_path / "guarded.json"), str(tmp_path / "plain.json")]
+    data = ["--data", lab, "--drift", drift, "--model", model, "--quiet", "--lr", "0.05"]
+    with Emulator("cpython") as emu:
+        cli.main(["run", "--port", emu.port, "--epochs", "30", "--holdout", "0.2", "--patience", "1",
+                  "--json", runs[0]] + data)
+        cli.main(["run", "--port", emu.port, "--epochs", "2", "--holdout", "0", "--json", runs[1]] + data)
+    guarded = json.loads(open(runs[0]).read())
+    assert guarded["epochs"] < 30 and guarded["guard"]["val_samples"] == 9  # stopped early; 20% of 45 held out
+    assert "in %s at lr 0.05" % plural(guarded["epochs"], "epoch") in capsys.readouterr().out
+    cli.main(["report"] + runs + ["--out", str(tmp_path / "report")])
+    header = (tmp_path / "report" / "table.md").read_text().splitlines()[0]
+    assert "%s: lab (serial to linux, lr 0.05, %d of 30 epochs, 36 fine-tune + 9 validation / 45 test samples)" % (
+        runs[0], guarded["epochs"]) in header
+    assert "%s: lab (serial to linux, lr 0.05, 2 epochs, 45 fine-tune / 45 test samples)" % runs[1] in header
+    assert report._axis_floor(report.load(runs)) > 0  # the accuracy axis starts near the bars, not at 0
+    _refused(["report", lab], "%s is not a results JSON (written by bench --json or run --json): Extra data" % lab,
+             capsys)
