@@ -288,21 +288,22 @@ def cmd_demo(args):
 
     from . import report
     from .emulator import Emulator
+    print("skip2lora %s demo: pretrain on the clean source domain, export the model, fine-tune on the drifted "
+          "domain; outputs in %s\n" % (__version__, args.out), flush=True)  # before the data loads: a second or two
     scenario = _scenario(args)
     model_path = os.path.join(args.out, os.path.basename(default_model(scenario.name)))
-    print("skip2lora %s demo: pretrain on the clean source domain, export %s, fine-tune on the drifted "
-          "domain; outputs in %s\n" % (__version__, model_path, args.out))
     prepared = _export(args, scenario, model_path)
     config = reference.Config(epochs=DEMO["epochs"])
     results = [os.path.join(args.out, name) for name in ("bench-numpy.json", "bench-micropython.json", "run.json")]
     print("\n1. the seven methods, numpy reference\n")
-    _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
+    numpy_results = _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
     n = DEMO["micropython_samples"]
     print("\n2. the paper's claim, on the firmware under the real MicroPython (WebAssembly): LoRA-All and "
           "Skip2-LoRA, the first %d fine-tune samples, %s\n" % (n, plural(config.epochs, "epoch")))
     X, y = scenario.finetune
     short = replace(prepared, scenario=replace(scenario, finetune=(X[:n], y[:n])))
-    _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1], board_row=False)
+    mpy_results = _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1],
+                         board_row=False)
     print("\n3. on a board: the emulator (the firmware under the real MicroPython behind a serial port)\n")
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
@@ -312,13 +313,32 @@ def cmd_demo(args):
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
                                       holdout=guard.HOLDOUT, patience=guard.PATIENCE)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
-        _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
+        run = _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
     print("\nrendering the report of the three runs ...", flush=True)
     records = report.load(results)
     folder = os.path.join(args.out, "report")
     _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
     for path in [os.path.join(folder, "table.md")] + report.plots(records, folder):
         print("wrote %s" % path)
+    print("\n" + "\n".join(_demo_summary(prepared, numpy_results, mpy_results, run, n)))
+
+
+def _demo_summary(prepared, numpy_results, mpy_results, run, n):
+    """The demo's headline numbers, each measured above, in a few lines at its end."""
+    from .pipeline import time_ratio
+    from .report import METHOD_NAMES
+    before = prepared.report["drifted_accuracy_before"]
+    skip2 = next(r for r in numpy_results if r["method"] == "skip2-lora")
+    best = max(numpy_results, key=lambda r: r["accuracy"])
+    return ["summary (all measured in this demo):",
+            "  numpy, %s at lr %g: Skip2-LoRA %.1f%% -> %.1f%% on the drifted test set; the best of the seven, "
+            "%s, %.1f%%" % (plural(skip2["epochs"], "epoch"), skip2["lr"], 100 * before, 100 * skip2["accuracy"],
+                            METHOD_NAMES[best["method"]], 100 * best["accuracy"]),
+            "  the firmware under MicroPython, %d samples: fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: "
+            "0.10)" % (n, time_ratio(mpy_results)),
+            "  the emulated board: Skip2-LoRA %.1f%% -> %.1f%% in %s at lr %g" % (
+                100 * run["accuracy_before"], 100 * run["accuracy"], plural(run["epochs"], "epoch"),
+                run["config"]["lr"])]
 
 
 def _board_config(args):
@@ -691,6 +711,9 @@ def main(argv=None):
         args.func(args)
     except Stopped as exc:  # Ctrl-C: the client reset the board, which confirmed it is idle
         print(exc, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C in host work (export, bench, ...): no board to reset
+        print("stopped (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
     except (ValueError, OSError, LinkError, BoardError) as exc:  # bad input, a silent or failing board: one line
         sys.exit("error: %s" % exc)

@@ -93,6 +93,14 @@ def _is_number(text):
         return False
 
 
+def _separator_hint(text):
+    """Why a .csv row did not split into numbers, when another separator is in it."""
+    for name, sep in (("semicolons", ";"), ("tabs", "\t")):
+        if sep in text:
+            return " (this file seems to separate its columns with %s; a .csv here takes commas)" % name
+    return ""
+
+
 def _csv_columns(path):
     """(X float64 [n, d], raw labels [n] as text): the label column as the header names it, else the last."""
     if not os.path.isfile(path):
@@ -108,16 +116,18 @@ def _csv_columns(path):
         raise DataError("%s: no data rows" % path)
     width = len(lines[0][1])
     if width < 2:
-        raise DataError("%s: needs at least one feature column and a label column" % path)
+        raise DataError("%s: needs at least one feature column and a label column%s" % (
+            path, _separator_hint(lines[0][1][0])))
     rows, labels = [], []
     for number, fields in lines:
         if len(fields) != width:
             raise DataError("%s, line %d: %d columns, expected %d" % (path, number, len(fields), width))
+        for column, v in enumerate(fields):
+            if column != label_at and not _is_number(v):
+                raise DataError("%s, line %d, column %d: %r is not a number%s" % (
+                    path, number, column + 1, v[:40], _separator_hint(v)))
         labels.append(fields[label_at])
         rows.append((number, fields[:label_at] + fields[label_at + 1:]))
-    for number, fields in rows:
-        if not all(_is_number(v) for v in fields):
-            raise DataError("%s, line %d: not a number in %r" % (path, number, ",".join(fields)[:60]))
     X = _matrix(path, [(n, [float(v) for v in fields]) for n, fields in rows], width - 1)
     return X, labels, [number for number, _ in rows]
 

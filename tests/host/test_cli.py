@@ -166,6 +166,9 @@ def test_demo_writes_only_under_its_folder_and_measures_the_ratio_under_micropyt
     micropython = json.loads((tmp_path / "demo" / "bench-micropython.json").read_text())
     assert micropython["runtime"] == "micropython" and micropython["skip2_over_lora_all_time"] > 0
     assert "(measured in this run, micropython; the paper: 0.10)" in printed
+    summary = printed.split("summary (all measured in this demo):\n")[1].splitlines()  # the demo's last lines
+    assert len(summary) == 3 and "fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: 0.10)" % (
+        micropython["skip2_over_lora_all_time"]) in summary[1]
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {
         "digits-rotate.s2lm", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
     assert "\x1b" not in printed

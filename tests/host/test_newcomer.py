@@ -157,3 +157,41 @@ def test_report_headers_tell_runs_apart_and_count_what_ran(tmp_path, capsys):
     assert report._axis_floor(report.load(runs)) > 0  # the accuracy axis starts near the bars, not at 0
     _refused(["report", lab], "%s is not a results JSON (written by bench --json or run --json): Extra data" % lab,
              capsys)
+
+
+def test_csv_errors_name_the_column_and_the_separator(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1.0,2.0,3.0,0\n1.5,2.5,3.5,1\n1.1,2.1,x3.1,0\n")
+    _refused(["export", "--data", str(bad)], "bad.csv, line 3, column 3: 'x3.1' is not a number", capsys)
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("a;b;label\n1.0;2.0;0\n1.5;2.5;1\n")
+    _refused(["export", "--data", str(semicolons)], "semi.csv: needs at least one feature column and a label column "
+             "(this file seems to separate its columns with semicolons; a .csv here takes commas)", capsys)
+    decimal_commas = tmp_path / "de.csv"
+    decimal_commas.write_text("1,5;2,5;0\n1,0;2,0;1\n")
+    _refused(["export", "--data", str(decimal_commas)], "de.csv, line 1, column 2: '5;2' is not a number (this file "
+             "seems to separate its columns with semicolons", capsys)
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_ctrl_c_in_host_work_is_one_line(command, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_scenario", interrupted)  # Ctrl-C while the data loads
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--quiet"])
+    assert stop.value.code == 130 and capsys.readouterr().err == "stopped (Ctrl-C)\n"
+
+
+def test_plain_progress_repeats_its_line_while_a_step_outlasts_the_promised_gap(monkeypatch, capsys):
+    import time
+
+    from skip2lora import progress
+    monkeypatch.setattr(progress, "PLAIN_EVERY", 0.3)
+    with progress.bar(2, "slow step", True, "epochs") as b:
+        b.update()
+        time.sleep(0.75)  # one step of 2.5 gaps: the line again, "working", before each gap ends
+        b.update()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "slow step: 1/2 epochs" and lines[-1] == "slow step: 2/2 epochs"
+    assert len(lines) >= 4 and set(lines[1:-1]) == {"slow step: 1/2 epochs; working"}, lines
