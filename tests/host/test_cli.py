@@ -88,7 +88,9 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
 
     cli.main(["report", str(bench), str(run), "--out", str(folder / "report")])
     table = (folder / "report" / "table.md").read_text()
-    assert "%s: lab (serial to linux, lr %g, 3 epochs, 150 fine-tune / 150 test samples)" % (run, lr) in table
+    # the board held 30 of the 150 out to validate on (--holdout 0.2): not counted as fine-tune samples
+    assert "%s: lab (serial to linux, lr %g, 3 epochs, 120 fine-tune + 30 validation / 150 test samples)" % (
+        run, lr) in table
     assert "%s: lab (numpy, lr %g, 10 epochs, 150 fine-tune / 150 test samples)" % (bench, round(lr, 6)) in table
 
 
@@ -170,7 +172,7 @@ def test_demo_writes_only_under_its_folder_and_measures_the_ratio_under_micropyt
     assert len(summary) == 3 and "fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: 0.10)" % (
         micropython["skip2_over_lora_all_time"]) in summary[1]
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {
-        "digits-rotate.s2lm", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
+        "digits-rotate.s2lm", "digits-rotate.s2lm.json", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
     assert "\x1b" not in printed
     assert cli.build_parser().parse_args(["demo"]).out == "out/demo"  # the default is under the ignored out/
 
