@@ -308,10 +308,10 @@ def cmd_demo(args):
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
         print("emulated board on %s" % emu.port)
-        run_args = argparse.Namespace(model=model_path, method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
+        run_args = argparse.Namespace(method="skip2-lora", path=None, encoding="int8", baud=115200, limit=None, retries=3,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
-                                      holdout=guard.HOLDOUT, patience=guard.PATIENCE)
+                                      holdout=guard.HOLDOUT, patience=guard.PATIENCE, model=model_path)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
         run = _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
     print("\nrendering the report of the three runs ...", flush=True)

@@ -73,7 +73,8 @@ def differences(record, scenario):
             record["from"], record["lab"]["rows"], now["from"], now["lab"]["rows"], now["lab"]["sha256"][:8],
             record["lab"]["sha256"][:8]))
     if record["classes"] != now["classes"]:
-        found.append("was exported with other class names (then %s; now %s)" % (",".join(record["classes"]), ",".join(now["classes"])))
+        found.append("was exported with other class names (then %s; now %s)" % (
+            ",".join(record["classes"]), ",".join(now["classes"])))
     return found
 
 
