@@ -336,9 +336,9 @@ def _demo_summary(prepared, numpy_results, mpy_results, run, n):
                             METHOD_NAMES[best["method"]], 100 * best["accuracy"]),
             "  the firmware under MicroPython, %d samples: fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: "
             "0.10)" % (n, time_ratio(mpy_results)),
-            "  the emulated board: Skip2-LoRA %.1f%% -> %.1f%% in %s at lr %g" % (
-                100 * run["accuracy_before"], 100 * run["accuracy"], plural(run["epochs"], "epoch"),
-                run["config"]["lr"])]
+            "  the emulated board: Skip2-LoRA %.1f%% -> %.1f%% in %d of %s at lr %g (the guard stops when validation "
+            "stops improving)" % (100 * run["accuracy_before"], 100 * run["accuracy"], run["epochs"],
+                                  plural(run["config"]["epochs"], "epoch"), run["config"]["lr"])]
 
 
 def _board_config(args):
@@ -398,6 +398,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
             if kind == "test (before)":
                 print("the board trains (a line per epoch, and the first epoch's samples on a slow board) ...",
                       flush=True)
+                progress("train", 0, args.epochs, None)  # open: its line repeats until the first WORKING
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
     result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,

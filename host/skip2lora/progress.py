@@ -10,6 +10,7 @@ import weakref
 from tqdm import tqdm
 
 PLAIN_EVERY = 1.5  # seconds: no silence over ~2 s
+EARLY = 0.25  # seconds before PLAIN_EVERY the heartbeat repeats a line
 
 
 def interactive():
@@ -59,18 +60,18 @@ class PlainProgress:
 
 
 def _heartbeat(ref, closed):
-    """The bar's line again while its step outlasts PLAIN_EVERY (a tenth of a second early: a line
-    is read a little after it is written); ends with the bar, closed or dropped unclosed after an
-    error."""
+    """The bar's line again while its step outlasts PLAIN_EVERY (a quarter second early: on a busy
+    machine a line is read a little after it is written); ends with the bar, closed or dropped
+    unclosed after an error."""
     wait = PLAIN_EVERY
     while not closed.wait(wait):
         progress = ref()
         if progress is None:
             return
-        wait = progress.last + PLAIN_EVERY - 0.1 - time.monotonic()
+        wait = progress.last + PLAIN_EVERY - EARLY - time.monotonic()
         if wait <= 0:
             progress._line(working=True)
-            wait = PLAIN_EVERY - 0.1
+            wait = PLAIN_EVERY - EARLY
         del progress
 
 

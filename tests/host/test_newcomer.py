@@ -188,6 +188,7 @@ def test_plain_progress_repeats_its_line_while_a_step_outlasts_the_promised_gap(
 
     from skip2lora import progress
     monkeypatch.setattr(progress, "PLAIN_EVERY", 0.3)
+    monkeypatch.setattr(progress, "EARLY", 0.05)
     with progress.bar(2, "slow step", True, "epochs") as b:
         b.update()
         time.sleep(0.75)  # one step of 2.5 gaps: the line again, "working", before each gap ends
