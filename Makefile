@@ -30,13 +30,17 @@ bench-lr: install
 
 install: $(PY_STAMP) $(NODE_STAMP)
 
+# pip's own lines show it working (--quiet left half a minute silent); its last step, unpacking the
+# packages, still prints nothing for some seconds
 $(PY_STAMP): pyproject.toml requirements.lock
+	@echo "installing the pinned Python packages into $(VENV), once (about half a minute) ..."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --progress-bar off --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
+	@echo "installing the MicroPython WebAssembly runtime into node_modules, once ..."
 	npm ci --no-audit --no-fund
 	touch $@
 

@@ -191,10 +191,10 @@ def format_run(result):
     lines = [
         "board: %s, firmware %s, protocol %s" % (result["board"]["platform"], result["board"]["firmware"],
                                                  result["board"]["protocol"]),
-        "%s on %s: accuracy %.1f%% -> %.1f%% (%+.1f points, %d test samples) in %s" % (
+        "%s on %s: accuracy %.1f%% -> %.1f%% (%+.1f points, %d test samples) in %s at lr %g" % (
             result["method"], result["scenario"], 100 * result["accuracy_before"], 100 * result["accuracy"],
             100 * (result["accuracy"] - result["accuracy_before"]), result["test_samples"],
-            plural(result["epochs"], "epoch")),
+            plural(result["epochs"], "epoch"), result["config"]["lr"]),
         "fine-tune %.2f s wall; on the board: %s" % (result["finetune_seconds_wall"], ", ".join(
             "%s %.2f s" % (k.replace("_", " "), v) for k, v in phases.items())),
         "memory: %s; %s" % (_heap(result["board"]), _plan(result["plan"])),

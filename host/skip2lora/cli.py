@@ -2,6 +2,7 @@
 stops with a one-line reason before any work; every output goes where an option (with a default
 under out/) says."""
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -9,9 +10,9 @@ import sys
 from s2l import frames as F
 from s2l import guard
 from s2l.configcheck import MAX_HOLDOUT
-from s2l.modelfile import SUPPORTED_BITS
+from s2l.modelfile import SUPPORTED_BITS, VERSION
 
-from . import __version__, coaflow, reference
+from . import __version__, coaflow, provenance, reference
 from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
@@ -27,6 +28,7 @@ DEMO = {"epochs": 30, "micropython_samples": 100}
 
 
 MODEL_NAMES = os.path.join(MODELS, "digits-<scenario>.s2lm, fan-<..>.s2lm or <--data file name>.s2lm")
+LR_HELP = "learning rate (default: the lr picked at export, from the model file; else %g)" % reference.Config().lr
 
 
 def default_model(name):
@@ -108,8 +110,9 @@ def _add_data(p):
 
 
 def _add_bits(p):
-    p.add_argument("--bits", type=_bits, help="bits per layer, each %s, e.g. 8,4,8 (default: 8,8,8)" % " or ".join(
-        map(str, sorted(SUPPORTED_BITS, reverse=True))))
+    widths = SUPPORTED_BITS[VERSION]  # the widths a model file written now can hold
+    p.add_argument("--bits", type=_bits, help="bits per layer, each %s or %d, e.g. 8,4,8 (default: 8,8,8)" % (
+        ", ".join(map(str, widths[:-1])), widths[-1]))
 
 
 def _add_quiet(p):
@@ -134,9 +137,9 @@ def _add_guard(p):
                    help="share of each class's fine-tune samples the board holds out to score every epoch: it keeps "
                         "the best adapters, stops early, restores them at half the lr when the loss jumps, and never "
                         "ends below where it started; 0 trains on every sample, unguarded (default: %(default)s)")
-    p.add_argument("--patience", type=_count, default=guard.PATIENCE,
-                   help="with --holdout: epochs without a better validation score before the board stops; 0 never "
-                        "stops early (default: %(default)s)")
+    p.add_argument("--patience", type=_count,
+                   help="with --holdout above 0: epochs without a better validation score before the board stops; "
+                        "0 never stops early (default: %d)" % guard.PATIENCE)
 
 
 def _add_retries(p):
@@ -218,6 +221,8 @@ def _export(args, scenario, model_path):
         prepared = prepared.with_lr(probe["lr"])
     _write(model_path, prepared.model_bytes, "wb")
     _print_export(model_path, prepared.report)
+    print("wrote %s: the data it was exported from (run and bench check it)" % provenance.write(
+        model_path, prepared.model_bytes, scenario, probed=scenario.finetune is not None))
     if prepared.norm is not None:
         print("input normalisation (mean, 1/std per feature, fitted on the %d pretrain rows) in the model file: "
               "the board normalises the raw readings it is sent" % len(scenario.pretrain[1]))
@@ -248,17 +253,34 @@ def cmd_export(args):
                              "`skip2lora coa train`), not --data FILE")
         args.scenario = args.scenario or DEFAULT_SCENARIO
         args.output = args.model or default_model(args.scenario)
-        return coaflow.cmd_export_budget(args)
+        coaflow.cmd_export_budget(args)
+        with open(args.output, "rb") as f:  # its record: run takes this file for the scenario, not a fresh export
+            provenance.write(args.output, f.read(), load_scenario(args.scenario, args.data), probed=False)
+        return
     scenario = _scenario(args, need_drift=False)
     _export(args, scenario, args.model or default_model(scenario.name))
+
+
+def _model_for_bench(args, scenario):
+    """The model bench fine-tunes, as `run` would upload it: --model FILE, else the default model
+    when it was exported from this data, else one pretrained here (seed 0, not written)."""
+    from .pipeline import from_model
+    path = args.model or default_model(scenario.name)
+    if args.model or os.path.exists(path):
+        model_bytes = _existing_model(args, scenario, path, instead="pretraining one here instead (not written)")
+        if model_bytes is not None:
+            return from_model(scenario, model_bytes, path)
+    return prepare(scenario, args.bits, progress=not args.quiet)
 
 
 def cmd_bench(args):
     if args.port and args.runtime != "serial":
         raise ValueError("--port is for --runtime serial (got --runtime %s)" % args.runtime)
     scenario = _scenario(args)
-    prepared = prepare(scenario, args.bits, progress=not args.quiet)  # pretraining: seed 0
-    _bench(args, prepared, _config(args), args.methods, args.runtime, args.port, args.json)
+    prepared = _model_for_bench(args, scenario)
+    lr, source = _lr(args, prepared.report["lr"])
+    print("lr %g (%s)" % (lr, source))
+    _bench(args, prepared, dataclasses.replace(_config(args), lr=lr), args.methods, args.runtime, args.port, args.json)
 
 
 def cmd_demo(args):
@@ -266,21 +288,22 @@ def cmd_demo(args):
 
     from . import report
     from .emulator import Emulator
+    print("skip2lora %s demo: pretrain on the clean source domain, export the model, fine-tune on the drifted "
+          "domain; outputs in %s\n" % (__version__, args.out), flush=True)  # before the data loads: a second or two
     scenario = _scenario(args)
     model_path = os.path.join(args.out, os.path.basename(default_model(scenario.name)))
-    print("skip2lora %s demo: pretrain on the clean source domain, export %s, fine-tune on the drifted "
-          "domain; outputs in %s\n" % (__version__, model_path, args.out))
     prepared = _export(args, scenario, model_path)
     config = reference.Config(epochs=DEMO["epochs"])
     results = [os.path.join(args.out, name) for name in ("bench-numpy.json", "bench-micropython.json", "run.json")]
     print("\n1. the seven methods, numpy reference\n")
-    _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
+    numpy_results = _bench(args, prepared, config, list(reference.METHODS), "numpy", json_path=results[0])
     n = DEMO["micropython_samples"]
     print("\n2. the paper's claim, on the firmware under the real MicroPython (WebAssembly): LoRA-All and "
           "Skip2-LoRA, the first %d fine-tune samples, %s\n" % (n, plural(config.epochs, "epoch")))
     X, y = scenario.finetune
     short = replace(prepared, scenario=replace(scenario, finetune=(X[:n], y[:n])))
-    _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1], board_row=False)
+    mpy_results = _bench(args, short, config, ["lora-all", "skip2-lora"], "micropython", json_path=results[1],
+                         board_row=False)
     print("\n3. on a board: the emulator (the firmware under the real MicroPython behind a serial port)\n")
     print("starting the emulated board ...", flush=True)
     with Emulator("micropython") as emu:
@@ -289,22 +312,41 @@ def cmd_demo(args):
                                       reset=False,
                                       quiet=args.quiet, json=results[2], rank=config.rank, epochs=config.epochs,
                                       batch=config.batch, seed=config.seed, lr=None, bits=args.bits,
-                                      holdout=guard.HOLDOUT, patience=guard.PATIENCE)
+                                      holdout=guard.HOLDOUT, patience=guard.PATIENCE, model=model_path)
         _, lr, lr_source = _model_for_run(run_args, scenario, model_path)
-        _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
+        run = _run_on_board(run_args, emu.port, model_path, prepared.model_bytes, scenario, lr, lr_source)
     print("\nrendering the report of the three runs ...", flush=True)
     records = report.load(results)
     folder = os.path.join(args.out, "report")
     _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
     for path in [os.path.join(folder, "table.md")] + report.plots(records, folder):
         print("wrote %s" % path)
+    print("\n" + "\n".join(_demo_summary(prepared, numpy_results, mpy_results, run, n)))
+
+
+def _demo_summary(prepared, numpy_results, mpy_results, run, n):
+    """The demo's headline numbers, each measured above, in a few lines at its end."""
+    from .pipeline import time_ratio
+    from .report import METHOD_NAMES
+    before = prepared.report["drifted_accuracy_before"]
+    skip2 = next(r for r in numpy_results if r["method"] == "skip2-lora")
+    best = max(numpy_results, key=lambda r: r["accuracy"])
+    return ["summary (all measured in this demo):",
+            "  numpy, %s at lr %g: Skip2-LoRA %.1f%% -> %.1f%% on the drifted test set; the best of the seven, "
+            "%s, %.1f%%" % (plural(skip2["epochs"], "epoch"), skip2["lr"], 100 * before, 100 * skip2["accuracy"],
+                            METHOD_NAMES[best["method"]], 100 * best["accuracy"]),
+            "  the firmware under MicroPython, %d samples: fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: "
+            "0.10)" % (n, time_ratio(mpy_results)),
+            "  the emulated board: Skip2-LoRA %.1f%% -> %.1f%% in %d of %s at lr %g (the guard stops when validation "
+            "stops improving)" % (100 * run["accuracy_before"], 100 * run["accuracy"], run["epochs"],
+                                  plural(run["config"]["epochs"], "epoch"), run["config"]["lr"])]
 
 
 def _board_config(args):
     # without --lr (--rank) the board takes the model file's default lr (its starting adapter's
     # rank), or its own for a file without one
     config = {"method": args.method, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
-              "holdout": args.holdout, "patience": args.patience}
+              "holdout": args.holdout, "patience": guard.PATIENCE if args.patience is None else args.patience}
     if args.lr:
         config["lr"] = args.lr
     if args.rank:
@@ -357,6 +399,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
             if kind == "test (before)":
                 print("the board trains (a line per epoch, and the first epoch's samples on a slow board) ...",
                       flush=True)
+                progress("train", 0, args.epochs, None)  # open: its line repeats until the first WORKING
 
     encoding = F.ENC_INT8 if args.encoding == "int8" else F.ENC_FLOAT32
     result = run_job(port, model_bytes, scenario, _board_config(args), encoding, args.baud, progress, args.limit,
@@ -371,36 +414,87 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
     return result
 
 
+def _misfits(model_path, model_bytes, scenario, bits):
+    """Why the model file does not fit this data and --bits (phrases, none when it fits), and its
+    export record (None without one)."""
+    dims, file_bits = _model_shape(model_path, model_bytes)
+    why = []
+    if bits and bits != file_bits:
+        why.append("has bits %s, not the --bits %s asked for" % (",".join(map(str, file_bits)), ",".join(map(str, bits))))
+    if dims[0] != scenario.n_features or dims[-1] != len(scenario.classes):
+        why.append("takes %d features and %d classes; the data %s has %d and %d" % (
+            dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
+    record = provenance.read(model_path, model_bytes)
+    if record is not None and not why:
+        why += provenance.differences(record, scenario)
+    return why, record
+
+
+def _existing_model(args, scenario, model_path, instead="exporting it again"):
+    """The bytes of the model file at model_path if it fits the data, else None (a default model
+    to export again). A --model FILE that does not fit is refused; one without an export record is
+    used, and said to be unchecked."""
+    with open(model_path, "rb") as f:
+        model_bytes = f.read()
+    why, record = _misfits(model_path, model_bytes, scenario, args.bits)
+    if why and args.model:
+        raise ValueError("%s %s: export it again for this data (skip2lora export --model %s ...) or give another "
+                         "--model" % (model_path, "; ".join(why), model_path))
+    if record is None and not why:
+        if not args.model:
+            why.append("has no export record (%s) to say what data it came from" % provenance.record_path(model_path))
+        else:
+            print("note: %s has no export record (%s): that it was exported from this data is not checked" % (
+                model_path, provenance.record_path(model_path)))
+    if why:
+        print("%s %s: %s" % (model_path, "; ".join(why), instead))
+        return None
+    if record is not None and provenance.lr_probed_elsewhere(record, scenario):
+        print("note: %s's lr was picked on another fine-tune set than this one (--lr sets one)" % model_path)
+    return model_bytes
+
+
 def _model_for_run(args, scenario, model_path):
-    """The model file `run` uploads: validated on the host first, and matching the data and --bits;
-    exported first when missing. Returns (model bytes, lr, where the lr came from)."""
-    if not os.path.exists(model_path):
-        print("%s does not exist: exporting it first" % model_path)
-        prepared = _export(args, scenario, model_path)
-        model_bytes = prepared.model_bytes
-    else:
-        with open(model_path, "rb") as f:
-            model_bytes = f.read()
-        dims, bits = _model_shape(model_path, model_bytes)
-        if args.bits and args.bits != bits:
-            raise ValueError("%s has bits %s, not the --bits %s asked for: export it again (skip2lora export --bits "
-                             "%s --model %s) or drop --bits" % (model_path, ",".join(map(str, bits)),
-                                                                ",".join(map(str, args.bits)),
-                                                                ",".join(map(str, args.bits)), model_path))
-        if dims[0] != scenario.n_features or dims[-1] != len(scenario.classes):
-            raise ValueError("%s takes %d features and %d classes; the data %s has %d and %d" % (
-                model_path, dims[0], dims[-1], scenario.name, scenario.n_features, len(scenario.classes)))
-    if args.lr:
-        return model_bytes, args.lr, "--lr"
+    """The model file `run` uploads: validated on the host first, and matching the data (its export
+    record) and --bits; exported first when missing, or when a default model no longer fits.
+    Returns (model bytes, lr, where the lr came from)."""
+    model_bytes = _existing_model(args, scenario, model_path) if os.path.exists(model_path) else None
+    if model_bytes is None:
+        if not os.path.exists(model_path):
+            print("%s does not exist: exporting it first" % model_path)
+        model_bytes = _export(args, scenario, model_path).model_bytes
     from .modelfile import read_model_file
-    picked = read_model_file(model_bytes).lr
+    return (model_bytes, *_lr(args, read_model_file(model_bytes).lr))
+
+
+def _lr(args, picked):
+    """(lr, where it came from): --lr, else the model file's (picked at export), else the default."""
+    if args.lr:
+        return args.lr, "--lr"
     if picked is not None:
-        return model_bytes, picked, "picked at export, the model file's default"
-    return model_bytes, reference.Config().lr, "the default"
+        return picked, "picked at export, the model file's default"
+    return reference.Config().lr, "the default"
+
+
+def _check_run_options(args, scenario):
+    """Refuse, before any export or connection, what the board would refuse (its own CONFIG checks)
+    and options that could not act."""
+    from s2l.configcheck import ConfigError, check
+    try:
+        check(_board_config(args))
+    except ConfigError as e:
+        raise ValueError("%s (the board's limit, checked before connecting)" % e) from None
+    if args.patience is not None and args.holdout == 0:
+        raise ValueError("--patience %d acts on the validation score, and --holdout 0 keeps none: drop one" %
+                         args.patience)
+    if args.limit is not None and args.limit > len(scenario.finetune[1]):
+        raise ValueError("--limit %d: the data %s has %d fine-tune samples" % (
+            args.limit, scenario.name, len(scenario.finetune[1])))
 
 
 def cmd_run(args):
     scenario = _scenario(args)
+    _check_run_options(args, scenario)
     model_path = args.model or default_model(scenario.name)
     model_bytes, lr, lr_source = _model_for_run(args, scenario, model_path)
     _run_on_board(args, args.port, model_path, model_bytes, scenario, lr, lr_source)
@@ -443,18 +537,47 @@ def cmd_probe_lr(args):
         print("results written to %s" % args.json)
 
 
+def _heap_size(text):
+    import re
+    if not re.fullmatch(r"[1-9][0-9]*[kKmM]?", text):
+        raise argparse.ArgumentTypeError("expected a heap size in bytes, e.g. %s, %s or 1m, got %r" % (
+            BOARD_HEAP, ESP32_HEAP, text))
+    return text
+
+
+def _answered(emu, args):
+    """The emulated board's HELLO, asked before its port is printed: an interpreter that died at
+    start (a heap too small for the firmware's imports) is an error, not a port."""
+    from .client import Client
+    try:
+        with Client(emu.port, retries=1) as client:
+            return client.hello()
+    except LinkError:
+        code = emu.exit_code()
+        if code is None:
+            raise
+        raise ValueError("the emulated board's MicroPython exited at start (code %d) before answering%s" % (
+            code, "" if args.heap is None else "; is --heap %s too small for the firmware? (default %s)" % (
+                args.heap, BOARD_HEAP))) from None
+
+
 def cmd_emulate(args):
     import time
 
     from .emulator import Emulator
-    with Emulator(args.runtime, heap=args.heap) as emu:
+    if args.heap is not None and args.runtime != "micropython-unix":
+        raise ValueError("--heap is for --runtime micropython-unix: the %s runtime's heap grows on demand" %
+                         args.runtime)
+    with Emulator(args.runtime, heap=args.heap or BOARD_HEAP) as emu:
+        _answered(emu, args)
         print(emu.port, flush=True)
         print("emulated board (%s) on %s; Ctrl-C to stop" % (args.runtime, emu.port), file=sys.stderr, flush=True)
         try:
-            while True:
+            while emu.exit_code() is None:
                 time.sleep(1)
         except KeyboardInterrupt:
-            pass
+            return
+        raise ValueError("the emulated board's interpreter exited (code %d)" % emu.exit_code())
 
 
 def cmd_flash(args):
@@ -508,9 +631,11 @@ def build_parser():
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="fine-tune with every method and report accuracy, time and MACs")
+    p.add_argument("--model", metavar="FILE", help="model file to fine-tune, checked against the data (default: %s "
+                                                   "if exported from this data, else one pretrained here)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
-    _add_tuning(p)
+    _add_tuning(p, lr_help=LR_HELP)
     p.add_argument("--methods", type=_methods, default=list(reference.METHODS), metavar="M1,M2,..",
                    help="comma-separated, from %s (default: all)" % ", ".join(reference.METHODS))
     p.add_argument("--runtime", default="numpy", choices=RUNTIMES,
@@ -537,8 +662,7 @@ def build_parser():
                                                    "(default: %s)" % MODEL_NAMES)
     _add_data(p)
     _add_bits(p)
-    _add_tuning(p, lr_help="learning rate (default: the lr picked at export, from the model file; "
-                           "else %g)" % reference.Config().lr,
+    _add_tuning(p, lr_help=LR_HELP,
                 rank_help="adapter rank (default: the rank of the model file's starting adapter, a CoA export's; "
                           "else %d)" % reference.Config().rank)
     p.add_argument("--method", default="skip2-lora", choices=reference.METHODS,
@@ -585,9 +709,9 @@ def build_parser():
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,
                    help="the board's interpreter: the WebAssembly MicroPython, CPython, or the MicroPython "
                         "unix port (viper kernels for real, a board's heap: the closest to a board) (default: %(default)s)")
-    p.add_argument("--heap", default=BOARD_HEAP,
-                   help="GC heap of the micropython-unix board, %s for an ESP32 without PSRAM (default: "
-                        "%%(default)s, an RP2040's free heap at boot)" % ESP32_HEAP)
+    p.add_argument("--heap", type=_heap_size,
+                   help="with --runtime micropython-unix: its GC heap, %s for an ESP32 without PSRAM (default: "
+                        "%s, an RP2040's free heap at boot)" % (ESP32_HEAP, BOARD_HEAP))
     p.set_defaults(func=cmd_emulate)
 
     p = sub.add_parser("flash", help="compile the firmware with mpy-cross and install it with mpremote")
@@ -612,6 +736,9 @@ def main(argv=None):
         args.func(args)
     except Stopped as exc:  # Ctrl-C: the client reset the board, which confirmed it is idle
         print(exc, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C in host work (export, bench, ...): no board to reset
+        print("stopped (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
     except BoardError as exc:
         busy = exc.code == F.E_BUSY and getattr(args, "port", None)

@@ -156,6 +156,10 @@ class Emulator:
             os.write(self.master, data)
             self.bytes_out += len(data)
 
+    def exit_code(self):
+        """None while the board's interpreter runs, else its exit code."""
+        return self.board.proc.poll()
+
     def close(self):
         self._stop.set()
         if self._thread is not None:

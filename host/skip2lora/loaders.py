@@ -93,6 +93,14 @@ def _is_number(text):
         return False
 
 
+def _separator_hint(text):
+    """Why a .csv row did not split into numbers, when another separator is in it."""
+    for name, sep in (("semicolons", ";"), ("tabs", "\t")):
+        if sep in text:
+            return " (this file seems to separate its columns with %s; a .csv here takes commas)" % name
+    return ""
+
+
 def _csv_columns(path):
     """(X float64 [n, d], raw labels [n] as text): the label column as the header names it, else the last."""
     if not os.path.isfile(path):
@@ -108,18 +116,20 @@ def _csv_columns(path):
         raise DataError("%s: no data rows" % path)
     width = len(lines[0][1])
     if width < 2:
-        raise DataError("%s: needs at least one feature column and a label column" % path)
+        raise DataError("%s: needs at least one feature column and a label column%s" % (
+            path, _separator_hint(lines[0][1][0])))
     rows, labels = [], []
     for number, fields in lines:
         if len(fields) != width:
             raise DataError("%s, line %d: %d columns, expected %d" % (path, number, len(fields), width))
+        for column, v in enumerate(fields):
+            if column != label_at and not _is_number(v):
+                raise DataError("%s, line %d, column %d: %r is not a number%s" % (
+                    path, number, column + 1, v[:40], _separator_hint(v)))
         labels.append(fields[label_at])
         rows.append((number, fields[:label_at] + fields[label_at + 1:]))
-    for number, fields in rows:
-        if not all(_is_number(v) for v in fields):
-            raise DataError("%s, line %d: not a number in %r" % (path, number, ",".join(fields)[:60]))
     X = _matrix(path, [(n, [float(v) for v in fields]) for n, fields in rows], width - 1)
-    return X, labels
+    return X, labels, [number for number, _ in rows]
 
 
 def _named_labels(path, labels, classes):
@@ -133,9 +143,13 @@ def _named_labels(path, labels, classes):
     return np.array([index[v] for v in labels], np.int64), classes
 
 
-def _labels_and_classes(path, labels, classes):
-    numeric = all(_is_number(str(v)) for v in labels)
-    if not numeric:
+def _labels_and_classes(path, labels, classes, numbers):
+    is_number = [_is_number(str(v)) for v in labels]
+    if any(is_number) and not all(is_number) and not classes:  # a stray text label would become a class
+        at = is_number.index(False) if sum(is_number) > len(labels) // 2 else is_number.index(True)
+        raise DataError("%s, line %d: label %r among %s labels: give every row a number (0..k-1) or every row a "
+                        "name" % (path, numbers[at], labels[at], "text" if is_number[at] else "numeric"))
+    if not all(is_number):
         return _named_labels(path, labels, classes)
     y = _labels(path, [float(v) for v in labels], len(classes) if classes else None)
     return y, list(classes) if classes else None
@@ -148,8 +162,8 @@ def load_features(path, classes=None):
     mapped by them, integer labels must be below k. None: text labels give their sorted names."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        X, labels = _csv_columns(path)
-        y, names = _labels_and_classes(path, labels, classes)
+        X, labels, numbers = _csv_columns(path)
+        y, names = _labels_and_classes(path, labels, classes, numbers)
         return X.astype(np.float32), y, names
     if ext == ".npz":
         if not os.path.isfile(path):

@@ -11,7 +11,7 @@ from s2l.arena import aligned
 
 from . import reference
 from .fan import FAN_SCENARIOS, load_fan_scenario
-from .modelfile import fit_norm, normalise, quantization_report, quantize, read_model, write_model
+from .modelfile import fit_norm, normalise, quantization_report, quantize, read_model, read_model_file, write_model
 from .pretrain import DEFAULT_HIDDEN, pretrain
 from .progress import bar
 from .scenarios import DRIFTS, SPLIT_SEED, load_digits_scenario
@@ -72,15 +72,30 @@ def prepare(scenario, bits=None, seed=0, progress=True, data_path=None):
     model_bytes = write_model(layers, norm=norm)
     qnet = network_from_model(model_bytes)
     prepared = Prepared(scenario, net, qnet, model_bytes, None, layers, norm)
-    prepared.report = {
-        "dims": qnet.dims, "bits": bits, "model_bytes": len(model_bytes), "classes": scenario.classes,
-        "normalised": norm is not None, "layers": quantization_report(list(zip(net.W, net.b)), layers),
-        "source_accuracy_float": accuracy(net, *prepared.inputs("source_test")),
-        "source_accuracy_quantized": accuracy(qnet, *prepared.inputs("source_test")),
-    }
-    if scenario.test is not None:
-        prepared.report["drifted_accuracy_before"] = accuracy(qnet, *prepared.inputs("test"))
+    prepared.report = _report(prepared, bits, lr=None)
+    prepared.report.update(layers=quantization_report(list(zip(net.W, net.b)), layers),
+                           source_accuracy_float=accuracy(net, *prepared.inputs("source_test")))
     return prepared
+
+
+def from_model(scenario, model_bytes, path):
+    """A model file as export wrote it (its layers, normalisation and lr, what a board is sent)
+    with the scenario's data; no float network, so no float source accuracy."""
+    model = read_model_file(model_bytes)
+    prepared = Prepared(scenario, None, network_from_model(model_bytes), model_bytes, None, model.layers, model.norm)
+    prepared.report = dict(_report(prepared, [layer.bits for layer in model.layers], model.lr), path=path,
+                           source_accuracy_float=None)
+    return prepared
+
+
+def _report(prepared, bits, lr):
+    qnet = prepared.quantized_net
+    report = {"dims": qnet.dims, "bits": bits, "model_bytes": len(prepared.model_bytes),
+              "classes": prepared.scenario.classes, "normalised": prepared.norm is not None, "lr": lr,
+              "source_accuracy_quantized": accuracy(qnet, *prepared.inputs("source_test"))}
+    if prepared.scenario.test is not None:
+        report["drifted_accuracy_before"] = accuracy(qnet, *prepared.inputs("test"))
+    return report
 
 
 N_LAYERS = len(DEFAULT_HIDDEN) + 1
@@ -301,9 +316,10 @@ def format_table(prepared, results):
     rep = prepared.report
     lines = [
         "scenario %s: %s" % (prepared.scenario.name, prepared.scenario.description),
-        "model %s, bits %s, %d bytes; source accuracy float %.1f%%, quantized %.1f%%" % (
-            "-".join(map(str, rep["dims"])), rep["bits"], rep["model_bytes"],
-            100 * rep["source_accuracy_float"], 100 * rep["source_accuracy_quantized"]),
+        "model %s (%s), bits %s, %d bytes; source accuracy %squantized %.1f%%" % (
+            "-".join(map(str, rep["dims"])), rep.get("path", "pretrained here"), rep["bits"], rep["model_bytes"],
+            "" if rep["source_accuracy_float"] is None else "float %.1f%%, " % (100 * rep["source_accuracy_float"]),
+            100 * rep["source_accuracy_quantized"]),
         "runtime %s; %s; %d fine-tune and %d test samples" % (
             results[0]["runtime"], run_settings(results[0]), len(prepared.scenario.finetune[1]),
             len(prepared.scenario.test[1])),

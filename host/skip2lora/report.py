@@ -10,6 +10,8 @@ import os
 from .pipeline import heap_is_a_boards, plural, row_label
 from .reference import METHODS, PHASES
 
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D", "x", "+")
 METHOD_NAMES = {"ft-all": "FT-All", "ft-last": "FT-Last", "ft-bias": "FT-Bias", "lora-all": "LoRA-All",
                 "lora-last": "LoRA-Last", "skip-lora": "Skip-LoRA", "skip2-lora": "Skip2-LoRA"}
 
@@ -21,17 +23,24 @@ def _from_run(run):
            "finetune_seconds": run["speed"]["finetune_seconds"], "phase_seconds": run["phase_seconds"],
            "path": run["path"], "cache_mode": run["cache_mode"], "peak_heap_bytes": run["peak_alloc"],
            "diverged": not all(loss < float("inf") for loss in run["losses"])}
+    validation = run["guard"]["val_samples"] if run.get("guard") else 0  # held out of training by the board
     return {"scenario": run["scenario"], "runtime": "serial", "config": run["config"], "results": [row],
-            "model": {"drifted_accuracy_before": run["accuracy_before"]},
-            "finetune_samples": run["link"]["finetune_samples"], "test_samples": sum(map(sum, confusion)),
-            "board_platform": run["board"]["platform"]}
+            "model": {"drifted_accuracy_before": run["accuracy_before"]}, "epochs_run": run["epochs"],
+            "finetune_samples": run["link"]["finetune_samples"] - validation, "validation_samples": validation,
+            "test_samples": sum(map(sum, confusion)), "board_platform": run["board"]["platform"]}
 
 
 def load(paths):
     records = []
     for path in paths:
-        with open(path) as f:
-            record = json.load(f)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            try:
+                record = json.load(f)
+            except ValueError as e:
+                raise ValueError("%s is not a results JSON (written by bench --json or run --json): %s" % (
+                    path, e)) from None
+        if not isinstance(record, dict):
+            raise ValueError("%s is not a bench or run results file (no scenario/results)" % path)
         if "link" in record and "accuracy_before" in record:
             record = _from_run(record)
         elif "results" not in record or "scenario" not in record:
@@ -57,13 +66,18 @@ def _name(label):
 
 
 def column(record):
-    """'rotate (numpy, 30 epochs, 250 fine-tune / 250 test samples)'."""
+    """'out/bench.json: rotate (numpy, lr 0.05, 30 epochs, 250 fine-tune / 250 test samples)'; a run
+    that stopped early: '9 of 30 epochs'; a guarded run: '128 fine-tune + 14 validation'."""
     runtime = record["runtime"]
     if record.get("board_platform"):
         runtime += " to %s" % record["board_platform"]
-    return "%s (%s, %s, %d fine-tune / %d test samples)" % (
-        record["scenario"], runtime, plural(record["config"]["epochs"], "epoch"), record["finetune_samples"],
-        record["test_samples"])
+    epochs = plural(record["config"]["epochs"], "epoch")
+    if record.get("epochs_run", record["config"]["epochs"]) != record["config"]["epochs"]:
+        epochs = "%d of %s" % (record["epochs_run"], epochs)
+    validation = record.get("validation_samples", 0)
+    return "%s: %s (%s, lr %g, %s, %d fine-tune%s / %d test samples)" % (
+        record["path"], record["scenario"], runtime, record["config"]["lr"], epochs,
+        record["finetune_samples"], " + %d validation" % validation if validation else "", record["test_samples"])
 
 
 def markdown_table(records):
@@ -114,11 +128,16 @@ def plots(records, out_dir):
         rows = _rows(record)
         present = [label for label in labels if label in rows]
         xs = [labels.index(label) + k * width for label in present]
-        ax.bar(xs, [100 * rows[label]["accuracy"] for label in present], width, label=column(record))
+        bars = ax.bar(xs, [100 * rows[label]["accuracy"] for label in present], width, label=column(record))
+        ax.bar_label(bars, fmt="%.1f", fontsize="x-small")  # a 1-point difference is read, not guessed
         ax.axhline(100 * record["model"]["drifted_accuracy_before"], color="C%d" % k, linestyle=":", linewidth=1)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], [_name(label) for label in labels],
                   rotation=20, fontsize="small")
-    ax.set_ylabel("test accuracy after fine-tuning [%] (dotted: before)")
+    low = _axis_floor(records)
+    ax.set_ylim(low, 100)
+    ax.set_ylabel("test accuracy [%]")
+    ax.set_title("test accuracy after fine-tuning (dotted: before)%s" % (
+        "; the axis starts at %d%%, not 0" % low if low else ""), fontsize="small")
     ax.legend(fontsize="x-small")
     paths.append(_save(fig, out_dir, "accuracy.png"))
 
@@ -146,15 +165,28 @@ def plots(records, out_dir):
     if with_curves:
         fig, axes = plt.subplots(1, len(with_curves), figsize=(6 * len(with_curves), 4), squeeze=False)
         for ax, (record, curves) in zip(axes[0], with_curves):
-            for r in curves:
+            for k, r in enumerate(curves):  # methods that train alike (Skip-LoRA, Skip2-LoRA) draw one line:
+                # each its own dashes and marks, and the legend says which it covers
+                same = [c for c in curves[:k] if c["accuracy_per_epoch"] == r["accuracy_per_epoch"]]
                 ax.plot(range(1, len(r["accuracy_per_epoch"]) + 1), [100 * a for a in r["accuracy_per_epoch"]],
-                        label=_name(row_label(r)))
+                        label=_name(row_label(r)) + (" (= %s, drawn over it)" % _name(row_label(same[0])) if same else ""),
+                        linestyle=LINESTYLES[k % len(LINESTYLES)],
+                        marker=MARKERS[k % len(MARKERS)], markevery=max(1, len(r["accuracy_per_epoch"]) // 10),
+                        fillstyle="none")
             ax.set_title(column(record), fontsize="x-small")
             ax.set_xlabel("epoch")
             ax.set_ylabel("test accuracy [%]")
             ax.legend(fontsize="x-small")
         paths.append(_save(fig, out_dir, "accuracy_per_epoch.png"))
     return paths
+
+
+def _axis_floor(records):
+    """Where the accuracy axis starts: 10 points below the lowest bar or before-line, in tens, so
+    that bars a point apart differ visibly."""
+    lowest = min([100 * r["model"]["drifted_accuracy_before"] for r in records] +
+                 [100 * row["accuracy"] for r in records for row in r["results"]])
+    return max(0, int((lowest - 10) // 10 * 10))
 
 
 def _save(fig, out_dir, name):

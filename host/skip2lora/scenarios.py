@@ -109,6 +109,21 @@ def _split(path, X, y, share):
     return (X[order[:cut]], y[order[:cut]]), (X[order[cut:]], y[order[cut:]])
 
 
+def _check_no_empty_class(path, y, names, given):
+    """Refuse classes the lab file has no row of: the model would learn a class it never saw, and
+    a board would predict it. Integer labels number the classes from 0; --classes names them all."""
+    from .loaders import DataError
+    empty = [k for k in range(len(names)) if not (y == k).any()]
+    if not empty:
+        return
+    if given:
+        raise DataError("%s: no row of class %r (label %d) of --classes %s: name only the classes the file has" % (
+            path, names[empty[0]], empty[0], ",".join(names)))
+    raise DataError("%s: no row is labelled %d (the labels are %s), so class %d would be empty: number the "
+                    "classes 0..%d, or label the rows with names" % (
+                        path, empty[0], ", ".join(map(str, np.unique(y))), empty[0], len(np.unique(y)) - 1))
+
+
 def own_data_scenario(data, drift=None, finetune=None, test=None, classes=None):
     """A Scenario from the user's files (module docstring); without drifted data, finetune and test
     are None (enough to export). classes: names of 0..k-1, else the file's own or "0".."k-1"."""
@@ -121,6 +136,7 @@ def own_data_scenario(data, drift=None, finetune=None, test=None, classes=None):
         raise ValueError("--finetune and --test go together (or give one drifted file with --drift)")
     X, y, names = load_features(data, classes)
     names = names or [str(k) for k in range(int(y.max()) + 1)]
+    _check_no_empty_class(data, y, names, classes)
     pretrain, source_test = _split(data, X, y, LAB_SPLIT)
     split = ["%s: %d rows, %d features -> pretrain %d / source test %d (disjoint, seed %d)" % (
         data, len(y), X.shape[1], len(pretrain[1]), len(source_test[1]), SPLIT_SEED)]

@@ -63,7 +63,7 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
     assert round(lr, 6) in LR_CHOICES and "-> lr %g, written into the model file" % round(lr, 6) in printed
     raw = np.loadtxt(lab, delimiter=",", skiprows=1, usecols=range(32))
     assert np.abs(written.norm[0] - raw.mean(axis=0)).max() < 0.2  # fitted on the lab file's pretrain part
-    assert not list(folder.glob("*.json"))  # no sidecar
+    assert [p.name for p in folder.glob("*.json")] == ["sensor.s2lm.json"]  # the export record, nothing else
 
     bench = folder / "bench.json"
     cli.main(["bench", "--epochs", "10", "--lr", str(round(lr, 6)), "--methods", "lora-all,skip2-lora",
@@ -90,8 +90,10 @@ def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
 
     cli.main(["report", str(bench), str(run), "--out", str(folder / "report")])
     table = (folder / "report" / "table.md").read_text()
-    assert "lab (serial to linux, 3 epochs, 150 fine-tune / 150 test samples)" in table
-    assert "lab (numpy, 10 epochs, 150 fine-tune / 150 test samples)" in table
+    # the board held 30 of the 150 out to validate on (--holdout 0.2): not counted as fine-tune samples
+    assert "%s: lab (serial to linux, lr %g, 3 epochs, 120 fine-tune + 30 validation / 150 test samples)" % (
+        run, lr) in table
+    assert "%s: lab (numpy, lr %g, 10 epochs, 150 fine-tune / 150 test samples)" % (bench, round(lr, 6)) in table
 
 
 def _refused(argv, reason, capsys):
@@ -143,7 +145,8 @@ def test_every_option_has_help_that_shows_its_default():
     assert "--output" not in str(spellings) and "--dataset" not in str(spellings)
 
 
-def test_progress_without_a_terminal_is_plain_lines(capsys):
+def test_progress_without_a_terminal_is_plain_lines(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no out/models/digits-rotate.s2lm: bench pretrains here
     cli.main(["bench", "--epochs", "2", "--methods", "skip2-lora"])  # stdout captured: not a terminal
     printed = capsys.readouterr()
     assert "pretrain 64-64-64-10: 60/60 epochs" in printed.out and "fine-tune (numpy): 2/2 epochs" in printed.out
@@ -167,8 +170,11 @@ def test_demo_writes_only_under_its_folder_and_measures_the_ratio_under_micropyt
     micropython = json.loads((tmp_path / "demo" / "bench-micropython.json").read_text())
     assert micropython["runtime"] == "micropython" and micropython["skip2_over_lora_all_time"] > 0
     assert "(measured in this run, micropython; the paper: 0.10)" in printed
+    summary = printed.split("summary (all measured in this demo):\n")[1].splitlines()  # the demo's last lines
+    assert len(summary) == 3 and "fine-tune time Skip2-LoRA / LoRA-All %.3f (the paper: 0.10)" % (
+        micropython["skip2_over_lora_all_time"]) in summary[1]
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {
-        "digits-rotate.s2lm", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
+        "digits-rotate.s2lm", "digits-rotate.s2lm.json", "bench-numpy.json", "bench-micropython.json", "run.json", "report"}
     assert "\x1b" not in printed
     assert cli.build_parser().parse_args(["demo"]).out == "out/demo"  # the default is under the ignored out/
 

@@ -91,7 +91,7 @@ def test_class_names_from_the_file_or_given(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("f.csv", "1,2,0\n1,2\n", "line 2: 2 columns, expected 3"),
-    ("f.csv", "1,2,0\n1,x,1\n", "line 2: not a number"),
+    ("f.csv", "1,2,0\n1,x,1\n", "line 2, column 2: 'x' is not a number"),
     ("f.csv", "1,2,1.5\n", "labels must be non-negative integers"),
     ("f.csv", "1,2,-1\n", "labels must be non-negative integers"),
     ("f.csv", "1,inf,1\n", "line 1: a value is NaN or infinite"),

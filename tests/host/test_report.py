@@ -9,7 +9,7 @@ from skip2lora import cli
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "rotate.json"
-    cli.main(["bench", "--runtime", "numpy", "--epochs", "2", "--quiet", "--json", str(path),
+    cli.main(["bench", "--runtime", "numpy", "--epochs", "2", "--lr", "0.05", "--quiet", "--json", str(path),
               "--methods", "ft-all,lora-all,skip2-lora"])
     return path
 
@@ -46,6 +46,6 @@ def test_report_keeps_board_mode_rows_states_the_run_and_draws_no_empty_panel(re
     edited.write_text(json.dumps(record))
     cli.main(["report", str(edited), "--out", str(tmp_path / "r")])
     table = (tmp_path / "r" / "table.md").read_text()
-    assert "rotate (numpy, 2 epochs, 250 fine-tune / 250 test samples) accuracy" in table
+    assert "%s: rotate (numpy, lr 0.05, 2 epochs, 250 fine-tune / 250 test samples) accuracy" % edited in table
     assert "| Skip2-LoRA (int8) | 50.0% |" in table
     assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == ["accuracy.png", "time_per_phase.png"]
