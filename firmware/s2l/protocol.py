@@ -121,8 +121,21 @@ def boot_arena():
     general = max(MIN_GENERAL_HEAP, min(GENERAL_HEAP, largest // 4))
     if largest <= general:  # a board too small for any job: an empty arena, and every job says so
         return Arena(0)
-    below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
-    arena = Arena(max(0, largest_free_block(largest) - (general - len(below))))  # measured again: below is placed
+    # the probe's blocks are garbage now, but a stale pointer to one (the collector scans the stack
+    # conservatively) can keep part of the heap a while: every allocation here steps down on failure
+    try:
+        below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
+    except MemoryError:
+        below = b""
+    size = largest - (general - len(below))
+    while size > 0:
+        try:
+            arena = Arena(size)
+            break
+        except MemoryError:
+            size -= max(1024, size // 16)
+    else:
+        arena = Arena(0)
     del below
     gc.collect()
     return arena
