@@ -62,11 +62,15 @@ def largest_free_block(limit):
     if sys.platform == "webassembly":
         return None
     low, high = 0, limit
-    while low < high:
-        size = (low + high + 1) // 2
+    while low <= high:
+        # the last try is a small block: the collector scans the stack conservatively, and a stale
+        # copy of the pointer to a large trial block, left where this same call runs, would keep it
+        size = (low + high + 1) // 2 if low < high else 16
         try:
             block = bytearray(size)
             del block
+            if low == high:
+                break
             low = size
         except MemoryError:
             high = size - 1
@@ -127,7 +131,7 @@ def boot_arena():
         below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
     except MemoryError:
         below = b""
-    size = largest - (general - len(below))
+    size = largest_free_block(largest) - (general - len(below))  # measured again: below is placed
     while size > 0:
         try:
             arena = Arena(size)
