@@ -115,7 +115,7 @@ def plots(records, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     fleets = [r for r in records if "fleet" in r]
     others = [r for r in records if "fleet" not in r]
-    return ([fleet_plot(fleets, out_dir)] if fleets else []) + (_bench_plots(others, out_dir) if others else [])
+    return (fleet_plots(fleets, out_dir) if fleets else []) + (_bench_plots(others, out_dir) if others else [])
 
 
 def _bench_plots(records, out_dir):
@@ -209,7 +209,8 @@ def fleet_table(fleets):
         run = b.get("run")
         cells = ["%.1f%%" % (100 * run["accuracy_before"]), "%.1f%%" % (100 * run["accuracy"]), _phases(run),
                  _faults(run)] if run else ["-"] * 4
-        status = b["status"] if b["status"] == "ok" else "%s: %s" % (b["status"], b["error"])
+        # a stopped board's error says "stopped ..." itself
+        status = {"ok": "ok", "stopped": b["error"]}.get(b["status"], "failed: %s" % b["error"])
         lines.append("| %s |" % " | ".join([host, b["name"], arena, config, size] + cells + [status]))
     notes = ["%s: %d of %d boards completed, %s, %.1f s wall (%s)" % (
         f["fleet"]["host"], f["fleet"]["completed"], f["fleet"]["boards"], f["fleet"]["scenario"],
@@ -217,13 +218,16 @@ def fleet_table(fleets):
     return "\n".join(lines + [""] + notes)
 
 
-def fleet_plot(fleets, out_dir):
-    """Accuracy before and after per completed board, and its board time per phase."""
+def fleet_plots(fleets, out_dir):
+    """fleet.png: accuracy before and after per completed board, and its board time per phase
+    (none when no board completed)."""
     import matplotlib.pyplot as plt
     done = [(host, b) for host, b in _boards(fleets) if b.get("run")]
-    labels = ["%s%s\n%s" % (host + ":" if len(fleets) > 1 else "", b["name"], b["configuration"]["label"])
-              for host, b in done]
-    fig, (acc, phases) = plt.subplots(1, 2, figsize=(max(8, 2.6 * len(done)), 4.5), squeeze=True)
+    if not done:
+        return []
+    labels = ["%s%s\n%s" % (host + ":" if len(fleets) > 1 else "", b["name"],
+                            b["configuration"]["label"].replace(" ", "\n")) for host, b in done]
+    fig, (acc, phases) = plt.subplots(1, 2, figsize=(max(10, 3 * len(done)), 5))
     xs = range(len(done))
     acc.bar([x - 0.2 for x in xs], [100 * b["run"]["accuracy_before"] for _, b in done], 0.4, label="before")
     acc.bar([x + 0.2 for x in xs], [100 * b["run"]["accuracy"] for _, b in done], 0.4, label="after")
@@ -240,4 +244,4 @@ def fleet_plot(fleets, out_dir):
     phases.set_ylabel("board time [s]")
     phases.set_title("board time per phase", fontsize="small")
     phases.legend(fontsize="x-small")
-    return _save(fig, out_dir, "fleet.png")
+    return [_save(fig, out_dir, "fleet.png")]
