@@ -13,15 +13,15 @@ import pytest
 from skip2lora import cli, coaflow, fleet, report
 from skip2lora.client import Client
 from skip2lora.emulator import Emulator
+from skip2lora.fleetbench import EPOCHS, HEAPS, LIMIT
 from skip2lora.pipeline import load_scenario
 
 from .test_coaflow import record_path  # noqa: F401 (the small CoA record, a fixture)
 
-# heaps whose arenas (~72, 75, 78 and 368 KB on the 64-bit unix port) leave budgets on four steps
-# of the small record's front: past ~80 KB every board gets the largest file, so the 241k
-# and 520k would pick alike, and 160k or 110k leave no room beside the fine-tune's reserve
-HEAPS = ("204k", "208k", "212k", "520k")
-JOB = ["--limit", "40", "--epochs", "3"]
+# HEAPS: arenas of ~72, 75, 78 and 368 KB on the 64-bit unix port leave budgets on four steps of the
+# small record's front; past ~80 KB every board gets the largest file, so the 241k and 520k
+# would pick alike, and 160k or 110k leave no room beside the fine-tune's reserve
+JOB = ["--limit", str(LIMIT), "--epochs", str(EPOCHS)]
 
 
 def _fleet(record_path, out, ports, *extra):
@@ -55,7 +55,7 @@ def test_four_heaps_four_configurations_all_complete_one_report(record_path, boa
         budget = coaflow.budget_from_hello(r["hello"], r["port"])
         assert r["budget"] == budget and r["configuration"]["label"] == coaflow.pick(record, budget)["label"]
         assert r["model"]["bytes"] == r["configuration"]["file_bytes"] <= budget
-        assert r["run"]["test_samples"] == 250 and r["run"]["epochs"] == 3
+        assert r["run"]["test_samples"] == 250 and r["run"]["epochs"] == EPOCHS
     assert len({r["configuration"]["label"] for r in rows}) == 4
     assert len(os.listdir(out / "models")) == 4  # one file per configuration
     printed = capsys.readouterr().out
