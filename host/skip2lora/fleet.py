@@ -108,6 +108,7 @@ class Display:
         if enabled and interactive():
             self.bars = {n: tqdm(total=1, desc=n, position=k, leave=True, unit=" steps")
                          for k, n in enumerate(names)}
+        self.kinds = {}  # name -> the phase its bar shows
         self.last = {}  # name -> (kind, when) of its last progress line
 
     def event(self, name, text):
@@ -126,7 +127,8 @@ class Display:
         if self.bars:
             with self.lock:
                 bar = self.bars[name]
-                if bar.desc != "%s %s" % (name, kind):
+                if self.kinds.get(name) != kind:
+                    self.kinds[name] = kind
                     bar.reset(total=total)
                     bar.set_description("%s %s" % (name, kind))
                 bar.update(done - bar.n)
@@ -146,14 +148,13 @@ class Display:
 
 @dataclass
 class Plan:
-    """What every board of the fleet shares."""
+    """What the boards of the fleet are given."""
     record: dict
-    scenario: object
+    scenarios: dict  # board name -> the Scenario whose fine-tune and test sets it gets
     models: Models
     config: dict  # CONFIG fields, as `run` sends them
     limit: int = None
     retries: int = 3
-    data_per_board: str = None
 
 
 def _choose(port, name, plan, display):
@@ -181,13 +182,12 @@ def drive(port, plan, display, stop):
             raise KeyboardInterrupt
         display.progress(name, kind, done, total)
     try:
-        scenario = board_data(plan.scenario, plan.data_per_board, name) if plan.data_per_board else plan.scenario
         row["hello"], row["budget"], entry, path, data = _choose(port, name, plan, display)
         row["configuration"] = {k: entry[k] for k in ("label", "config", "average_bits", "file_bytes")}
         row["model"] = {"path": path, "bytes": len(data)}
         if stop.is_set():
             raise Stopped("stopped before its job; the board is idle")
-        row["run"] = run_job(port, data, scenario, plan.config, progress=progress, limit=plan.limit,
+        row["run"] = run_job(port, data, plan.scenarios[name], plan.config, progress=progress, limit=plan.limit,
                              retries=plan.retries)
         row["status"] = "ok"
         display.event(name, "done: accuracy %.1f%% -> %.1f%%" % (100 * row["run"]["accuracy_before"],
@@ -217,9 +217,9 @@ def run_fleet(ports, plan, display):
     return [f.result() for f in futures]
 
 
-def fleet_record(rows, plan, wall_seconds, record_path):
-    return {"fleet": {"host": socket.gethostname(), "scenario": plan.scenario.name, "coa": record_path,
-                      "data_per_board": plan.data_per_board, "config": plan.config, "limit": plan.limit,
+def fleet_record(rows, plan, wall_seconds, args):
+    return {"fleet": {"host": socket.gethostname(), "scenario": args.scenario, "coa": args.coa,
+                      "data_per_board": args.data_per_board, "config": plan.config, "limit": plan.limit,
                       "boards": len(rows), "completed": sum(r["status"] == "ok" for r in rows),
                       "wall_seconds": wall_seconds},
             "boards": rows}
@@ -232,12 +232,11 @@ def cmd_fleet(args):
     names = [board_name(p) for p in ports]
     scenario = load_scenario(args.scenario)
     record = coaflow.load_record(args.coa, args.scenario)
-    if args.data_per_board:
-        for name in names:  # every board's data read before any board is driven
-            board_data(scenario, args.data_per_board, name)
-    plan = Plan(record, scenario, Models(record, args.coa, args.scenario, os.path.join(args.out, "models"),
-                                         not args.quiet),
-                cli._board_config(args), args.limit, args.retries, args.data_per_board)
+    # every board's data read before any board is driven: a bad folder stops the command
+    scenarios = {n: board_data(scenario, args.data_per_board, n) if args.data_per_board else scenario for n in names}
+    plan = Plan(record, scenarios, Models(record, args.coa, args.scenario, os.path.join(args.out, "models"),
+                                          not args.quiet),
+                cli._board_config(args), args.limit, args.retries)
     display = Display(names, not args.quiet)
     t0 = time.monotonic()
     try:
@@ -245,7 +244,7 @@ def cmd_fleet(args):
     finally:
         display.close()
     path = os.path.join(args.out, "fleet.json")
-    cli._write(path, json.dumps(fleet_record(rows, plan, time.monotonic() - t0, args.coa), indent=2))
+    cli._write(path, json.dumps(fleet_record(rows, plan, time.monotonic() - t0, args), indent=2))
     records = report.load([path])
     table = report.markdown_table(records)
     print(table)
