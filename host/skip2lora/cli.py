@@ -11,7 +11,7 @@ from s2l import guard
 from s2l.configcheck import MAX_HOLDOUT
 from s2l.modelfile import SUPPORTED_BITS
 
-from . import __version__, coaflow, fleet, reference
+from . import __version__, coaflow, reference
 from .client import BoardError, LinkError, Stopped
 from .emulator import RUNTIMES as EMULATOR_RUNTIMES
 from .mpyrun import BOARD_HEAP, ESP32_HEAP
@@ -556,6 +556,7 @@ def build_parser():
     p.set_defaults(func=cmd_report)
 
     coaflow.register(sub)
+    from . import fleet
     fleet.register(sub)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")

@@ -204,7 +204,7 @@ def drive(port, plan, display, stop):
 
 def run_fleet(ports, plan, display):
     """Every board in its own thread; the rows in the order of `ports`. Ctrl-C: each thread RESETs
-    its busy board, then Stopped is raised with the rows so far."""
+    its busy board at its next frame or epoch and returns its row as stopped."""
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=len(ports)) as pool:
         futures = [pool.submit(drive, port, plan, display, stop) for port in ports]

@@ -32,15 +32,11 @@ def load(paths):
     for path in paths:
         with open(path) as f:
             record = json.load(f)
-        if "fleet" in record and "boards" in record:
-            record["path"] = path
-            records.append(record)
-            continue
         if "link" in record and "accuracy_before" in record:
             record = _from_run(record)
-        elif "results" not in record or "scenario" not in record:
+        elif "fleet" not in record and ("results" not in record or "scenario" not in record):
             raise ValueError("%s is not a bench, run or fleet results file (no scenario/results)" % path)
-        if not record["results"]:
+        if not record.get("results", record.get("boards")):  # a fleet's results are its boards
             raise ValueError("%s holds no results" % path)
         record["path"] = path
         records.append(record)
