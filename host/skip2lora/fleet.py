@@ -269,7 +269,7 @@ def register(sub):
                                    "not (at most %d); 130 after Ctrl-C (every busy board RESET); 1 with a one-line "
                                    "error before any board was driven." % MAX_STATUS)
     p.add_argument("--port", action="append", help="a board's pyserial URL; repeat it, one per board")
-    p.add_argument("--ports-from", metavar="FILE", help="more ports, one a line (# comments)")
+    p.add_argument("--ports-from", metavar="FILE", help="more ports, one a line (# comments) (default: none)")
     p.add_argument("--coa", default=coaflow.DEFAULT_RECORD,
                    help="results of `skip2lora coa train`: its front and budget rule pick each board's "
                         "configuration (default: %(default)s)")
