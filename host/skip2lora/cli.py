@@ -704,6 +704,8 @@ def build_parser():
     p.set_defaults(func=cmd_report)
 
     coaflow.register(sub)
+    from . import fleet
+    fleet.register(sub)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,

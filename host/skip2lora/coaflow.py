@@ -186,17 +186,27 @@ def pick(record, budget):
     return min(fits, key=lambda e: (e["damage_coa"], e["file_bytes"]))
 
 
+def trained_net(record, record_path, scenario_name, data_path=None, progress=True):
+    """The float network `record` was trained with, pretrained again (deterministic, seed 0)."""
+    _, net = source_net(scenario_name, data_path, progress)
+    if fingerprint(net) != record["network"]:
+        raise ValueError("the network pretrained now differs from the one %s was trained with: "
+                         "run `skip2lora coa train` again" % record_path)
+    return net
+
+
+def model_file(record, net, entry):
+    """The model file of a front entry, with its folded CoA adapter as the starting adapter."""
+    config = QuantConfig.from_json(entry["config"])
+    return model_bytes(net, config, CoA.from_json(record["coa"]).adapter(config))
+
+
 def export(scenario_name, budget, output, record_path=DEFAULT_RECORD, data_path=None, progress=True):
     """Write the best fitting configuration with its folded CoA adapter; returns (front entry,
     file bytes, adapter rank)."""
     record = load_record(record_path, scenario_name)
     entry = pick(record, budget)
-    _, net = source_net(scenario_name, data_path, progress)
-    if fingerprint(net) != record["network"]:
-        raise ValueError("the network pretrained now differs from the one %s was trained with: "
-                         "run `skip2lora coa train` again" % record_path)
-    config = QuantConfig.from_json(entry["config"])
-    data = model_bytes(net, config, CoA.from_json(record["coa"]).adapter(config))
+    data = model_file(record, trained_net(record, record_path, scenario_name, data_path, progress), entry)
     folder = os.path.dirname(output)
     if folder:
         os.makedirs(folder, exist_ok=True)

@@ -43,9 +43,9 @@ def load(paths):
             raise ValueError("%s is not a bench or run results file (no scenario/results)" % path)
         if "link" in record and "accuracy_before" in record:
             record = _from_run(record)
-        elif "results" not in record or "scenario" not in record:
-            raise ValueError("%s is not a bench or run results file (no scenario/results)" % path)
-        if not record["results"]:
+        elif "fleet" not in record and ("results" not in record or "scenario" not in record):
+            raise ValueError("%s is not a bench, run or fleet results file (no scenario/results)" % path)
+        if not record.get("results", record.get("boards")):  # a fleet's results are its boards
             raise ValueError("%s holds no results" % path)
         record["path"] = path
         records.append(record)
@@ -81,6 +81,13 @@ def column(record):
 
 
 def markdown_table(records):
+    """The fleet table of every fleet record (one, merged), then the comparison of the others."""
+    fleets = [r for r in records if "fleet" in r]
+    others = [r for r in records if "fleet" not in r]
+    return "\n\n".join(([fleet_table(fleets)] if fleets else []) + ([_bench_table(others)] if others else []))
+
+
+def _bench_table(records):
     labels = []
     for record in records:
         labels += [label for label in _rows(record) if label not in labels]
@@ -110,12 +117,19 @@ def markdown_table(records):
 
 
 def plots(records, out_dir):
-    """Write the PNGs into out_dir (the per-epoch plot only when some run measured it); their paths."""
+    """Write the PNGs into out_dir (fleet.png for fleet records; the per-epoch plot only when some
+    run measured it); their paths."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
+    fleets = [r for r in records if "fleet" in r]
+    others = [r for r in records if "fleet" not in r]
+    return (fleet_plots(fleets, out_dir) if fleets else []) + (_bench_plots(others, out_dir) if others else [])
+
+
+def _bench_plots(records, out_dir):
+    import matplotlib.pyplot as plt
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -196,3 +210,66 @@ def _save(fig, out_dir, name):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# -- fleets: a row per board ---------------------------------------------------------------------------
+def _boards(fleets):
+    """(host, board row) of every fleet record: several hosts' fleets merge into one table."""
+    return [(f["fleet"]["host"], row) for f in fleets for row in f["boards"]]
+
+
+def _phases(run):
+    return ", ".join("%s %.3f" % (k.replace("_", " "), v) for k, v in run["phase_seconds"].items())
+
+
+def _faults(run):
+    r = run["link"]["retransmissions"]
+    return "%d retransmissions (%d damaged, %d timeouts)" % (r["retransmissions"], r["damaged"], r["timeouts"])
+
+
+def fleet_table(fleets):
+    lines = ["| host | board | arena [KB] | configuration | file [B] | accuracy before | after | "
+             "board time per phase [s] | link faults | status |", "|---" * 10 + "|"]
+    for host, b in _boards(fleets):
+        arena = "%.1f" % (b["hello"]["arena"]["size"] / 1024) if b.get("hello") else "?"
+        config = b["configuration"]["label"] if b.get("configuration") else "-"
+        size = "%d" % b["model"]["bytes"] if b.get("model") else "-"
+        run = b.get("run")
+        cells = ["%.1f%%" % (100 * run["accuracy_before"]), "%.1f%%" % (100 * run["accuracy"]), _phases(run),
+                 _faults(run)] if run else ["-"] * 4
+        # a stopped board's error says "stopped ..." itself
+        status = {"ok": "ok", "stopped": b["error"]}.get(b["status"], "failed: %s" % b["error"])
+        lines.append("| %s |" % " | ".join([host, b["name"], arena, config, size] + cells + [status]))
+    notes = ["%s: %d of %d boards completed, %s, %.1f s wall (%s)" % (
+        f["fleet"]["host"], f["fleet"]["completed"], f["fleet"]["boards"], f["fleet"]["scenario"],
+        f["fleet"]["wall_seconds"], f["path"]) for f in fleets]
+    return "\n".join(lines + [""] + notes)
+
+
+def fleet_plots(fleets, out_dir):
+    """fleet.png: accuracy before and after per completed board, and its board time per phase
+    (none when no board completed)."""
+    import matplotlib.pyplot as plt
+    done = [(host, b) for host, b in _boards(fleets) if b.get("run")]
+    if not done:
+        return []
+    labels = ["%s%s\n%s" % (host + ":" if len(fleets) > 1 else "", b["name"],
+                            b["configuration"]["label"].replace(" ", "\n")) for host, b in done]
+    fig, (acc, phases) = plt.subplots(1, 2, figsize=(max(10, 3 * len(done)), 5))
+    xs = range(len(done))
+    acc.bar([x - 0.2 for x in xs], [100 * b["run"]["accuracy_before"] for _, b in done], 0.4, label="before")
+    acc.bar([x + 0.2 for x in xs], [100 * b["run"]["accuracy"] for _, b in done], 0.4, label="after")
+    acc.set_xticks(list(xs), labels, fontsize="x-small")
+    acc.set_ylabel("test accuracy [%]")
+    acc.set_title("accuracy per board (its own configuration)", fontsize="small")
+    acc.legend(fontsize="x-small")
+    bottom = [0.0] * len(done)
+    for phase in dict.fromkeys(k for _, b in done for k in b["run"]["phase_seconds"]):
+        values = [b["run"]["phase_seconds"].get(phase, 0.0) for _, b in done]
+        phases.bar(list(xs), values, bottom=bottom, label=phase.replace("_", " "))
+        bottom = [a + v for a, v in zip(bottom, values)]
+    phases.set_xticks(list(xs), labels, fontsize="x-small")
+    phases.set_ylabel("board time [s]")
+    phases.set_title("board time per phase", fontsize="small")
+    phases.legend(fontsize="x-small")
+    return [_save(fig, out_dir, "fleet.png")]

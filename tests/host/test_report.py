@@ -30,7 +30,7 @@ def test_report_writes_the_table_and_three_pngs(results, tmp_path, capsys):
 def test_report_of_a_file_that_is_not_results_is_a_clear_error(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("{}")
-    with pytest.raises(SystemExit, match="not a bench or run results file"):
+    with pytest.raises(SystemExit, match="not a bench, run or fleet results file"):
         cli.main(["report", str(bad), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="No such file"):
         cli.main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
