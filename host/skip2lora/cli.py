@@ -697,8 +697,8 @@ def build_parser():
     _add_quiet(p)
     p.set_defaults(func=cmd_probe_lr)
 
-    p = sub.add_parser("report", help="markdown table and PNG plots from bench or run results JSON")
-    p.add_argument("results", nargs="+", help="results JSON files written by bench --json or run --json")
+    p = sub.add_parser("report", help="markdown table and PNG plots from bench, run or fleet results JSON")
+    p.add_argument("results", nargs="+", help="results JSON files written by bench, run or fleet with --json")
     p.add_argument("--out", default=os.path.join("out", "report"),
                    help="folder for table.md and the PNGs (default: %(default)s)")
     p.set_defaults(func=cmd_report)

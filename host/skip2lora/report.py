@@ -37,10 +37,10 @@ def load(paths):
             try:
                 record = json.load(f)
             except ValueError as e:
-                raise ValueError("%s is not a results JSON (written by bench --json or run --json): %s" % (
+                raise ValueError("%s is not a results JSON (written by bench, run or fleet with --json): %s" % (
                     path, e)) from None
         if not isinstance(record, dict):
-            raise ValueError("%s is not a bench or run results file (no scenario/results)" % path)
+            raise ValueError("%s is not a bench, run or fleet results file (no scenario/results)" % path)
         if "link" in record and "accuracy_before" in record:
             record = _from_run(record)
         elif "fleet" not in record and ("results" not in record or "scenario" not in record):

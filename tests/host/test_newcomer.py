@@ -155,7 +155,7 @@ def test_report_headers_tell_runs_apart_and_count_what_ran(tmp_path, capsys):
         runs[0], guarded["epochs"]) in header
     assert "%s: lab (serial to linux, lr 0.05, 2 epochs, 45 fine-tune / 45 test samples)" % runs[1] in header
     assert report._axis_floor(report.load(runs)) > 0  # the accuracy axis starts near the bars, not at 0
-    _refused(["report", lab], "%s is not a results JSON (written by bench --json or run --json): Extra data" % lab,
+    _refused(["report", lab], "%s is not a results JSON (written by bench, run or fleet with --json): Extra data" % lab,
              capsys)
 
 
