@@ -96,7 +96,7 @@ def own_models(tmp_path_factory):
         lab = write_csv(folder / (name + "-lab.csv"), n_features, n_classes, 400, 1)
         drift = write_csv(folder / (name + "-drift.csv"), n_features, n_classes, 600, 2, drift=True)
         model = folder / (name + ".s2lm")
-        cli.main(["export", "--data", lab, "--drift", drift, "--model", str(model), "--quiet"])
+        cli.main(["export", "--data", lab, "--model", str(model), "--quiet"])  # no --drift: no lr probe, quick
         made[name] = {"data": ["--data", lab, "--drift", drift], "model": model}
     return made
 
