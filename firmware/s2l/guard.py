@@ -123,8 +123,30 @@ class Guard:
         drain(self.start_steps(tick))
 
     def start_steps(self, tick=None):
+        # start as a generator (learner.py). It scores the held-out samples' loss too: a spike is
+        # measured from the larger of it and guessing's, since a model far from the data it meets
+        # (strong drift) starts above guessing, and its first epochs must not count as diverging
         t0 = clock.ticks_us()
-        self.val_start = self.val_best = yield from self.validate_steps(tick)
+        t, order = self.tuner, self.tuner.order
+        correct, loss = 0, 0.0
+        for k in range(self.n_train, self.n_train + self.n_val):
+            yield
+            index = order[k]
+            z = t.stored_logits(index)
+            if z is not None:  # out of the integer path's range: wrong, and no loss to count
+                best = 0
+                for c in range(1, len(z)):
+                    if z[c] > z[best]:
+                        best = c
+                total = 0.0
+                for v in z:
+                    total += math.exp(v - z[best])
+                correct += best == t.labels[index]
+                loss += z[best] + math.log(total) - z[t.labels[index]]
+            if tick:
+                tick(k - self.n_train + 1, self.n_val)
+        self.val_start = self.val_best = correct / self.n_val
+        self.lowest = max(self.lowest, loss / self.n_val)
         self.us_guard += clock.ticks_diff(clock.ticks_us(), t0)
 
     def epoch(self, last=False, tick=None):

@@ -363,6 +363,22 @@ class IntSkip2Tuner:
         self.kernel_calls += 1
         return I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, 0, 0)
 
+    def stored_logits(self, index):
+        """The logits of stored sample `index` as floats, from the skip-cache; None out of range."""
+        if self.predict_stored(index) < 0:
+            return None
+        return self._logits(self.rows.buf, self.rows.row(index) + self.e_at)
+
+    def _logits(self, buf, eo):
+        # the logits a prediction step left in its scratch, int32 at the coarsest exponent of their
+        # parts (ikernels.step), as floats; buf[eo:] holds the sample's exponents
+        n, r, sv = len(self.layers), self.rank, self.scratch_view
+        low = (buf[eo + n] ^ 0x80) - 0x80
+        for i in range(n):
+            low = min(low, I.FB + sv[n * r + i])
+        z = n * r + n + r
+        return [sv[z + c] * 2.0 ** -low for c in range(self.n_classes)]
+
     def set_lr(self, lr):
         # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
         self.lr = lr
@@ -391,13 +407,7 @@ class IntSkip2Tuner:
         reading the integer path cannot represent."""
         if self.predict(x) < 0:
             return None
-        # the step left them in its scratch, int32 at the coarsest exponent of their parts (ikernels.step)
-        n, r, sv = len(self.layers), self.rank, self.scratch_view
-        low = (self.probe[self.e_at + n] ^ 0x80) - 0x80
-        for i in range(n):
-            low = min(low, I.FB + sv[n * r + i])
-        z = n * r + n + r
-        return [sv[z + c] * 2.0 ** -low for c in range(self.n_classes)]
+        return self._logits(self.probe, self.e_at)
 
     def predict_int8(self, src, at):
         return self._predict_probe(self._ingest(self.probe, 0, src, at))

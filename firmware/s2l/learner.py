@@ -12,6 +12,7 @@ import struct
 
 from s2l import adapterfile, clock, storage
 from s2l.arena import aligned
+from s2l.guard import Guard
 from s2l.model import Model
 from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
 
@@ -47,7 +48,6 @@ class Learner:
         self.start_mark = arena.mark()  # where its buffers start: forget() builds them again there
         self.tuner = new_tuner(model, arena=arena, spill_path=self._path(SPILL_PATH), **config)
         # the guard before the plan: its copy of the adapters is not the plan's to give
-        from s2l.guard import Guard
         self.guard = Guard(self.tuner, holdout, patience) if holdout != 0 else None
         self.run = None  # the adaptation in progress (a generator: _steps)
         self.epochs_left = 0

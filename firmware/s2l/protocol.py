@@ -22,6 +22,7 @@ if ON_BOARD:  # the board's job modules, imported before the arena is taken: nev
 # last: compiled from source (a test's unix port), it fragments the heap least here (measured)
 from s2l.learner import ADAPTER_FILE, MODEL_FILE, Learner, keep_model, read_model  # noqa: E402
 
+FIELD_LOG = "field.json"  # what the field loop did (field.py), for LOG
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 # during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
@@ -146,6 +147,7 @@ class Core:
         self.config = None
         self.upload = None  # (buffer, expected CRC) during a model upload
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
+        self.training = None  # the learner's adaptation TRAIN started
         self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
         self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
         self.working_every_us = WORKING_EVERY_US
@@ -159,7 +161,7 @@ class Core:
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
             F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
             F.LOAD: self.load, F.RESET: self.reset,
-            F.STATUS: self.status, F.REPLY: self.reply,
+            F.STATUS: self.status, F.REPLY: self.reply, F.LOG: self.field_log,
         }
         if learner is not None:  # its model file and adapters were recovered as it opened
             self.arena, self.model, self.model_end = learner.arena, learner.model, learner.start_mark
@@ -191,7 +193,8 @@ class Core:
 
     @property
     def busy(self):
-        return self.epochs_left > 0
+        """Training a TRAIN started (a field loop's adaptations are the loop's to run: field.py)."""
+        return self.learner is not None and self.learner.busy and self.learner.run is self.training
 
     def _path(self, name):
         return self.dir + "/" + name
@@ -243,7 +246,7 @@ class Core:
                 raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
             if payload and ftype in F.NO_PAYLOAD:
                 raise ProtocolError(F.E_PAYLOAD, "request 0x%02x takes no payload, got %d bytes" % (ftype, len(payload)))
-            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY):
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY, F.LOG):
                 raise ProtocolError(F.E_BUSY, "training in progress (RESET stops it)")
             result = handler(payload)
             if ftype == F.REPLY:
@@ -513,6 +516,7 @@ class Core:
         epochs = args.get("epochs", self.tuner.epochs)
         # unguarded when there is no guard, or too few samples to hold any out
         guarded = self.learner.start(epochs)
+        self.training = self.learner.run
         self._drop_samples()  # test samples scored from here on are scored after training
         return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number,
                 "validation_samples": self.guard.n_val if guarded else 0}
@@ -586,6 +590,13 @@ class Core:
             last = [self.last[0], self.last[1], self.last[3] == F.OK, len(self.last[4])]
         return {"busy": self.busy, "left": self.epochs_left, "event": self.event_number,
                 "events": events, "last": last}
+
+    def field_log(self, payload):
+        """The field loop's log (field.py) as it was last written to flash."""
+        try:
+            return json.loads(storage.read(self._path(FIELD_LOG)))
+        except (OSError, ValueError):
+            raise ProtocolError(F.E_STORAGE, "no field log on flash (the field loop writes %s)" % FIELD_LOG)
 
     def reply(self, payload):
         """Bytes at..at+size of the last request's reply payload (that request's seq must match)."""

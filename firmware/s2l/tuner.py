@@ -451,12 +451,15 @@ class Tuner:
         return _argmax(self.logits(x))
 
     def predict_stored(self, index):
-        """The prediction for stored sample `index` (a validation sample); Skip2-LoRA's from the
-        skip-cache."""
+        """The prediction for stored sample `index` (a validation sample)."""
+        return _argmax(self.stored_logits(index))
+
+    def stored_logits(self, index):
+        """The logits of stored sample `index`; Skip2-LoRA's from the skip-cache."""
         if self.family != "skip2":
-            return self.predict_input(self.sample(index))
+            return self.logits(self.sample(index))
         self._reserve_cache()
-        return _argmax(self._skip_logits(index)[1])
+        return self._skip_logits(index)[1]
 
     def evaluate(self, samples, labels):
         return evaluate(self, samples, labels)
