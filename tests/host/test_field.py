@@ -30,14 +30,12 @@ MIN_GAIN = 0.20
 
 SENSOR = """
 import struct, time
+from s2l import storage
 N_IN = %d
 _f = open("day.bin", "rb")
 _labels = open("day_labels.bin", "rb").read()
 _buf = bytearray(4 * N_IN)
-try:
-    _k = int(open("pos").read())  # a replay goes on after a power cut where it was
-except OSError:
-    _k = 0
+_k = int(storage.recover("pos", int)[0] or 0)  # a replay goes on after a power cut where it was
 
 def read():
     global _k
@@ -46,8 +44,7 @@ def read():
     _f.seek(4 * N_IN * _k)
     _f.readinto(_buf)
     _k += 1
-    with open("pos", "w") as p:
-        p.write(str(_k))
+    storage.write_atomic("pos", str(_k).encode())
     time.sleep_ms(1)
     return struct.unpack("<%%df" %% N_IN, _buf)
 
@@ -69,9 +66,9 @@ print(correct / len(labels))
 
 def start(flash, lib, port_fd=None):
     env = dict(unix_env(), MICROPYPATH=str(lib))
-    io = subprocess.DEVNULL if port_fd is None else port_fd
-    return subprocess.Popen(unix_command(BOARD_HEAP) + ["main.py"], stdin=io, stdout=io, stderr=subprocess.PIPE,
-                            cwd=flash, env=env)
+    # the unix port prints an uncaught exception to stdout: off the link, it is kept
+    return subprocess.Popen(unix_command(BOARD_HEAP) + ["main.py"], stdin=port_fd or subprocess.DEVNULL,
+                            stdout=port_fd or subprocess.PIPE, stderr=subprocess.STDOUT, cwd=flash, env=env)
 
 
 def score(flash, lib, n_in):
@@ -134,8 +131,8 @@ def test_a_simulated_day_in_the_field(tmp_path, capsys):
     resumed = tmp_path / "at-restart"
     shutil.copytree(flash, resumed)
     board = start(flash, lib)
-    _, err = board.communicate(timeout=120)
-    assert board.returncode == 0, err.decode()
+    out, _ = board.communicate(timeout=120)
+    assert board.returncode == 0, out.decode()
     log = json.loads((flash / "field.json").read_text())
     gained = score(flash, lib, n_in)
 
