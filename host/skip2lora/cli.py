@@ -718,7 +718,7 @@ def build_parser():
     p = sub.add_parser("status", help="what a board's field loop did (firmware/field.py): readings, labels, "
                                       "adaptations with validation before and after, predictions per class")
     p.add_argument("--port", required=True, help="pyserial URL of the board or emulator (required)")
-    p.add_argument("--json", action="store_true", help="print the log as JSON")
+    p.add_argument("--json", action="store_true", help="print the log as JSON (default: a few lines of text)")
     _add_retries(p)
     p.set_defaults(func=cmd_status)
 
