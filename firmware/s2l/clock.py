@@ -4,10 +4,14 @@ import time
 
 try:
     ticks_us = time.ticks_us
+    ticks_ms = time.ticks_ms  # for spans past ticks_us's (half its period: 9 minutes on a board)
     ticks_diff = time.ticks_diff
 except AttributeError:  # CPython
     def ticks_us():
         return time.perf_counter_ns() // 1000
+
+    def ticks_ms():
+        return time.perf_counter_ns() // 1000000
 
     def ticks_diff(a, b):
         return a - b

@@ -36,6 +36,7 @@ LOAD = 0x0B
 RESET = 0x0C        # stops training (cancels a TRAIN), drops tuner and samples
 STATUS = 0x0D       # JSON {"after": event number} (optional): training state, kept events, last request
 REPLY = 0x0E        # JSON {"seq", "at", "size"}: a part of the last request's reply, as a PART frame
+LOG = 0x0F          # the field loop's log file (field.py), as JSON
 # replies (board -> host)
 OK = 0x80           # JSON
 ERROR = 0xEE        # u16 code | UTF-8 message
@@ -48,8 +49,8 @@ EVENTS = (PROGRESS, DONE, FAILED)
 # (board -> host, unasked, seq 0, not numbered nor kept): the board is alive in a long epoch
 WORKING = 0x85      # JSON {"epoch" (0: the guard's first scoring), "done", "of"}: samples done so far
 REQUESTS = (HELLO, MODEL_BEGIN, MODEL_CHUNK, MODEL_END, CONFIG, SAMPLES, TRAIN, EVAL, STATS, SAVE, LOAD, RESET,
-            STATUS, REPLY)
-NO_PAYLOAD = (HELLO, MODEL_END, STATS, SAVE, LOAD, RESET)  # a payload on these is an error
+            STATUS, REPLY, LOG)
+NO_PAYLOAD = (HELLO, MODEL_END, STATS, SAVE, LOAD, RESET, LOG)  # a payload on these is an error
 
 PART_HEADER = "<BH"  # reply type, reply length; then the part's bytes
 PART_HEADER_SIZE = 3

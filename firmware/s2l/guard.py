@@ -10,7 +10,7 @@ from array import array
 
 from s2l import clock
 from s2l.adapterfile import parameters
-from s2l.tuning import finite
+from s2l.tuning import drain, finite
 
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
@@ -91,9 +91,14 @@ class Guard:
 
     def validate(self, tick=None):
         """Accuracy of the current adapters on the held-out samples; tick(done, of) after each."""
+        return drain(self.validate_steps(tick))
+
+    def validate_steps(self, tick=None):
+        # validate as a generator that yields before each sample (learner.py slices with it)
         t, order = self.tuner, self.tuner.order
         correct = 0
         for k in range(self.n_train, self.n_train + self.n_val):
+            yield
             index = order[k]
             correct += t.predict_stored(index) == t.labels[index]
             if tick:
@@ -115,8 +120,33 @@ class Guard:
     def start(self, tick=None):
         """Score the starting adapters: the floor training must reach (their first scoring runs the
         validation samples' frozen layers into the skip-cache, a long call: tick(done, of))."""
+        drain(self.start_steps(tick))
+
+    def start_steps(self, tick=None):
+        # start as a generator (learner.py). It scores the held-out samples' loss too: a spike is
+        # measured from the larger of it and guessing's, since a model far from the data it meets
+        # (strong drift) starts above guessing, and its first epochs must not count as diverging
         t0 = clock.ticks_us()
-        self.val_start = self.val_best = self.validate(tick)
+        t, order = self.tuner, self.tuner.order
+        correct, loss = 0, 0.0
+        for k in range(self.n_train, self.n_train + self.n_val):
+            yield
+            index = order[k]
+            z = t.stored_logits(index)
+            if z is not None:  # out of the integer path's range: wrong, and no loss to count
+                best = 0
+                for c in range(1, len(z)):
+                    if z[c] > z[best]:
+                        best = c
+                total = 0.0
+                for v in z:
+                    total += math.exp(v - z[best])
+                correct += best == t.labels[index]
+                loss += z[best] + math.log(total) - z[t.labels[index]]
+            if tick:
+                tick(k - self.n_train + 1, self.n_val)
+        self.val_start = self.val_best = correct / self.n_val
+        self.lowest = max(self.lowest, loss / self.n_val)
         self.us_guard += clock.ticks_diff(clock.ticks_us(), t0)
 
     def epoch(self, last=False, tick=None):
@@ -124,13 +154,18 @@ class Guard:
         fields its PROGRESS event adds: val, lr, restored, best. Its time is split into training
         and the guard's own work, so that the guard's cost is a ratio measured in one run. tick:
         the tuner's (WORKING frames)."""
+        return drain(self.epoch_steps(last, tick))
+
+    def epoch_steps(self, last=False, tick=None):
+        # epoch as a generator that yields before each sample trained or validated (learner.py);
+        # sliced, the times count the pauses between slices too
         if not self.started:
-            self.start()
+            yield from self.start_steps()
         t0 = clock.ticks_us()
-        loss = self.tuner.train_epoch(self.n_train, tick)
+        yield from self.tuner.epoch_steps(self.n_train, tick)
         t1 = clock.ticks_us()
         self.us_train += clock.ticks_diff(t1, t0)
-        fields = self._judge(loss, last)
+        fields = yield from self._judge(self.tuner.loss, last)
         self.us_guard += clock.ticks_diff(clock.ticks_us(), t1)
         return fields
 
@@ -149,7 +184,7 @@ class Guard:
                 self.stopped = "diverged"
             return {"val": self.val_best, "lr": lr, "restored": True, "best": self.best_epoch}
         self.lowest = min(self.lowest, loss)
-        val = self.validate()
+        val = yield from self.validate_steps()
         # only a better score replaces the starting adapters ("nothing helped" keeps them); between
         # trained epochs, a tie goes to the one that fits the training samples better
         if val > self.val_best or (val == self.val_best and self.best_loss is not None and loss < self.best_loss):

@@ -88,6 +88,9 @@ class IntSkip2Tuner:
         self.rows = Rows(memplan.int_row_stride(dims), spill_path)
         self.labels = self.cached = self.order = None  # per sample, carved by plan()
         self.n_planned = None  # samples allocated for up front by plan()
+        # ring: past the plan, a new sample overwrites the oldest (a board in the field keeps the
+        # latest); otherwise it is refused
+        self.ring, self.oldest = False, 0
         self.hits = 0
         # frozen layers: scales (per channel, or per group of G inputs) as integer multipliers
         # round(scale * 2^K), |M| <= 2^14, biases as int32 at exponent KB, |bias| <= 2^29; the rest
@@ -222,23 +225,27 @@ class IntSkip2Tuner:
         return -(shift + exp16) if mant else 0
 
     def _add(self, label, fill):
-        # fill(buf, at) writes the sample's int8 values into its new row and returns their exponent
+        # fill(buf, at) writes the sample's int8 values at buf[at:] and returns their exponent: into
+        # the probe row first, so that a sample refused here leaves every stored row as it was
         if self.n_planned is None:  # no plan: as many as the arena holds in RAM beside a guard made later
             free = self.arena.free - len(self.w)
             self.plan(memplan.int_plan(free, self.rows.stride, None, memplan.MAX_SAMPLES)["samples"], fit=True)
         k = len(self.rows)
-        if k >= self.n_planned:
+        if k >= self.n_planned and not self.ring:
             raise TunerError("more fine-tune samples than the %d planned" % self.n_planned)
-        at = self.rows.append()
-        try:
-            e = fill(self.rows.buf, at)
-            if not -128 <= e <= 127:
-                raise TunerError("sample %d is out of the integer path's range (exponent %d)" % (k, e))
-            self.rows.buf[at + self.e_at] = e & 0xFF
-            self.rows.stored(k)
-        except Exception:
-            self.rows.truncate(k)
-            raise
+        e = fill(self.probe, 0)
+        if not -128 <= e <= 127:
+            raise TunerError("sample %d is out of the integer path's range (exponent %d)" % (k, e))
+        if k < self.n_planned:
+            at = self.rows.append()
+        else:  # a ring: the oldest sample's row takes the new one
+            k = self.oldest
+            self.oldest = (k + 1) % self.n_planned
+            at = self.rows.row(k, fresh=True)
+        buf, n_in = self.rows.buf, self.model.dims[0]
+        buf[at:at + n_in] = self.probe[0:n_in]
+        buf[at + self.e_at] = e & 0xFF
+        self.rows.stored(k)
         self.labels[k], self.cached[k] = label, 0
 
     def truncate(self, n):
@@ -290,12 +297,20 @@ class IntSkip2Tuner:
         an epoch; a cached step stays free of it). A sample whose logits leave the range the
         softmax takes is skipped (counted in self.skipped): one bad sample must not spoil the run;
         when most of them do, the rate diverged and the loss is infinite."""
+        for _ in self.epoch_steps(count, tick):
+            pass
+        return self.loss
+
+    def epoch_steps(self, count=None, tick=None):
+        """train_epoch as a generator that yields before each sample, so that a caller can cut an
+        epoch into slices (learner.py); self.loss is the epoch's loss once it ends."""
         order, n = epoch_order(self, count)
         total = 0.0
         skipped = 0
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
         us = self.us
         for k in range(n):
+            yield
             index = order[k]
             fresh = not self.cached[index]
             at = self._cached_row(index)
@@ -318,10 +333,8 @@ class IntSkip2Tuner:
         self.macs["backward"] += n * self.macs_backward
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
         self.skipped = skipped
-        loss = INF if 2 * skipped > n else total / (n - skipped)
+        self.loss = INF if 2 * skipped > n else total / (n - skipped)
         self.epochs_done += 1
-        self.loss = loss
-        return loss
 
     def _cached_row(self, index):
         """The offset of sample `index`'s row in rows.buf, its frozen layers run into it on the
@@ -350,6 +363,22 @@ class IntSkip2Tuner:
         self.kernel_calls += 1
         return I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, 0, 0)
 
+    def stored_logits(self, index):
+        """The logits of stored sample `index` as floats, from the skip-cache; None out of range."""
+        if self.predict_stored(index) < 0:
+            return None
+        return self._logits(self.rows.buf, self.rows.row(index) + self.e_at)
+
+    def _logits(self, buf, eo):
+        # the logits a prediction step left in its scratch, int32 at the coarsest exponent of their
+        # parts (ikernels.step), as floats; buf[eo:] holds the sample's exponents
+        n, r, sv = len(self.layers), self.rank, self.scratch_view
+        low = (buf[eo + n] ^ 0x80) - 0x80
+        for i in range(n):
+            low = min(low, I.FB + sv[n * r + i])
+        z = n * r + n + r
+        return [sv[z + c] * 2.0 ** -low for c in range(self.n_classes)]
+
     def set_lr(self, lr):
         # the learning rate as lr_mult * 2^-lr_exp, lr_mult < 2^14
         self.lr = lr
@@ -372,6 +401,13 @@ class IntSkip2Tuner:
         reading the integer path cannot represent."""
         self.check_sample(x, 0)
         return self._predict_probe(self._q8(self.model.normalised(x), self.probe, 0))
+
+    def predict_logits(self, x):
+        """The logits of a raw reading as floats (what predict's argmax picked from); None for a
+        reading the integer path cannot represent."""
+        if self.predict(x) < 0:
+            return None
+        return self._logits(self.probe, self.e_at)
 
     def predict_int8(self, src, at):
         return self._predict_probe(self._ingest(self.probe, 0, src, at))

@@ -14,15 +14,15 @@ from array import array
 from s2l import VERSION, adapterfile, clock, configcheck, storage
 from s2l import frames as F
 from s2l.arena import Arena, ArenaFull, aligned, default_size
-from s2l.guard import Guard
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.tuning import ON_BOARD, SPILL_PATH, TunerError, finite, new_tuner
+from s2l.tuning import ON_BOARD, TunerError, finite
 if ON_BOARD:  # the board's job modules, imported before the arena is taken: never into what it leaves
     import s2l.inttuner  # noqa: F401
+# last: compiled from source (a test's unix port), it fragments the heap least here (measured)
+from s2l.learner import ADAPTER_FILE, MODEL_FILE, Learner, keep_model, read_model  # noqa: E402
 
-MODEL_FILE = "model.s2lm"
-ADAPTER_FILE = "adapter.s2la"
+FIELD_LOG = "field.json"  # what the field loop did (field.py), for LOG
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 # during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far
@@ -153,17 +153,18 @@ def move_down(view, src, n):
 
 
 class Core:
-    def __init__(self, storage_dir=".", arena_bytes=None):
+    """storage_dir: the board's flash. A field loop (field.py) passes the learner it opened (s2l.learner.open):
+    the core serves it, in its arena, rather than taking an arena of its own."""
+
+    def __init__(self, storage_dir=".", arena_bytes=None, learner=None):
         self.dir = storage_dir
         self.decoder = F.Decoder()
         self.model = None
-        self.tuner = None
+        self.learner = learner  # the model's tuner and guard (learner.py), from CONFIG
         self.config = None
-        self.guard = None  # the tuner's epoch guard (guard.py), unless CONFIG's holdout is 0
-        self.guarded = False  # whether the training in progress is guarded
         self.upload = None  # (buffer, expected CRC) during a model upload
         self.confusion = None  # counts of the test samples scored since the last TRAIN or CONFIG
-        self.epochs_left = 0
+        self.training = None  # the learner's adaptation TRAIN started
         self.rx_bytes = self.rx_us = 0  # bytes fed in, and the board time spent handling them
         self.events = []  # (number, type, JSON payload) of the last KEPT_EVENTS events
         self.working_every_us = WORKING_EVERY_US
@@ -177,45 +178,47 @@ class Core:
             F.MODEL_END: self.model_end, F.CONFIG: self.configure, F.SAMPLES: self.samples,
             F.TRAIN: self.train, F.EVAL: self.evaluate, F.STATS: self.stats, F.SAVE: self.save,
             F.LOAD: self.load, F.RESET: self.reset,
-            F.STATUS: self.status, F.REPLY: self.reply,
+            F.STATUS: self.status, F.REPLY: self.reply, F.LOG: self.field_log,
         }
+        if learner is not None:  # its model file and adapters were recovered as it opened
+            self.arena, self.model, self.model_end = learner.arena, learner.model, learner.start_mark
+            self.storage = {"model": storage.OK, "adapter": storage.OK if storage.exists(
+                self._path(ADAPTER_FILE)) else storage.MISSING}
+            return
         # one block for every job's buffers, taken once, after the imports (arena.py)
         self.arena = boot_arena() if arena_bytes is None else Arena(arena_bytes)
         self.model_end = 0  # the arena's bytes the loaded model holds; a job's start after them
         # a power cut may have interrupted a write: keep the valid copy of each file
-        data, model_state = storage.recover(self._path(MODEL_FILE), Model, self._read_model)
+        data, model_state = storage.recover(self._path(MODEL_FILE), Model, lambda path: read_model(self.arena, path))
         if data is not None:
             self._keep_model(data)
         _, adapter_state = storage.recover(self._path(ADAPTER_FILE), adapterfile.check)
         self.storage = {"model": model_state, "adapter": adapter_state}
 
     @property
+    def tuner(self):
+        return self.learner and self.learner.tuner
+
+    @property
+    def guard(self):
+        """The tuner's epoch guard (guard.py), unless CONFIG's holdout is 0."""
+        return self.learner and self.learner.guard
+
+    @property
+    def epochs_left(self):
+        return self.learner.epochs_left if self.learner else 0
+
+    @property
     def busy(self):
-        return self.epochs_left > 0
+        """Training a TRAIN started (a field loop's adaptations are the loop's to run: field.py)."""
+        return self.learner is not None and self.learner.busy and self.learner.run is self.training
 
     def _path(self, name):
         return self.dir + "/" + name
 
-    def _read(self, name):
-        with open(self._path(name), "rb") as f:
-            return f.read()
-
-    def _read_model(self, path):
-        # a model file read straight into the arena's start (no copy of it on the heap)
-        self.arena.release(0)
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(0)
-            buf = self.arena.take(size, "the model file")
-            f.readinto(buf)
-        return buf
-
     def _keep_model(self, buf):
-        # buf, at the arena's start, becomes the model; a job's buffers follow it
-        self.arena.release(aligned(len(buf)))
+        self.model = keep_model(self.arena, buf)
         self.model_end = self.arena.mark()
-        self.model = Model(buf)
 
     def _drop_model(self):
         self._drop_tuner()
@@ -260,7 +263,7 @@ class Core:
                 raise ProtocolError(F.E_UNKNOWN, "unknown frame type 0x%02x" % ftype)
             if payload and ftype in F.NO_PAYLOAD:
                 raise ProtocolError(F.E_PAYLOAD, "request 0x%02x takes no payload, got %d bytes" % (ftype, len(payload)))
-            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY):
+            if self.busy and ftype not in (F.HELLO, F.STATS, F.RESET, F.STATUS, F.REPLY, F.LOG):
                 raise ProtocolError(F.E_BUSY, "training in progress (RESET stops it)")
             result = handler(payload)
             if ftype == F.REPLY:
@@ -282,7 +285,7 @@ class Core:
         return F.encode(ftype, self.event_number, payload)
 
     def _failed(self, code, message):
-        self.epochs_left = 0
+        self.learner and self.learner.stop()
         return self._event(F.FAILED, {"code": code, "error": message[:F.MAX_ERROR_MESSAGE],
                                       "epoch": self.tuner.epochs_done if self.tuner else 0})
 
@@ -302,48 +305,32 @@ class Core:
         if not self.busy:
             return b""
         try:
-            guard = self.guard if self.guarded else None
-            t0 = clock.ticks_us()
-            tick = self._tick if emit else None
-            self.beat = [emit, t0, self.tuner.epochs_done + 1]
-            if guard is not None and not guard.started:  # a call of its own: the board answers between
-                self.beat[2] = 0
-                guard.start(tick)
+            learner = self.learner
+            learner.tick = self._tick if emit else None
+            guard = self.guard if learner.guarded else None
+            # epoch 0: the guard's first scoring, a call of its own (the board answers between)
+            self.beat = [emit, clock.ticks_us(), 0 if guard and not guard.started else self.tuner.epochs_done + 1]
+            fields = None
+            while fields is None:
+                fields = learner.step()
+            if not fields:
                 return b""
-            if guard is None:
-                fields = {"loss": self.tuner.train_epoch(None, tick)}
-            else:  # validation, best adapters, restores: guard.py
-                fields = guard.epoch(self.epochs_left == 1, tick)
-                fields["loss"] = self.tuner.loss
-                if guard.stopped:
-                    self.epochs_left = 1
-            fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
-            self.epochs_left -= 1
-            epoch = fields["epoch"] = self.tuner.epochs_done
-            if getattr(self.tuner, "skipped", 0):  # samples out of the integer path's range, not trained
-                fields["skipped"] = self.tuner.skipped
             loss_finite = finite(fields["loss"])
             if not loss_finite:  # JSON has no NaN: the host gets null
                 fields["loss"] = None
-                if guard is None:  # unguarded, training stops
-                    self.epochs_left = 0
-            fields["left"] = self.epochs_left
             out = self._event(F.PROGRESS, fields)
             if not (loss_finite or guard):
                 return out + self._failed(F.E_DIVERGED, "training diverged at epoch %d (the loss is not finite): "
-                                                        "lower the learning rate" % epoch)
+                                                        "lower the learning rate" % fields["epoch"])
             if not self.busy:
-                done = {"epochs": epoch, "loss": fields["loss"]}
-                if guard is not None:
-                    done.update(guard.finish())
-                out += self._event(F.DONE, done)
+                out += self._event(F.DONE, learner.result)
             return out
         except Exception as e:
             try:
                 code, message = _error_of(e)
                 return self._failed(code, "training stopped: %s" % message)
             except Exception:
-                self.epochs_left = 0
+                self.learner.stop()
                 return b""
 
     # -- commands ----------------------------------------------------------------------------------
@@ -437,7 +424,7 @@ class Core:
         if self.tuner is not None:
             at = self.arena.mark()
             try:
-                self._build(args, holdout, patience)
+                Learner(self.model, self.arena, self.dir, holdout, patience, **args)
             except ArenaFull:
                 pass
             except TunerError as e:
@@ -447,11 +434,12 @@ class Core:
         freed = self.tuner is not None
         self._drop_tuner()
         try:
-            tuner, guard = self._build(args, holdout, patience)
+            learner = Learner(self.model, self.arena, self.dir, holdout, patience, **args)
+            tuner = learner.tuner
             reply = {"method": tuner.method, "cache_mode": tuner.cache_mode, "path": tuner.path,
                      "lr": tuner.lr, "rank": tuner.rank}  # CONFIG's, else the model file's
             if planned is not None:
-                reply["plan"] = tuner.plan(planned, flash_free(self.dir), fit is True)
+                reply["plan"] = learner.plan(planned, flash_free(self.dir), fit is True)
         except ArenaFull as e:
             self._drop_tuner()
             raise ProtocolError(F.E_MEMORY, "no memory for the tuner: %s; this board cannot fine-tune this model "
@@ -462,21 +450,15 @@ class Core:
         except Exception:
             self._drop_tuner()
             raise
-        self.tuner, self.guard, self.config = tuner, guard, args
+        self.learner, self.config = learner, args
         reply["free_heap"] = free_heap()
         reply["arena_free"] = self.arena.free
         return reply
 
-    def _build(self, args, holdout, patience):
-        tuner = new_tuner(self.model, arena=self.arena, spill_path=self._path(SPILL_PATH), **args)
-        # the guard before the plan: its copy of the adapters is not the plan's to give
-        guard = Guard(tuner, holdout, patience) if holdout != 0 else None
-        return tuner, guard
-
     def _drop_tuner(self):
-        if self.tuner is not None:
-            self.tuner.cache and self.tuner.cache.close()
-        self.tuner, self.config, self.guard = None, None, None
+        if self.learner is not None:
+            self.learner.close()
+        self.learner, self.config = None, None
         self._drop_samples()
         self.arena.release(self.model_end)
         gc.collect()
@@ -498,7 +480,7 @@ class Core:
                 count, n, F.SAMPLES_HEADER_SIZE + count * size, len(payload)))
         if n != self.model.dims[0]:
             raise TunerError("samples have %d features, the model takes %d" % (n, self.model.dims[0]))
-        tuner, starts = self.tuner, range(F.SAMPLES_HEADER_SIZE, len(payload), size)
+        learner, tuner, starts = self.learner, self.tuner, range(F.SAMPLES_HEADER_SIZE, len(payload), size)
         # int8 samples go to the tuner as they are on the wire (label, f32 scale, values)
         floats = encoding == F.ENC_FLOAT32
         for at in starts:  # all or nothing: check every sample before storing or scoring one
@@ -512,9 +494,9 @@ class Core:
             try:
                 for at in starts:
                     if floats:
-                        tuner.add_sample(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
+                        learner.add(struct.unpack_from("<%df" % n, payload, at + 1), payload[at])
                     else:
-                        tuner.add_int8(payload, at + 1, payload[at])
+                        learner.add_int8(payload, at + 1, payload[at])
             except Exception:
                 tuner.truncate(stored)  # all or nothing: the frame's earlier samples go too
                 raise
@@ -550,11 +532,11 @@ class Core:
         configcheck.check_train(args)
         epochs = args.get("epochs", self.tuner.epochs)
         # unguarded when there is no guard, or too few samples to hold any out
-        self.guarded = self.guard is not None and self.guard.arrange()
-        self.epochs_left = epochs
+        guarded = self.learner.start(epochs)
+        self.training = self.learner.run
         self._drop_samples()  # test samples scored from here on are scored after training
         return {"epochs": epochs, "samples": self.tuner.n_samples, "event": self.event_number,
-                "validation_samples": self.guard.n_val if self.guarded else 0}
+                "validation_samples": self.guard.n_val if guarded else 0}
 
     def evaluate(self, payload):
         """Accuracy over the test samples scored since the last TRAIN or CONFIG, and the confusion
@@ -590,29 +572,17 @@ class Core:
     def save(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "SAVE before CONFIG")
-        data = adapterfile.encode(adapterfile.parameters(self.tuner), self.tuner.path, self._model_crc())
-        storage.write_atomic(self._path(ADAPTER_FILE), data)
+        size = self.learner.save()
         self.storage["adapter"] = storage.OK
-        return {"bytes": len(data)}
+        return {"bytes": size}
 
     def load(self, payload):
         if self.tuner is None:
             raise ProtocolError(F.E_STATE, "LOAD before CONFIG")
-        try:
-            data = self._read(ADAPTER_FILE)
-        except OSError:
-            raise ProtocolError(F.E_STORAGE, "no saved adapter on flash")
-        adapterfile.restore(self.tuner, data, self._model_crc())
-        return {"bytes": len(data)}
-
-    def _model_crc(self):
-        """The model file's trailer, the CRC32 of all before it: what ties a saved adapter to its model
-        (the CRC32 of a whole file, trailer included, is one constant for every valid file)."""
-        return struct.unpack_from("<I", self.model.buf, len(self.model.buf) - 4)[0]
+        return {"bytes": self.learner.load()}
 
     def reset(self, payload):
-        stopped = self.epochs_left > 0  # a cancelled TRAIN: no DONE follows
-        self.epochs_left = 0
+        stopped = self.busy  # a cancelled TRAIN: no DONE follows
         self._cancel_upload()
         self._drop_tuner()
         return {"stopped": stopped}
@@ -637,6 +607,13 @@ class Core:
             last = [self.last[0], self.last[1], self.last[3] == F.OK, len(self.last[4])]
         return {"busy": self.busy, "left": self.epochs_left, "event": self.event_number,
                 "events": events, "last": last}
+
+    def field_log(self, payload):
+        """The field loop's log (field.py) as it was last written to flash."""
+        try:
+            return json.loads(storage.read(self._path(FIELD_LOG)))
+        except (OSError, ValueError):
+            raise ProtocolError(F.E_STORAGE, "no field log on flash (the field loop writes %s)" % FIELD_LOG)
 
     def reply(self, payload):
         """Bytes at..at+size of the last request's reply payload (that request's seq must match)."""

@@ -409,11 +409,19 @@ class Tuner:
         """One epoch over the stored samples (or the first `count` of the order the guard
         arranged) in a shuffled order; returns the mean loss. tick(done, of), if given, is called
         after each mini-batch."""
+        for _ in self.epoch_steps(count, tick):
+            pass
+        return self.loss
+
+    def epoch_steps(self, count=None, tick=None):
+        """train_epoch as a generator that yields before each mini-batch (learner.py cuts epochs
+        into slices with it); self.loss is the epoch's loss once it ends."""
         order, count = epoch_order(self, count)
         self._reserve_cache()
         step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
         total = 0.0
         for start in range(0, count, self.batch):
+            yield
             idx = order[start:min(count, start + self.batch)]
             scale = -self.lr if self.fused else 1.0 / len(idx)
             for index in idx:
@@ -424,10 +432,8 @@ class Tuner:
         # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
         # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
         self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
-        loss = total / count
+        self.loss = total / count
         self.epochs_done += 1
-        self.loss = loss
-        return loss
 
     def set_lr(self, lr):
         self.lr = lr
@@ -436,17 +442,24 @@ class Tuner:
         """The class of a raw reading (float sensor units, as add_sample takes them)."""
         return self.predict_input(self.model.normalised(x))
 
+    def predict_logits(self, x):
+        """The logits of a raw reading (what predict's argmax picks from)."""
+        return self.logits(self.model.normalised(x))
+
     def predict_input(self, x):
         # x: the network's input (normalised), e.g. a stored sample
         return _argmax(self.logits(x))
 
     def predict_stored(self, index):
-        """The prediction for stored sample `index` (a validation sample); Skip2-LoRA's from the
-        skip-cache."""
+        """The prediction for stored sample `index` (a validation sample)."""
+        return _argmax(self.stored_logits(index))
+
+    def stored_logits(self, index):
+        """The logits of stored sample `index`; Skip2-LoRA's from the skip-cache."""
         if self.family != "skip2":
-            return self.predict_input(self.sample(index))
+            return self.logits(self.sample(index))
         self._reserve_cache()
-        return _argmax(self._skip_logits(index)[1])
+        return self._skip_logits(index)[1]
 
     def evaluate(self, samples, labels):
         return evaluate(self, samples, labels)

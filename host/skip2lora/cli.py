@@ -509,6 +509,32 @@ def cmd_reset(args):
         args.port, "training stopped" if stopped else "it was not training"))
 
 
+def format_field_log(log):
+    """The field loop's log (LOG) as a few lines."""
+    preds = ", ".join("%d" % n for n in log["predictions"])
+    lines = ["boots %d; readings %d, labelled %d; predictions per class: %s (%d unreadable)" % (
+        log["boots"], log["samples"], log["labels"], preds, log["unknown"]),
+        "adaptations %d (%d improved validation); longest slice %d ms" % (
+            log["adaptations"], log["improved"], log["slice_ms_max"])]
+    for a in log["last"]:
+        lines.append("  %d samples, %d epochs in %d ms: validation %s -> %s%s" % (
+            a["samples"], a["epochs"], a["ms"], _pct(a["val_before"]), _pct(a["val_after"]),
+            "" if a["trained"] else " (kept the adapters it had)"))
+    return "\n".join(lines)
+
+
+def _pct(v):
+    return "n/a" if v is None else "%.1f%%" % (100 * v)
+
+
+def cmd_status(args):
+    from .client import Client
+    with Client(args.port, retries=args.retries) as board:
+        board.hello()
+        log = board.field_log()
+    print(json.dumps(log) if args.json else format_field_log(log))
+
+
 def _busy_hint(port):
     """What a board busy training (error 10) means for a user, and the two ways out."""
     return ("the board is still training, perhaps a run whose host quit: `skip2lora reset --port %s` stops it, "
@@ -688,6 +714,13 @@ def build_parser():
     p.add_argument("--port", required=True, help="pyserial URL of the board or emulator (required)")
     _add_retries(p)
     p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("status", help="what a board's field loop did (firmware/field.py): readings, labels, "
+                                      "adaptations with validation before and after, predictions per class")
+    p.add_argument("--port", required=True, help="pyserial URL of the board or emulator (required)")
+    p.add_argument("--json", action="store_true", help="print the log as JSON (default: a few lines of text)")
+    _add_retries(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("probe-lr", help="the lr export picks (held-out slice of the fine-tune set) against "
                                         "the best lr on the test set, for Skip2-LoRA")

@@ -468,6 +468,10 @@ class Client:
     def status(self):
         return self._status()
 
+    def field_log(self):
+        """The field loop's log (firmware/field.py) as the board last wrote it."""
+        return self.request(F.LOG)
+
     def link_report(self):
         """One line on what the link cost: retransmissions and their causes."""
         c = self.counts

@@ -131,7 +131,7 @@ def test_a_bad_uart_json_is_a_clear_error(tmp_path):
         assert board.returncode != 0 and message in err.decode(), err.decode()
 
 
-# A frame in progress that stops arriving costs training at most main.GAP_MS (plus one epoch); the
+# A frame in progress that stops arriving costs training at most link.GAP_MS (plus one epoch); the
 # tests allow this much more, for a loaded machine
 STALL_BOUND = 1.5
 
@@ -195,7 +195,7 @@ def test_a_frame_whose_bytes_stop_for_the_gap_is_dropped(tmp_path, interpreter):
         for pause, answered in ((0.5, False), (0.0, True)):
             frame = F.encode(F.STATUS, 2 + answered)
             os.write(master, frame[:5])
-            time.sleep(pause)  # far past main.GAP_MS: the board drops the half it has
+            time.sleep(pause)  # far past link.GAP_MS: the board drops the half it has
             os.write(master, frame[5:])
             got = frames_for(master, d, 1.0)
             assert bool(got) == answered, got

@@ -194,7 +194,12 @@ def test_reset_cancels_training(tmp_path, problem):
 
 def test_a_loss_that_is_not_finite_reaches_the_host_as_null_and_stops_training(tmp_path, problem):
     b = ready_board(tmp_path, problem, holdout=0)  # unguarded (the guard restores instead: test_guard.py)
-    b.core.tuner.train_epoch = lambda count=None, tick=None: float("nan")
+    tuner = b.core.tuner
+
+    def diverged(count=None, tick=None):  # an epoch whose loss is not finite (the core trains a sample at a time)
+        yield
+        tuner.loss = float("nan")
+    tuner.epoch_steps = diverged
     b.send(F.TRAIN)
     events = b.train()  # json.loads above: valid JSON
     assert [t for t, _, _ in events] == [F.PROGRESS, F.FAILED]
@@ -207,8 +212,9 @@ def test_training_that_raises_ends_in_a_failed_event_and_the_board_serves_on(tmp
     b = ready_board(tmp_path, problem)
 
     def broken(count=None, tick=None):
+        yield
         raise MemoryError
-    b.core.tuner.train_epoch = broken
+    b.core.tuner.epoch_steps = broken
     b.send(F.TRAIN)
     events = b.train()
     assert [(t, f["code"]) for t, _, f in events] == [(F.FAILED, F.E_MEMORY)]

@@ -1,0 +1,113 @@
+# The board in the field, with no host: it reads its sensor, predicts, keeps the labelled readings
+# in a ring, adapts (guarded Skip2-LoRA, in slices between readings), saves what it learned, logs
+# what it did to a small file, and serves the serial protocol beside all that, so that a technician
+# with a laptop can read the log (LOG: `skip2lora status`), the stats, pull or push adapters. A
+# user's main.py:
+#     import field, sensor
+#     field.run(sensor.read, label=sensor.label)
+# sensor.read() returns a reading (a sequence of floats in the sensor's units; None: no more, a
+# replay's end); label(x, predicted) returns its class when one is known (a button, a line on the
+# UART), else None. main.py stays the plain protocol loop.
+import gc
+import json
+
+import s2l
+from s2l import clock, storage
+from s2l.link import Server, collect_often
+from s2l.protocol import FIELD_LOG, Core
+from s2l.tuning import TunerError
+
+LABELS = 10  # new labels that start an adaptation
+PERIOD_S = 3600  # or this long since the last one, with any new label
+BUDGET_MS = 20  # an adaptation slice: this long plus one sample's work, then the loop reads on
+PENDING = 4  # labelled readings held while an adaptation runs (more: it ends, keeping its best)
+HISTORY = 4  # adaptations the log keeps in full (it stays far below a frame's 1 KB)
+LOG_EVERY = 100  # readings between log writes besides those after each adaptation (flash wear)
+
+
+class Log:
+    """What the loop did, in a file a host reads with LOG; the counts go on across boots."""
+
+    def __init__(self, path, n_classes):
+        self.path = path
+        data, _ = storage.recover(path, json.loads)
+        self.data = json.loads(data) if data else {
+            "boots": 0, "samples": 0, "labels": 0, "adaptations": 0, "improved": 0, "slice_ms_max": 0,
+            "predictions": [0] * n_classes, "unknown": 0, "last": []}
+        self.data["boots"] += 1
+        self.write()
+
+    def adapted(self, result, kept, ms):
+        d = self.data
+        d["adaptations"] += 1
+        d["improved"] += bool(result.get("trained"))
+        d["last"] = (d["last"] + [{"samples": kept, "epochs": result["epochs"], "val_before": result.get("val_start"),
+                                   "val_after": result.get("val"), "trained": result.get("trained"),
+                                   "ms": ms}])[-HISTORY:]
+
+    def write(self):
+        storage.write_atomic(self.path, json.dumps(self.data).encode())
+
+
+def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, budget_ms=BUDGET_MS,
+        serve=True, **settings):
+    """The field loop, until read() returns None (a real sensor never does). settings: s2l.open's
+    (samples: the ring's size; holdout, patience, epochs, lr, ...)."""
+    collect_often()
+    learner = s2l.open(model, **settings)
+    at = model.rfind("/")
+    log = Log((model[:at] if at > 0 else ".") + "/" + FIELD_LOG, learner.tuner.n_classes)
+    core = Core(learner.dir, learner=learner)
+    server = None
+    if serve:
+        server = Server(core)
+    d = log.data
+    pending, new, since, adapting, t_adapt = [], 0, 0, False, clock.ticks_ms()
+    while True:
+        if server is not None:
+            server.serve(0)
+        learner = core.learner  # a host's CONFIG or RESET replaces or drops it: learning waits
+        x = read()
+        if x is None:
+            break
+        d["samples"] += 1
+        since += 1
+        if learner is None or core.busy:  # a host's TRAIN runs on the link's turns
+            adapting = False
+            continue
+        guess, _ = learner.predict(x)
+        if guess < 0:
+            d["unknown"] += 1
+        else:
+            d["predictions"][guess] += 1
+        y = label(x, guess) if label else None
+        if y is not None:
+            d["labels"] += 1
+            new += 1
+            pending.append((x, y))
+        if pending and (not learner.busy or len(pending) > PENDING):
+            for x, y in pending:  # an adaptation in progress ends first (its best adapters kept)
+                try:
+                    learner.add(x, y)
+                except TunerError:  # a reading the integer path cannot hold
+                    d["refused"] = d.get("refused", 0) + 1
+            pending = []
+        if not learner.busy and new and (new >= labels or clock.ticks_diff(clock.ticks_ms(), t_adapt) >= 1000 * period_s):
+            learner.start()
+            adapting, new, t_adapt = True, 0, clock.ticks_ms()
+        if learner.busy:
+            t0 = clock.ticks_us()
+            learner.adapt(budget_ms=budget_ms)
+            d["slice_ms_max"] = max(d["slice_ms_max"], clock.ticks_diff(clock.ticks_us(), t0) // 1000)
+        if adapting and not learner.busy:  # over: whole, or ended by a new sample
+            adapting = False
+            learner.save()
+            log.adapted(learner.result, learner.tuner.n_samples, clock.ticks_diff(clock.ticks_ms(), t_adapt))
+            log.write()
+            since = 0
+            gc.collect()
+        if since >= LOG_EVERY:
+            log.write()
+            since = 0
+    log.write()
+    return learner
