@@ -7,14 +7,14 @@
 #     learner.save()               # power-cut safe; open() restores it at the next boot
 #     learner.forget()             # back to the model's own adapters, samples and file gone
 # The protocol core (protocol.py) holds one too: one way to build, train, save and load.
-import math
 import struct
 
 from s2l import adapterfile, clock, storage
 from s2l.arena import aligned
 from s2l.guard import Guard
 from s2l.model import Model
-from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
+from s2l.tunerbase import SPILL_PATH, TunerError, finite, softmax_top
+from s2l.tuning import new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
@@ -85,13 +85,7 @@ class Learner:
         z = self.tuner.predict_logits(x)
         if z is None:
             return -1, 0.0
-        best = 0
-        for c in range(1, len(z)):
-            if z[c] > z[best]:
-                best = c
-        total = 0.0
-        for v in z:
-            total += math.exp(v - z[best])
+        best, total = softmax_top(z)
         return best, 1.0 / total
 
     # -- adapting ----------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ class Learner:
             self.epochs_left -= 1
             fields["loss"], fields["epoch"], fields["left"] = t.loss, t.epochs_done, self.epochs_left
             fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
-            if getattr(t, "skipped", 0):  # samples out of the integer path's range, not trained
+            if t.skipped:  # samples out of the integer path's range, not trained
                 fields["skipped"] = t.skipped
             if not finite(t.loss) and guard is None:  # unguarded, training stops
                 self.epochs_left = 0

@@ -16,7 +16,7 @@ from s2l import frames as F
 from s2l.arena import Arena, ArenaFull, aligned, default_size
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.tuning import ON_BOARD, TunerError, finite
+from s2l.tunerbase import ON_BOARD, TunerError, finite
 if ON_BOARD:  # the board's job modules, imported before the arena is taken: never into what it leaves
     import s2l.inttuner  # noqa: F401
 # last: compiled from source (a test's unix port), it fragments the heap least here (measured)
