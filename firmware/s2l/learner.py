@@ -10,7 +10,7 @@
 import struct
 
 from s2l import adapterfile, clock, storage
-from s2l.arena import aligned
+from s2l.arena import aligned, boot_arena
 from s2l.guard import Guard
 from s2l.model import Model
 from s2l.tunerbase import SPILL_PATH, TunerError, finite, softmax_top
@@ -219,7 +219,6 @@ def open_learner(model_path=MODEL_FILE, samples=None, arena=None, holdout=None, 
     with its saved adapters restored, and a ring of `samples` samples (default: as many as the
     arena's RAM holds) planned from `arena` (default: the board's, as the serial loop takes it)."""
     if arena is None:
-        from s2l.protocol import boot_arena
         arena = boot_arena()
     at = model_path.rfind("/")
     storage_dir = model_path[:at] if at > 0 else "."

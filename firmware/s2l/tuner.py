@@ -10,7 +10,8 @@ from s2l import kernels as K
 from s2l.rng import XorShift32
 from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
-from s2l.tunerbase import METHODS, ON_BOARD, SPILL_PATH, TunerBase, TunerError, softmax_top
+from s2l.arena import ON_BOARD
+from s2l.tunerbase import METHODS, SPILL_PATH, TunerBase, TunerError, softmax_top
 
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
 # On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and

@@ -2,16 +2,12 @@
 # (inttuner.py) subclass TunerBase, which runs the one epoch loop and calls their own mini-batch
 # step; tuning.py, which picks one of them, sits on top.
 import math
-import sys
 
 from s2l import clock
 
 PATHS = ("float", "int")  # the float tuner (the reference), the integer one (a board's fast path)
 METHODS = ("ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora")
 CACHE_MODES = ("float", "compact")  # how the float path stores samples and skip-cache rows
-# a MicroPython with a board's fixed heap takes a board's defaults: the boards, and the unix port
-# (the emulator that holds a board's heap); the WebAssembly build's heap grows on demand
-ON_BOARD = sys.implementation.name == "micropython" and sys.platform != "webassembly"
 SPILL_PATH = "skipcache.bin"
 INF = float("inf")
 

@@ -1,7 +1,8 @@
 # The choice of a tuner, on top of both: the board imports this and then only the tuner its job
 # needs (the integer path must not pay the heap for the seven float methods, nor the float path for
 # the integer kernels). What the tuners share is below them, in tunerbase.py.
-from s2l.tunerbase import METHODS, ON_BOARD, PATHS, TunerError
+from s2l.arena import ON_BOARD
+from s2l.tunerbase import METHODS, PATHS, TunerError
 
 BOARDS = ("rp2", "esp32")
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from skip2lora.board import HOST_ARCH, build
-from s2l.protocol import GENERAL_HEAP
+from s2l.arena import GENERAL_HEAP
 from skip2lora.mpyrun import BOARD_HEAP, unix_command, unix_env
 
 SCRIPT = """
