@@ -1,10 +1,8 @@
 """The device-side API (s2l/learner.py) under CPython, the WebAssembly MicroPython and the unix port:
 a ring that overwrites its oldest sample, an adaptation cut into slices that returns where a whole
 one would, a sample added mid-adaptation ending it with the guard's best, save and open restoring
-the adapters, forget, and the spectrum of the example ADC sensor against numpy's."""
+the adapters, and forget (the example ADC sensor's spectrum: test_spectrum.py)."""
 import json
-
-import numpy as np
 
 from .test_tuner import fixed_problem
 
@@ -60,20 +58,3 @@ def test_the_learner_api(run, tmp_path):
     assert out["saved"] > 0 and out["restored"]
     n, same, predicted = out["forgot"]
     assert n == 0 and same and predicted[0] >= 0
-
-
-SPECTRUM = """
-import math, adc_sensor
-x = [math.sin(2 * math.pi * 50 * k / 1024) + 0.3 * math.cos(2 * math.pi * 201 * k / 1024) + (k %% 7) * 0.01
-     for k in range(1024)]
-print(" ".join("%%.5f" %% v for v in adc_sensor.spectrum(x)))
-"""
-
-
-def test_the_example_sensor_gives_the_fan_features(run):
-    x = np.array([np.sin(2 * np.pi * 50 * k / 1024) + 0.3 * np.cos(2 * np.pi * 201 * k / 1024) + (k % 7) * 0.01
-                  for k in range(1024)])
-    mag = np.abs(np.fft.rfft(x - x.mean()))[1:513] * 2 / 1024
-    want = np.log1p(mag).reshape(128, 4).mean(axis=1)  # host/skip2lora/fan.py: log1p, then bins averaged
-    got = np.array(run(SPECTRUM.replace("%%", "%")).split(), dtype=float)
-    assert np.abs(got - want).max() < 1e-3
