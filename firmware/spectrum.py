@@ -88,10 +88,10 @@ def _stage(re: ptr32, im: ptr32, cos: ptr32, sin: ptr32, n: int, size: int):
 
 @micropython.viper
 def _magnitudes(re: ptr32, im: ptr32, n: int):
-    # re[k] = |X_k| rounded, k = 0..n, by an integer square root of re^2 + im^2 (< 2^31)
+    # re[k] = |X_k| rounded, k = 1..n, by an integer square root of re^2 + im^2 (< 2^31)
     b31 = 1
     b31 <<= 31
-    for k in range(n + 1):
+    for k in range(1, n + 1):
         r = (re[k] ^ b31) - b31
         i = (im[k] ^ b31) - b31
         v = r * r + i * i
@@ -131,10 +131,10 @@ def features(x, scale):
     group = (N // 2) // BINS
     out = []
     k = 1
-    for _ in range(BINS):
-        v = 0.0
+    for _ in range(BINS):  # a group's mean of logs as the log of its product: 128 logs, not 512
+        p = 1.0
         for _ in range(group):
-            v += math.log(1.0 + unit * _re[k])
+            p *= 1.0 + unit * _re[k]
             k += 1
-        out.append(v / group)
+        out.append(math.log(p) / group)
     return out
