@@ -1,12 +1,13 @@
 # The fan models' features (host/skip2lora/fan.py) of N readings, for the example sensor
 # (adc_sensor.py): the magnitude spectrum in bins 1..N/2, log(1 + scale |X_k|), averaged over
 # adjacent bins down to BINS. The FFT is fixed point in viper (radix 2, in place, int32 arrays, Q15
-# twiddles, every stage halves); floats only for the N/2 logs. MicroPython with a native emitter
-# only (every board port has one): a board is the only place that reads an ADC.
+# twiddles, every stage halves); floats only for the logs of the N/2 integer magnitudes.
+# MicroPython with a native emitter only (every board port has one): only a board reads an ADC, so
+# no portable twin (CPython, the WebAssembly build) would ever run.
 #
 # The range, on which a board's 32-bit viper ints rely (tests/firmware/test_spectrum.py checks it):
 # the loaded samples have |q| <= LIMIT = 2^15 - 1; a stage maps moduli |a|, |b| <= M to at most
-# M (1 + 2^-16.5) + 1.07 (a halved butterfly, |W q| <= 2^15 + 1, the roundings), so ten stages
+# M (1 + 2^-16.5) + 1.07 (a halved butterfly, Q15 |W| <= 2^15 + 1, the roundings), so ten stages
 # keep every |X| <= 32782: a product |br c - bi s| <= 32782 (2^15 + 1) < 2^30.01 and
 # |X|^2 <= 32782^2 < 2^30.01. Loading: |x N - sum x| <= 65535 * N = 2^26 for read_u16 readings.
 import math
