@@ -1,11 +1,9 @@
 """The device-side API (s2l/learner.py) under CPython, the WebAssembly MicroPython and the unix port:
 a ring that overwrites its oldest sample, an adaptation cut into slices that returns where a whole
 one would, a sample added mid-adaptation ending it with the guard's best, save and open restoring
-the adapters, the samples kept on flash across a power cut, forget, and the spectrum of the example
-ADC sensor against numpy's."""
+the adapters, the samples kept on flash across a power cut, and forget (the example ADC sensor's
+spectrum: test_spectrum.py)."""
 import json
-
-import numpy as np
 
 from .test_tuner import fixed_problem
 
@@ -110,20 +108,3 @@ def test_the_samples_survive_a_power_cut(run):
     assert out["restored"] == records
     assert out["size"] == 10 + records * (2 + len(X[0]))  # the header, then label, exponent, input
     assert out["other"] == 0 and out["forgot"] == 0
-
-
-SPECTRUM = """
-import math, adc_sensor
-x = [math.sin(2 * math.pi * 50 * k / 1024) + 0.3 * math.cos(2 * math.pi * 201 * k / 1024) + (k %% 7) * 0.01
-     for k in range(1024)]
-print(" ".join("%%.5f" %% v for v in adc_sensor.spectrum(x)))
-"""
-
-
-def test_the_example_sensor_gives_the_fan_features(run):
-    x = np.array([np.sin(2 * np.pi * 50 * k / 1024) + 0.3 * np.cos(2 * np.pi * 201 * k / 1024) + (k % 7) * 0.01
-                  for k in range(1024)])
-    mag = np.abs(np.fft.rfft(x - x.mean()))[1:513] * 2 / 1024
-    want = np.log1p(mag).reshape(128, 4).mean(axis=1)  # host/skip2lora/fan.py: log1p, then bins averaged
-    got = np.array(run(SPECTRUM.replace("%%", "%")).split(), dtype=float)
-    assert np.abs(got - want).max() < 1e-3
