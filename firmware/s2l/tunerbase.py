@@ -52,8 +52,8 @@ def check_label(label, n_classes):
 class TunerBase:
     """The epoch loop and the sample checks of a tuner. A tuner supplies train(order, start,
     end): the forward and backward passes of the samples order[start:end] and their update, their
-    summed loss, a sample it cannot train (the integer path's range) counted in self.skipped; and,
-    when it is made, model, n_classes, rng, lr, batch, macs, peak_alloc, n_samples, sample_order()."""
+    summed loss, a sample it cannot train (the integer path's range) counted in self.skipped; and
+    model, n_classes, rng, batch, macs, peak_alloc, n_samples, sample_order() and predict(x)."""
     # whether the last mini-batch did fresh, slow work worth a tick: every one on the float path;
     # on the integer path one that ran a sample's frozen layers (a cached step is fast)
     fresh = True
