@@ -58,7 +58,10 @@ CONFIG = dict(field_config("sensor"), budget_ms=BUDGET_MS)
 MAIN = "import field\nfield.main()\n"
 SCORE = """
 import s2l, struct
-learner = s2l.open("model.s2lm")
+from s2l.arena import Arena
+# an arena of its own: this script is compiled from source on the heap, which the boot arena's kept
+# general heap does not plan for
+learner = s2l.open("model.s2lm", arena=Arena(96 * 1024))
 f, labels, buf = open("test.bin", "rb"), open("test_labels.bin", "rb").read(), bytearray(4 * %d)
 correct = 0
 for k in range(len(labels)):
