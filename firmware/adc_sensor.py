@@ -1,6 +1,6 @@
 # An example sensor for the field loop (field.py): a vibration sensor on an analog input read by
 # machine.ADC at RATE Hz for N readings (one second), reduced to the features the fan models take
-# (host/skip2lora/fan.py): the magnitude spectrum in 1 Hz bins 1..512, log(1 + magnitude), averaged
+# (host/skip2lora/data/fan.py): the magnitude spectrum in 1 Hz bins 1..512, log(1 + magnitude), averaged
 # over adjacent bins down to BINS. The FFT is plain Python (radix 2, in place, float arrays; about
 # 5,000 butterflies): a viper one would need fixed point and the tests this one has, and an RP2040's
 # floats are not heap objects, so it allocates nothing per butterfly.

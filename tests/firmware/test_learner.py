@@ -74,6 +74,6 @@ def test_the_example_sensor_gives_the_fan_features(run):
     x = np.array([np.sin(2 * np.pi * 50 * k / 1024) + 0.3 * np.cos(2 * np.pi * 201 * k / 1024) + (k % 7) * 0.01
                   for k in range(1024)])
     mag = np.abs(np.fft.rfft(x - x.mean()))[1:513] * 2 / 1024
-    want = np.log1p(mag).reshape(128, 4).mean(axis=1)  # host/skip2lora/fan.py: log1p, then bins averaged
+    want = np.log1p(mag).reshape(128, 4).mean(axis=1)  # host/skip2lora/data/fan.py: log1p, then bins averaged
     got = np.array(run(SPECTRUM.replace("%%", "%")).split(), dtype=float)
     assert np.abs(got - want).max() < 1e-3
