@@ -650,6 +650,7 @@ def cmd_report(args):
 
 def cmd_fleet(args):
     from .bench import report
+    from .coa.models import Models
     ports = fleet.read_ports(args.port, args.ports_from)
     names = [fleet.board_name(p) for p in ports]
     scenario = load_scenario(args.scenario)
@@ -657,8 +658,8 @@ def cmd_fleet(args):
     # every board's data read before any board is driven: a bad folder stops the command
     scenarios = {n: fleet.board_data(scenario, args.data_per_board, n) if args.data_per_board else scenario
                  for n in names}
-    models = fleet.Models(record, args.coa, args.scenario, os.path.join(args.out, "models"), not args.quiet)
-    plan = fleet.Plan(record, scenarios, models, _board_config(args), args.limit, args.retries)
+    models = Models(record, args.coa, args.scenario, os.path.join(args.out, "models"), not args.quiet)
+    plan = fleet.Plan(scenarios, models, _board_config(args), args.limit, args.retries)
     display = fleet.Display(names, not args.quiet)
     t0 = time.monotonic()
     try:

@@ -1,12 +1,10 @@
 """One host drives many boards at once (`skip2lora fleet`, cli.cmd_fleet). Each board, in a
 thread of its own around the same Client and run_job as `run`: HELLO, the CoA-front configuration
 its arena allows (the budget rule of `export --port`), that model file (exported once per
-configuration, then reused), upload, stream its data, fine-tune, score. Then one JSON and one
+configuration, then reused: coa/models.py), upload, stream its data, fine-tune, score. Then one JSON and one
 report (`skip2lora report` merges the JSONs of several hosts). A board that fails is reported and
 the others go on; Ctrl-C RESETs every busy board, each from its own thread, before the command
 stops."""
-import hashlib
-import json
 import os
 import re
 import socket
@@ -17,7 +15,6 @@ from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from ..coa import flow as coaflow
 from ..progress import PLAIN_EVERY, interactive
 from .board import run_job
 from .client import BoardError, Client, LinkError, Stopped
@@ -63,36 +60,6 @@ def board_data(scenario, folder, name):
             raise ValueError("%s: %d features; the model takes %d" % (found[0], X.shape[1], scenario.n_features))
         parts.append((X, y))
     return replace(scenario, name="%s/%s" % (scenario.name, name), finetune=parts[0], test=parts[1])
-
-
-class Models:
-    """Model files by configuration under `folder`, exported the first time one is asked for. The
-    file name carries a digest of the CoA record, so a file of another record is never reused."""
-
-    def __init__(self, record, record_path, scenario_name, folder, progress):
-        self.record, self.record_path, self.scenario_name = record, record_path, scenario_name
-        self.folder, self.progress = folder, progress
-        self.digest = hashlib.sha1(json.dumps([record["network"], record["coa"]]).encode()).hexdigest()[:10]
-        self.net = None
-        self.lock = threading.Lock()  # one export at a time: boards of one configuration share it
-
-    def get(self, entry):
-        """(path, file bytes, "exported" or "reused") of a front entry's model file."""
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", entry["label"].replace("/", ""))
-        path = os.path.join(self.folder, "%s-%s-%s.s2lm" % (self.scenario_name, self.digest, slug))
-        with self.lock:
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    return path, f.read(), "reused"
-            if self.net is None:
-                self.net = coaflow.trained_net(self.record, self.record_path, self.scenario_name,
-                                               progress=self.progress)
-            data = coaflow.model_file(self.record, self.net, entry)
-            os.makedirs(self.folder, exist_ok=True)
-            with open(path + ".part", "wb") as f:  # renamed whole: a killed export leaves no file to reuse
-                f.write(data)
-            os.replace(path + ".part", path)
-            return path, data, "exported"
 
 
 class Display:
@@ -149,9 +116,8 @@ class Display:
 @dataclass
 class Plan:
     """What the boards of the fleet are given."""
-    record: dict
     scenarios: dict  # board name -> the Scenario whose fine-tune and test sets it gets
-    models: Models
+    models: object  # a board's configuration and its model file, by its HELLO (coa.models.Models)
     config: dict  # CONFIG fields, as `run` sends them
     limit: int = None
     retries: int = 3
@@ -161,8 +127,7 @@ def _choose(port, name, plan, display):
     """HELLO, the budget, the front entry that fits it and its model file: (hello, budget, entry, path, bytes)."""
     with Client(port, retries=plan.retries) as client:
         hello = client.hello()
-    budget = coaflow.budget_from_hello(hello, port)
-    entry = coaflow.pick(plan.record, budget)
+    budget, entry = plan.models.choose(hello, port)
     display.event(name, "%d-byte arena -> %d-byte budget: %s (%d bytes)" % (
         hello["arena"]["size"], budget, entry["label"], entry["file_bytes"]))
     path, data, how = plan.models.get(entry)
