@@ -1,20 +1,23 @@
 # The board in the field, with no host: it reads its sensor, predicts, keeps the labelled readings
-# in a ring, adapts (guarded Skip2-LoRA, in slices between readings), saves what it learned, logs
-# what it did to a small file, and serves the serial protocol beside all that, so that a technician
-# with a laptop can read the log (LOG: `skip2lora status`), the stats, pull or push adapters. A
-# user's main.py:
+# in a ring (on flash too: a power cut loses none but those held while an adaptation ran), adapts
+# (guarded Skip2-LoRA, in slices between readings), saves what it learned, logs what it did to a
+# small file, and serves the serial protocol beside all that, so that a technician with a laptop can
+# read the log (LOG: `skip2lora status`), the stats, pull or push adapters.
+# A board runs it at boot when it has a field_config.json (`skip2lora flash --field` writes one):
+#     {"sensor": "adc_sensor", "label_pins": [14, 15, 16], "labels": 10, "budget_ms": 20}
+# sensor: a module whose read() returns a reading (a sequence of floats in the sensor's units; None:
+# no more, a replay's end) and, optionally, label(x, predicted) returning its class when one is
+# known, else None; label_pins: buttons instead, one GPIO pin a class (pin_label.py); the rest are
+# run()'s and s2l.open()'s settings. Or a user's own main.py calls run() itself:
 #     import field, sensor
 #     field.run(sensor.read, label=sensor.label)
-# sensor.read() returns a reading (a sequence of floats in the sensor's units; None: no more, a
-# replay's end); label(x, predicted) returns its class when one is known (a button, a line on the
-# UART), else None. main.py stays the plain protocol loop.
 import gc
 import json
 
 import s2l
 from s2l import clock, storage
 from s2l.link import Server, collect_often
-from s2l.protocol import FIELD_LOG, Core
+from s2l.protocol import FIELD_CONFIG, FIELD_LOG, Core
 from s2l.tuning import TunerError
 
 LABELS = 10  # new labels that start an adaptation
@@ -23,18 +26,21 @@ BUDGET_MS = 20  # an adaptation slice: this long plus one sample's work, then th
 PENDING = 4  # labelled readings held while an adaptation runs (more: it ends, keeping its best)
 HISTORY = 4  # adaptations the log keeps in full (it stays far below a frame's 1 KB)
 LOG_EVERY = 100  # readings between log writes besides those after each adaptation (flash wear)
+# what a config may set besides sensor and label_pins: run()'s settings, then s2l.open()'s
+SETTINGS = ("model", "labels", "period_s", "budget_ms", "samples", "holdout", "patience", "epochs", "lr", "rank")
 
 
 class Log:
     """What the loop did, in a file a host reads with LOG; the counts go on across boots."""
 
-    def __init__(self, path, n_classes):
+    def __init__(self, path, n_classes, restored):
         self.path = path
-        data, _ = storage.recover(path, json.loads)
-        self.data = json.loads(data) if data else {
+        self.data = read_log(path) or {
             "boots": 0, "samples": 0, "labels": 0, "adaptations": 0, "improved": 0, "slice_ms_max": 0,
             "predictions": [0] * n_classes, "unknown": 0, "last": []}
         self.data["boots"] += 1
+        self.data["restored"] = restored  # labelled readings this boot found on flash
+        self.data.pop("error", None)
         self.write()
 
     def adapted(self, result, kept, ms):
@@ -49,6 +55,41 @@ class Log:
         storage.write_atomic(self.path, json.dumps(self.data).encode())
 
 
+def read_log(path):
+    data, _ = storage.recover(path, json.loads)
+    return json.loads(data) if data else None
+
+
+def failed(message, path=FIELD_LOG):
+    """The field loop could not run: the reason, in the log a host reads (LOG), counts kept."""
+    log = read_log(path) or {}
+    log["error"] = message
+    storage.write_atomic(path, json.dumps(log).encode())
+
+
+def main(path=FIELD_CONFIG):
+    """The field loop as field_config.json at `path` sets it up, until read() returns None or it fails
+    (the config, the sensor, the loop: the reason goes to the log, failed()); then the board serves
+    the protocol alone."""
+    try:
+        with open(path) as f:
+            config = json.loads(f.read())
+        unknown = [key for key in config if key not in ("sensor", "label_pins") + SETTINGS]
+        if unknown:
+            raise ValueError("%s: unknown setting %s (it takes sensor, label_pins, %s)" % (
+                path, ", ".join(unknown), ", ".join(SETTINGS)))
+        sensor = __import__(config.pop("sensor", "sensor"))
+        pins = config.pop("label_pins", None)
+        if pins:
+            from pin_label import PinLabels
+            label = PinLabels(pins)
+        else:
+            label = getattr(sensor, "label", None)
+        run(sensor.read, label=label, **config)
+    except Exception as e:  # the board keeps serving; the host reads why (skip2lora status)
+        failed("%s: %s" % (type(e).__name__, e))
+
+
 def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, budget_ms=BUDGET_MS,
         serve=True, **settings):
     """The field loop, until read() returns None (a real sensor never does). settings: s2l.open's
@@ -56,7 +97,9 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
     collect_often()
     learner = s2l.open(model, **settings)
     at = model.rfind("/")
-    log = Log((model[:at] if at > 0 else ".") + "/" + FIELD_LOG, learner.tuner.n_classes)
+    if getattr(label, "classes", 0) > learner.tuner.n_classes:
+        raise ValueError("%d label pins for a model of %d classes" % (label.classes, learner.tuner.n_classes))
+    log = Log((model[:at] if at > 0 else ".") + "/" + FIELD_LOG, learner.tuner.n_classes, learner.restored)
     core = Core(learner.dir, learner=learner)
     server = None
     if serve:

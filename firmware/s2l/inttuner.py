@@ -91,6 +91,7 @@ class IntSkip2Tuner:
         # ring: past the plan, a new sample overwrites the oldest (a board in the field keeps the
         # latest); otherwise it is refused
         self.ring, self.oldest = False, 0
+        self.last = None  # the index of the sample stored last
         self.hits = 0
         # frozen layers: scales (per channel, or per group of G inputs) as integer multipliers
         # round(scale * 2^K), |M| <= 2^14, biases as int32 at exponent KB, |bias| <= 2^29; the rest
@@ -247,6 +248,7 @@ class IntSkip2Tuner:
         buf[at + self.e_at] = e & 0xFF
         self.rows.stored(k)
         self.labels[k], self.cached[k] = label, 0
+        self.last = k
 
     def truncate(self, n):
         """Forget the fine-tune samples from n on (those of a frame that was refused)."""
@@ -264,6 +266,30 @@ class IntSkip2Tuner:
         the network's input (already normalised by the host)."""
         self.check_int8(src, at, label)
         self._add(label, lambda buf, row_at: self._ingest(buf, row_at, src, at))
+
+    def add_record(self, record, label):
+        """A sample as record() wrote it (a sample file on flash): its input's exponent, then its int8
+        input; its frozen layers run again at its first epoch."""
+        n_in = self.model.dims[0]
+
+        def fill(buf, at):
+            buf[at:at + n_in] = record[1:1 + n_in]
+            return (record[0] ^ 0x80) - 0x80
+        self._add(label, fill)
+
+    def record(self, k, out):
+        """Sample k's input as add_record() takes it, into out (1 + n_in bytes); returns its label."""
+        at, n_in = self.rows.row(k), self.model.dims[0]
+        out[0] = self.rows.buf[at + self.e_at]
+        out[1:1 + n_in] = self.rows.buf[at:at + n_in]
+        return self.labels[k]
+
+    def ring_order(self):
+        """The stored samples' indices, oldest first."""
+        n = len(self.rows)
+        start = self.oldest if self.ring and n == self.n_planned else 0
+        for j in range(n):
+            yield (start + j) % n
 
     @property
     def n_samples(self):

@@ -5,7 +5,9 @@
 #     learner.adapt(budget_ms=20)  # guarded Skip2-LoRA in slices; True once an adaptation is over
 #     label, score = learner.predict(x)
 #     learner.save()               # power-cut safe; open() restores it at the next boot
-#     learner.forget()             # back to the model's own adapters, samples and file gone
+#     learner.forget()             # back to the model's own adapters, samples and files gone
+# open()'s learner keeps its labelled samples on flash as they come (samplefile.py): the next
+# boot starts with them too.
 # The protocol core (protocol.py) holds one too: one way to build, train, save and load.
 import math
 import struct
@@ -18,6 +20,7 @@ from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
+SAMPLE_FILE = "samples.s2ls"
 
 
 def read_model(arena, path):
@@ -54,6 +57,7 @@ class Learner:
         self.guarded = False
         self.tick = None  # tick(done, of) during long work (the core's WORKING frames)
         self.result = None  # what the last adaptation ended with (DONE's fields)
+        self.samples = None  # open()'s learner: its samples on flash (a SampleFile)
 
     def _path(self, name):
         return self.dir + "/" + name
@@ -73,6 +77,8 @@ class Learner:
         change under it."""
         self.finish()
         self.tuner.add_sample(x, label)
+        if self.samples is not None:
+            self.samples.append()
 
     def add_int8(self, src, at, label):
         """An int8 sample as SAMPLES frames carry it: a f32 scale, then the network's input."""
@@ -208,13 +214,22 @@ class Learner:
         """Back to the model's own adapters, no samples, no saved file. The tuner is built again where
         it was (the build is deterministic), with the same plan."""
         self.stop()
-        n, ring = self.tuner.n_planned, self.tuner.ring
+        n, ring, samples = self.tuner.n_planned, self.tuner.ring, self.samples
         self.close()
         storage.remove(self._path(ADAPTER_FILE))
+        storage.remove(self._path(SAMPLE_FILE))
         self.arena.release(self.start_mark)
         self.__init__(self.model, self.arena, self.dir, **self.settings)
         if n is not None:
             self.plan(n, fit=True, ring=ring)
+        if samples is not None:
+            self._keep_samples()
+
+    def _keep_samples(self):
+        # imported here: only a field learner (open()) keeps its samples on flash
+        from s2l.samplefile import SampleFile
+        self.samples = SampleFile(self._path(SAMPLE_FILE), self.tuner, self.model_crc())
+        return self.samples.restore()
 
     def close(self):
         self.tuner.cache and self.tuner.cache.close()
@@ -223,7 +238,8 @@ class Learner:
 def open_learner(model_path=MODEL_FILE, samples=None, arena=None, holdout=None, patience=None, **config):
     """A Learner for the model file at model_path (the valid copy a power cut left: storage.recover)
     with its saved adapters restored, and a ring of `samples` samples (default: as many as the
-    arena's RAM holds) planned from `arena` (default: the board's, as the serial loop takes it)."""
+    arena's RAM holds) planned from `arena` (default: the board's, as the serial loop takes it), and
+    the samples it kept on flash (learner.restored: how many records were read)."""
     if arena is None:
         from s2l.protocol import boot_arena
         arena = boot_arena()
@@ -239,4 +255,5 @@ def open_learner(model_path=MODEL_FILE, samples=None, arena=None, holdout=None, 
         learner.load()
     except adapterfile.AdapterError:  # none saved, or for another model: the model's own adapters
         pass
+    learner.restored = learner._keep_samples()
     return learner

@@ -23,6 +23,7 @@ if ON_BOARD:  # the board's job modules, imported before the arena is taken: nev
 from s2l.learner import ADAPTER_FILE, MODEL_FILE, Learner, keep_model, read_model  # noqa: E402
 
 FIELD_LOG = "field.json"  # what the field loop did (field.py), for LOG
+FIELD_CONFIG = "field_config.json"  # a board that has one runs the field loop at boot (field.py)
 STATUS_EVENT_BYTES = 256
 KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a lost one is asked for
 # during a long epoch (the first one runs the frozen layers), a WORKING frame at least this far

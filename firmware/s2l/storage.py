@@ -47,13 +47,17 @@ def _crc_of_file(path):
 
 
 def write_atomic(path, data):
+    """data: bytes, or an iterable of byte chunks written in turn (a large file never whole in RAM)."""
     new, old = path + NEW, path + OLD
     remove(new)  # a stale half-written copy, never the only good one
     if exists(path):
         remove(old)  # NAME is in place, so NAME.old is no longer needed
+    crc = 0
     with open(new, "wb") as f:
-        f.write(data)
-    if _crc_of_file(new) != binascii.crc32(data):
+        for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(chunk)
+            crc = binascii.crc32(chunk, crc)
+    if _crc_of_file(new) != crc:
         remove(new)
         raise OSError("%s did not read back as written" % new)
     if exists(path):

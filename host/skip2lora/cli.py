@@ -519,11 +519,17 @@ def cmd_reset(args):
 
 def format_field_log(log):
     """The field loop's log (LOG) as a few lines."""
+    lines = []
+    if "error" in log:  # field.py's failed(): the board serves the protocol alone
+        lines.append("the field loop stopped: %s (fix it, then reset the board)" % log["error"])
+    if "boots" not in log:
+        return "\n".join(lines)
     preds = ", ".join("%d" % n for n in log["predictions"])
-    lines = ["boots %d; readings %d, labelled %d; predictions per class: %s (%d unreadable)" % (
-        log["boots"], log["samples"], log["labels"], preds, log["unknown"]),
-        "adaptations %d (%d improved validation); longest slice %d ms" % (
-            log["adaptations"], log["improved"], log["slice_ms_max"])]
+    lines += ["boots %d (the last found %d labelled readings on flash); readings %d, labelled %d; "
+              "predictions per class: %s (%d unreadable)" % (log["boots"], log.get("restored", 0), log["samples"],
+                                                             log["labels"], preds, log["unknown"]),
+              "adaptations %d (%d improved validation); longest slice %d ms" % (
+                  log["adaptations"], log["improved"], log["slice_ms_max"])]
     for a in log["last"]:
         lines.append("  %d samples, %d epochs in %d ms: validation %s -> %s%s" % (
             a["samples"], a["epochs"], a["ms"], _pct(a["val_before"]), _pct(a["val_after"]),
@@ -616,8 +622,15 @@ def cmd_flash(args):
     import shlex
     import subprocess
 
-    from .link.board import build, flash_steps, uart_config
+    from .link.board import build, field_config, flash_steps, uart_config
     uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
+    if (args.sensor or args.label_pins) and not args.field:
+        raise ValueError("--sensor and --label-pins set up the field loop: add --field")
+    sensor = args.sensor or "adc_sensor.py"
+    if args.sensor and not (os.path.isfile(args.sensor) and args.sensor.endswith(".py")):
+        raise ValueError("--sensor: %s is not a Python file (a module with read(), see firmware/adc_sensor.py)"
+                         % args.sensor)
+    field = field_config(os.path.basename(sensor)[:-3], args.label_pins) if args.field else None
     model = args.model
     if model:
         with open(model, "rb") as f:  # a missing file: the error names it
@@ -631,8 +644,12 @@ def cmd_flash(args):
     if uart:
         uart_path = os.path.join(args.out, "uart.json")
         _write(uart_path, json.dumps(uart))
+    field_path = None
+    if field:
+        field_path = os.path.join(args.out, "field_config.json")
+        _write(field_path, json.dumps(field))
     print("built the firmware for %s into %s" % (args.arch, args.out))
-    for step in flash_steps(args.port, lib, model, uart_path):
+    for step in flash_steps(args.port, lib, model, uart_path, field_path, args.sensor):
         print(shlex.join(step) if args.dry_run else "$ " + shlex.join(step), flush=True)
         if not args.dry_run and subprocess.run(step).returncode:
             sys.exit("error: mpremote step failed: %s" % shlex.join(step))
@@ -825,6 +842,15 @@ def build_parser():
     p.add_argument("--uart", metavar="tx=PIN,rx=PIN[,id=N,baudrate=BAUD]",
                    help="serve the link on this UART instead of USB-CDC (writes :uart.json; "
                         "`mpremote fs rm :uart.json` goes back to USB) (default: USB-CDC)")
+    p.add_argument("--field", action="store_true",
+                   help="run the field loop at boot (firmware/field.py: read, predict, learn from labels, "
+                        "serve the link beside it) (default: the serial protocol alone)")
+    p.add_argument("--sensor", metavar="FILE.py",
+                   help="with --field: your sensor module, with read() and optionally label(x, predicted) "
+                        "(default: the example firmware/adc_sensor.py, ADC0 at 1,024 Hz to fan spectra)")
+    p.add_argument("--label-pins", metavar="PIN,PIN,...",
+                   help="with --field: buttons to ground on these GPIO pins, one a class in order, label the "
+                        "next reading (default: the sensor's label(), or none)")
     p.add_argument("--out", default=os.path.join("out", "flash"),
                    help="folder the firmware is built into and kept (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only (default: run them)")

@@ -18,9 +18,9 @@ import pytest
 
 from skip2lora import cli
 from skip2lora.data.catalog import FAN_DATA
-from skip2lora.link.board import build
+from skip2lora.link.board import build, field_config
 from skip2lora.link.client import Client
-from skip2lora.runtimes.mpyrun import BOARD_HEAP, unix_command, unix_env
+from skip2lora.runtimes.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
 from skip2lora.train.export import prepare
 
 BUDGET_MS = 20
@@ -52,7 +52,11 @@ def read():
 def label(x, guess):
     return _labels[_k - 1] if _k %% 10 == 0 else None
 """
-MAIN = "import field, sensor\nfield.run(sensor.read, label=sensor.label, budget_ms=%d)\n" % BUDGET_MS
+# what `skip2lora flash --field` installs, run by field.main() itself (the board's main.py, s2l/serve.py,
+# would serve the protocol on after the replay's end; test_a_field_board_that_fails_keeps_serving
+# runs that)
+CONFIG = dict(field_config("sensor"), budget_ms=BUDGET_MS)
+MAIN = "import field\nfield.main()\n"
 SCORE = """
 import s2l, struct
 learner = s2l.open("model.s2lm")
@@ -98,7 +102,8 @@ def test_a_simulated_day_in_the_field(tmp_path, capsys):
     n_in = X.shape[1]
     files = {"model.s2lm": prepared.model_bytes, "day.bin": X[order].astype("<f4").tobytes(),
              "day_labels.bin": y[order].astype(np.uint8).tobytes(), "test.bin": s.test[0].astype("<f4").tobytes(),
-             "test_labels.bin": s.test[1].astype(np.uint8).tobytes(), "sensor.py": SENSOR % n_in, "main.py": MAIN}
+             "test_labels.bin": s.test[1].astype(np.uint8).tobytes(), "sensor.py": SENSOR % n_in, "main.py": MAIN,
+             "field_config.json": json.dumps(CONFIG)}
     for name, data in files.items():
         (flash / name).write_bytes(data if isinstance(data, bytes) else data.encode())
     frozen = score(flash, lib, n_in)  # no adapter file yet: the model's own
@@ -141,7 +146,11 @@ def test_a_simulated_day_in_the_field(tmp_path, capsys):
     # them), the log's counts go on from the saved ones
     assert adapters is not None and saved["adaptations"] >= 1, "no adaptation saved before the cut at %d" % killed_at
     at_restart = score(resumed, lib, n_in)
-    assert log["boots"] == 2
+    assert log["boots"] == 2 and "error" not in log
+    # the labelled readings before the cut came back from flash, but those the loop still held
+    # (up to field.PENDING + 1 while an adaptation ran, and the reading the cut interrupted)
+    labelled = killed_at // 10
+    assert labelled - 6 <= log["restored"] <= labelled, (log["restored"], killed_at)
     for key in ("samples", "labels", "adaptations", "improved"):
         assert log[key] >= saved[key]
     assert log["samples"] >= len(y) - 100 and log["labels"] >= len(y) // 10 - 10  # unlogged since the last write
@@ -154,10 +163,43 @@ def test_a_simulated_day_in_the_field(tmp_path, capsys):
     assert gained - frozen >= MIN_GAIN, (frozen, gained)
 
 
+FAILING = {"sensor": {"sensor": "no_such_sensor"}, "label_pins": {"sensor": "sensor", "label_pins": [14, 15]},
+           "unknown": {"sensor": "sensor", "budget": 20}}
+ERRORS = {"sensor": "no_such_sensor", "label_pins": "Pin", "unknown": "unknown setting budget"}
+
+
+@pytest.mark.parametrize("case", sorted(FAILING))
+def test_a_field_board_that_fails_keeps_serving(tmp_path, case):
+    """The board's own main.py (s2l/serve.py) with a field_config.json whose loop cannot start: the
+    reason goes to the log, and the protocol is served (HELLO, LOG) as without one."""
+    prepared = prepare("rotate", progress=False)
+    flash, lib = tmp_path / "flash", build("x64", tmp_path / "build")
+    flash.mkdir()
+    (flash / "model.s2lm").write_bytes(prepared.model_bytes)
+    (flash / "sensor.py").write_text("def read():\n    return None\n")
+    (flash / "field_config.json").write_text(json.dumps(FAILING[case]))
+    shutil.copy(FIRMWARE / "main.py", flash / "main.py")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    board = start(flash, lib, master)
+    try:
+        with Client(os.ttyname(slave)) as link:
+            hello = link.hello()
+            log = link.field_log()
+    finally:
+        board.kill()
+        board.wait(timeout=10)
+        os.close(master)
+        os.close(slave)
+    assert hello["model"]["dims"][0] == prepared.quantized_net.dims[0]
+    assert ERRORS[case] in log["error"], log
+    assert "the field loop stopped: " + log["error"] in cli.format_field_log(log)
+
+
 def test_status_shows_the_field_log():
-    log = {"boots": 2, "samples": 705, "labels": 70, "adaptations": 7, "improved": 6, "slice_ms_max": 21,
+    log = {"boots": 2, "restored": 31, "samples": 705, "labels": 70, "adaptations": 7, "improved": 6, "slice_ms_max": 21,
            "predictions": [300, 200, 205], "unknown": 0,
            "last": [{"samples": 70, "epochs": 19, "val_before": 0.5, "val_after": 0.9, "trained": True, "ms": 80}]}
     text = cli.format_field_log(log)
-    assert "readings 705, labelled 70" in text and "300, 200, 205" in text
+    assert "found 31 labelled readings on flash); readings 705, labelled 70" in text and "300, 200, 205" in text
     assert "adaptations 7 (6 improved validation)" in text and "validation 50.0% -> 90.0%" in text

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from s2l import frames as F
+from s2l.protocol import FIELD_CONFIG
 
 from ..progress import plural
 from ..runtimes.mpyrun import FIRMWARE
@@ -57,9 +58,10 @@ def uart_config(text):
     return cfg
 
 
-def flash_steps(port, lib, model_path, uart_path=None):
+def flash_steps(port, lib, model_path, uart_path=None, field_path=None, sensor_path=None):
     """The mpremote commands that install the firmware (and a model, and a uart.json that moves the
-    link to a UART) on the board at `port`."""
+    link to a UART) on the board at `port`; with field_path, a field_config.json that starts the field
+    loop at boot (and the sensor module it names), else any such file a previous flash left goes."""
     mpremote = [sys.executable, "-m", "mpremote", "connect", port]
     steps = [mpremote + ["fs", "cp", "-r", str(lib), ":"],
              mpremote + ["fs", "cp", str(FIRMWARE / "main.py"), ":main.py"]]
@@ -67,8 +69,26 @@ def flash_steps(port, lib, model_path, uart_path=None):
         steps.append(mpremote + ["fs", "cp", str(model_path), ":model.s2lm"])
     if uart_path:
         steps.append(mpremote + ["fs", "cp", str(uart_path), ":uart.json"])
+    if sensor_path:
+        steps.append(mpremote + ["fs", "cp", str(sensor_path), ":" + Path(sensor_path).name])
+    if field_path:
+        steps.append(mpremote + ["fs", "cp", str(field_path), ":" + FIELD_CONFIG])
+    else:
+        steps.append(mpremote + ["exec", "import os; %r in os.listdir() and os.remove(%r)" % (FIELD_CONFIG, FIELD_CONFIG)])
     steps.append(mpremote + ["soft-reset"])
     return steps
+
+
+def field_config(sensor, label_pins=None):
+    """field_config.json's settings: the sensor module (a file's stem, or the example's name) and the
+    label buttons' pins ("14,15,16": one a class)."""
+    config = {"sensor": sensor}
+    if label_pins:
+        try:
+            config["label_pins"] = [int(p) for p in label_pins.split(",")]
+        except ValueError:
+            raise ValueError("--label-pins takes GPIO numbers, one a class: 14,15,16; got %r" % label_pins)
+    return config
 
 
 def run_job(url, model_bytes, scenario, config, encoding=F.ENC_INT8, baudrate=115200, progress=None, limit=None,

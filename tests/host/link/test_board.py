@@ -18,9 +18,10 @@ def test_flash_dry_run_builds_into_a_kept_folder_and_prints_runnable_steps(capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "built the firmware for xtensawin into %s" % out
     steps = [shlex.split(line) for line in lines[1:]]
-    assert [s[:6] for s in steps] == [[sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7", "fs"]] * 3 + [
-        [sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7", "soft-reset"]]
+    mpremote = [sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7"]
+    assert [s[:6] for s in steps] == [mpremote + ["fs"]] * 3 + [mpremote + ["exec"], mpremote + ["soft-reset"]]
     assert steps[0][-2:] == [str(out / "lib"), ":"] and steps[1][-1] == ":main.py" and steps[2][-2:] == [MODEL, ":model.s2lm"]
+    assert "os.remove('field_config.json')" in steps[3][-1]  # a field loop a previous flash set up goes
     assert (out / "lib" / "s2l" / "tuner.mpy").is_file()  # still there: the steps run as printed
 
 
@@ -52,6 +53,30 @@ def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch, tmp_path):
     for bad in ("tx=4", "tx=4,rx=five", "pin=3,tx=1,rx=2"):
         with pytest.raises(SystemExit, match="error: --uart"):
             cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", bad, "--dry-run", "--out", str(tmp_path)])
+
+
+def test_flash_field_installs_the_field_config_and_sensor(capsys, monkeypatch, tmp_path):
+    import subprocess
+    copied = {}
+    real_run = subprocess.run
+
+    def fake_run(step, *a, **kw):  # keep what each fs cp step copies; do not run mpremote
+        if step[-3:-2] == ["cp"]:
+            copied[step[-1]] = step[-2]
+        return real_run(["true"])
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    sensor = tmp_path / "vibration.py"
+    sensor.write_text("def read():\n    return None\n")
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--field", "--sensor", str(sensor), "--label-pins", "14,15",
+              "--model", MODEL, "--out", str(tmp_path / "out")])
+    assert json.loads(open(copied[":field_config.json"]).read()) == {"sensor": "vibration", "label_pins": [14, 15]}
+    assert copied[":vibration.py"] == str(sensor)
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--field", "--model", MODEL, "--out", str(tmp_path / "out")])
+    assert json.loads(open(copied[":field_config.json"]).read()) == {"sensor": "adc_sensor"}  # compiled in lib
+    for bad, reason in ((["--label-pins", "14"], "add --field"), (["--field", "--label-pins", "14,a"], "--label-pins"),
+                        (["--field", "--sensor", str(tmp_path / "none.py")], "is not a Python file")):
+        with pytest.raises(SystemExit, match=reason):
+            cli.main(["flash", "--port", "/dev/ttyACM7", "--dry-run", "--out", str(tmp_path / "f")] + bad)
 
 
 def test_run_streams_trains_and_reports_the_link(tmp_path, capsys):
