@@ -2,7 +2,8 @@
 # and combinations the tuners refuse, so a rejected request leaves the board as it was.
 from s2l import frames as F
 from s2l.modelfile import LR_RANGE
-from s2l.tuning import CACHE_MODES, METHODS, ON_BOARD, PATHS
+from s2l.arena import ON_BOARD
+from s2l.tunerbase import CACHE_MODES, METHODS, PATHS
 
 MAX_RANK = 64
 MAX_EPOCHS = 10000

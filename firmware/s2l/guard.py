@@ -4,13 +4,14 @@
 # best adapters back at half the learning rate; and training never ends worse on validation than
 # where it started: if no epoch beat the starting adapters' score, they are what the board keeps.
 # One Guard drives either tuner (float or integer path) through the same few calls:
-# train_epoch(count, tick), predict_stored(index), set_lr(lr), and the arrays adapterfile.parameters() names.
+# epoch_steps(count, tick), predict_stored(index), stored_logits(index), set_lr(lr), and the arrays
+# adapterfile.parameters() names.
 import math
 from array import array
 
 from s2l import clock
 from s2l.adapterfile import parameters
-from s2l.tuning import drain, finite
+from s2l.tunerbase import drain, finite, softmax_top
 
 HOLDOUT = 0.2  # the default validation share of each class's fine-tune samples
 PATIENCE = 8  # epochs without a better validation score before training stops (0: never early)
@@ -89,20 +90,15 @@ class Guard:
     def active(self):
         return self.n_val > 0 and self.n_train > 0
 
-    def validate(self, tick=None):
-        """Accuracy of the current adapters on the held-out samples; tick(done, of) after each."""
-        return drain(self.validate_steps(tick))
-
-    def validate_steps(self, tick=None):
-        # validate as a generator that yields before each sample (learner.py slices with it)
+    def validate_steps(self):
+        """Accuracy of the current adapters on the held-out samples, as a generator that yields
+        before each sample (learner.py slices with it)."""
         t, order = self.tuner, self.tuner.order
         correct = 0
         for k in range(self.n_train, self.n_train + self.n_val):
             yield
             index = order[k]
             correct += t.predict_stored(index) == t.labels[index]
-            if tick:
-                tick(k - self.n_train + 1, self.n_val)
         return correct / self.n_val
 
     def _keep(self):
@@ -117,15 +113,13 @@ class Guard:
     def started(self):
         return self.val_start is not None
 
-    def start(self, tick=None):
-        """Score the starting adapters: the floor training must reach (their first scoring runs the
-        validation samples' frozen layers into the skip-cache, a long call: tick(done, of))."""
-        drain(self.start_steps(tick))
-
     def start_steps(self, tick=None):
-        # start as a generator (learner.py). It scores the held-out samples' loss too: a spike is
-        # measured from the larger of it and guessing's, since a model far from the data it meets
-        # (strong drift) starts above guessing, and its first epochs must not count as diverging
+        """Score the starting adapters: the floor training must reach (their first scoring runs the
+        validation samples' frozen layers into the skip-cache, long work: tick(done, of)), as a
+        generator (learner.py)."""
+        # It scores the held-out samples' loss too: a spike is measured from the larger of it and
+        # guessing's, since a model far from the data it meets (strong drift) starts above
+        # guessing, and its first epochs must not count as diverging
         t0 = clock.ticks_us()
         t, order = self.tuner, self.tuner.order
         correct, loss = 0, 0.0
@@ -134,13 +128,7 @@ class Guard:
             index = order[k]
             z = t.stored_logits(index)
             if z is not None:  # out of the integer path's range: wrong, and no loss to count
-                best = 0
-                for c in range(1, len(z)):
-                    if z[c] > z[best]:
-                        best = c
-                total = 0.0
-                for v in z:
-                    total += math.exp(v - z[best])
+                best, total = softmax_top(z)
                 correct += best == t.labels[index]
                 loss += z[best] + math.log(total) - z[t.labels[index]]
             if tick:

@@ -23,12 +23,11 @@ from s2l import ikernels as I
 from s2l.arena import Arena, default_size, typed
 from s2l.introws import Rows
 from s2l.rng import XorShift32
-from s2l.tuning import SPILL_PATH, TunerError, check_label, check_sample, epoch_order, evaluate
+from s2l.tunerbase import SPILL_PATH, TunerBase, TunerError, check_label
 
 # |z| <= 2047 + n_layers * rank * 32767 * 2047 must stay under 2^30, so that the softmax's
 # differences of logits (and their rounding) stay inside int32
 MAX_LAYERS_X_RANK = 16
-INF = float("inf")
 OUT_OF_RANGE = 2  # a sample's cached flag when its frozen layers' outputs leave the integer range
 
 
@@ -60,10 +59,10 @@ class Adapter:
         self.qb = w[2 * (at + n_in * rank):2 * (at + n_in * rank + rank * n_classes)]
 
 
-class IntSkip2Tuner:
+class IntSkip2Tuner(TunerBase):
     """Skip2-LoRA with the float Tuner's initialisation and sample order (the same adapters,
     rounded to int16), computed in integers. Batch 1: each step updates the adapters."""
-    method, family, path, cache_mode, fused = "skip2-lora", "skip2", "int", "int8", True
+    method, family, path, cache_mode = "skip2-lora", "skip2", "int", "int8"
 
     def __init__(self, model, arena=None, rank=4, lr=0.05, epochs=30, batch=1, seed=1, cache_mode=None,
                  spill_path=SPILL_PATH):
@@ -84,7 +83,6 @@ class IntSkip2Tuner:
         self.x_at = [sum(dims[:i]) for i in range(n)]
         self.z_at = sum(dims[:-1])
         self.e_at = memplan.int_exps_at(dims)
-        self.n_exps = n + 1
         self.rows = Rows(memplan.int_row_stride(dims), spill_path)
         self.labels = self.cached = self.order = None  # per sample, carved by plan()
         self.n_planned = None  # samples allocated for up front by plan()
@@ -155,7 +153,6 @@ class IntSkip2Tuner:
         # MACs per step, counted once: the adapter forward and backward do the same work each step
         self.macs_forward = sum(d * rank + rank * nc for d in dims[:-1])
         self.macs_backward = sum(d * rank + 2 * rank * nc for d in dims[:-1])
-        self.epochs_done, self.loss, self.skipped = 0, None, 0  # epochs trained, the last one's loss
         self.kernel_calls = 0
         self.kernels = I.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
@@ -183,17 +180,13 @@ class IntSkip2Tuner:
         n, ram = plan["samples"], plan["ram_rows"]
         self.labels = self.arena.take(n, "labels")
         self.cached = self.arena.take(n, "cached flags")
-        self.order_bytes = self.arena.take(2 * n, "the epoch order")
-        self.order = typed(self.order_bytes, "H")
+        self.order = typed(self.arena.take(2 * n, "the epoch order"), "H")
         self.rows.reserve(self.arena, ram, n)
         self.n_planned = n
         return {"samples": n, "ram_rows": ram, "spilled_rows": n - ram, "row_bytes": self.row_bytes,
                 "ram_bytes": ram * self.rows.stride + n * memplan.INT_SAMPLE_BYTES}
 
     # -- samples: int8 rows with an exponent, as the skip-cache holds them ------------------------
-    def check_sample(self, x, label):
-        check_sample(x, label, self.model.dims[0], self.n_classes)
-
     def check_int8(self, src, at, label):
         """An int8 sample in the wire's layout (f32 scale, then the values) and its label."""
         field = (struct.unpack_from("<I", src, at)[0] >> 23) & 0xFF
@@ -315,52 +308,29 @@ class IntSkip2Tuner:
             buf[eo + i + 1] = e & 0xFF
         return True
 
-    def train_epoch(self, count=None, tick=None):
-        """One epoch over the stored samples (or the first `count` of the order the guard
-        arranged) in a shuffled order; returns the mean loss, infinite when the logits left the
-        integer range. The first visit of a sample runs the frozen layers into its row; later ones
-        only step. tick(done, of), if given, is called after each frozen forward (the slow part of
-        an epoch; a cached step stays free of it). A sample whose logits leave the range the
-        softmax takes is skipped (counted in self.skipped): one bad sample must not spoil the run;
-        when most of them do, the rate diverged and the loss is infinite."""
-        for _ in self.epoch_steps(count, tick):
-            pass
-        return self.loss
-
-    def epoch_steps(self, count=None, tick=None):
-        """train_epoch as a generator that yields before each sample, so that a caller can cut an
-        epoch into slices (learner.py); self.loss is the epoch's loss once it ends."""
-        order, n = epoch_order(self, count)
-        total = 0.0
-        skipped = 0
+    def train(self, order, start, end):
+        """Train sample order[start] (batch 1: the epoch loop's step, tunerbase.py); its loss. The
+        first visit of a sample runs the frozen layers into its row (fresh work); later ones only
+        step. A sample whose frozen layers' outputs or logits leave the integer range is skipped."""
+        index = order[start]
+        self.fresh = not self.cached[index]
+        self.kernel_calls += 1
+        self.macs["adapter_forward"] += self.macs_forward
+        self.macs["backward"] += self.macs_backward
+        at = self._cached_row(index)
+        if at < 0:  # its frozen layers' outputs are out of range: it never trains
+            self.skipped += 1
+            return 0.0
+        t1 = clock.ticks_us()
+        label = self.labels[index]
+        s = I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, label, 1)
+        self.us["step"] += clock.ticks_diff(clock.ticks_us(), t1)
+        if s < 0:  # the logits left the range the softmax takes: no step was taken
+            self.skipped += 1
+            return 0.0
+        # the cross-entropy, -log(p[label] / sum p); a label whose p rounds to 0 counts as 1/32767
         p_at = I.scratch_size(len(self.layers), self.rank, self.n_classes) - 2 * self.n_classes
-        us = self.us
-        for k in range(n):
-            yield
-            index = order[k]
-            fresh = not self.cached[index]
-            at = self._cached_row(index)
-            if fresh and tick:
-                tick(k + 1, n)
-            if at < 0:  # its frozen layers' outputs are out of range: it never trains
-                skipped += 1
-                continue
-            t1 = clock.ticks_us()
-            label = self.labels[index]
-            s = I.step(self.rows.buf, at, self.rows.buf, at + self.e_at, self.w, self.meta, self.scratch, label, 1)
-            us["step"] += clock.ticks_diff(clock.ticks_us(), t1)
-            if s < 0:  # the logits left the range the softmax takes: no step was taken
-                skipped += 1
-                continue
-            # the cross-entropy, -log(p[label] / sum p); a label whose p rounds to 0 counts as 1/32767
-            total += math.log(s / max(self.scratch_view[p_at + label], 1))
-        self.kernel_calls += n
-        self.macs["adapter_forward"] += n * self.macs_forward
-        self.macs["backward"] += n * self.macs_backward
-        self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
-        self.skipped = skipped
-        self.loss = INF if 2 * skipped > n else total / (n - skipped)
-        self.epochs_done += 1
+        return math.log(s / max(self.scratch_view[p_at + label], 1))
 
     def _cached_row(self, index):
         """The offset of sample `index`'s row in rows.buf, its frozen layers run into it on the
@@ -437,9 +407,6 @@ class IntSkip2Tuner:
 
     def predict_int8(self, src, at):
         return self._predict_probe(self._ingest(self.probe, 0, src, at))
-
-    def evaluate(self, samples, labels):
-        return evaluate(self, samples, labels)
 
     # -- what the protocol reports -------------------------------------------------------------------
     @property

@@ -9,14 +9,14 @@
 # open()'s learner keeps its labelled samples on flash as they come (samplefile.py): the next
 # boot starts with them too.
 # The protocol core (protocol.py) holds one too: one way to build, train, save and load.
-import math
 import struct
 
 from s2l import adapterfile, clock, storage
-from s2l.arena import aligned
+from s2l.arena import aligned, boot_arena
 from s2l.guard import Guard
 from s2l.model import Model
-from s2l.tuning import SPILL_PATH, TunerError, finite, new_tuner
+from s2l.tunerbase import SPILL_PATH, TunerError, finite, softmax_top
+from s2l.tuning import new_tuner
 
 MODEL_FILE = "model.s2lm"
 ADAPTER_FILE = "adapter.s2la"
@@ -91,13 +91,7 @@ class Learner:
         z = self.tuner.predict_logits(x)
         if z is None:
             return -1, 0.0
-        best = 0
-        for c in range(1, len(z)):
-            if z[c] > z[best]:
-                best = c
-        total = 0.0
-        for v in z:
-            total += math.exp(v - z[best])
+        best, total = softmax_top(z)
         return best, 1.0 / total
 
     # -- adapting ----------------------------------------------------------------------------------
@@ -176,7 +170,7 @@ class Learner:
             self.epochs_left -= 1
             fields["loss"], fields["epoch"], fields["left"] = t.loss, t.epochs_done, self.epochs_left
             fields["ms"] = clock.ticks_diff(clock.ticks_us(), t0) // 1000
-            if getattr(t, "skipped", 0):  # samples out of the integer path's range, not trained
+            if t.skipped:  # samples out of the integer path's range, not trained
                 fields["skipped"] = t.skipped
             if not finite(t.loss) and guard is None:  # unguarded, training stops
                 self.epochs_left = 0
@@ -241,7 +235,6 @@ def open_learner(model_path=MODEL_FILE, samples=None, arena=None, holdout=None, 
     arena's RAM holds) planned from `arena` (default: the board's, as the serial loop takes it), and
     the samples it kept on flash (learner.restored: how many records were read)."""
     if arena is None:
-        from s2l.protocol import boot_arena
         arena = boot_arena()
     at = model_path.rfind("/")
     storage_dir = model_path[:at] if at > 0 else "."

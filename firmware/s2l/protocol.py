@@ -13,10 +13,10 @@ from array import array
 
 from s2l import VERSION, adapterfile, clock, configcheck, storage
 from s2l import frames as F
-from s2l.arena import Arena, ArenaFull, aligned, default_size
+from s2l.arena import ON_BOARD, Arena, ArenaFull, aligned, boot_arena, free_heap, largest_free_block
 from s2l.model import Model
 from s2l.modelfile import ModelError
-from s2l.tuning import ON_BOARD, TunerError, finite
+from s2l.tunerbase import TunerError, finite
 if ON_BOARD:  # the board's job modules, imported before the arena is taken: never into what it leaves
     import s2l.inttuner  # noqa: F401
 # last: compiled from source (a test's unix port), it fragments the heap least here (measured)
@@ -30,14 +30,6 @@ KEPT_EVENTS = 16  # the last events (PROGRESS, DONE, FAILED) kept for STATUS: a 
 # apart, so that the host hears the board is alive well within its 2 s heartbeat
 WORKING_EVERY_US = 1000000
 FREED = " (the previous tuner was freed to make room)"  # what a refused CONFIG says when it cost the old tuner
-# the heap a board keeps outside its arena: frames, replies, JSON, events, the tuner's small objects
-# and the float path's arrays (the model, the integer tuner's buffers and its samples are the arena's).
-# Of it, SMALL_OBJECTS lie below the arena: MicroPython allocates first fit from the bottom, so what
-# outlives a request (a tuner's objects, events, the last reply) lands there, and the block above
-# the arena stays whole job after job
-GENERAL_HEAP = 40 * 1024
-SMALL_OBJECTS = 16 * 1024
-MIN_GENERAL_HEAP = 16 * 1024  # a small board's (a quarter of its largest block, at least this)
 
 
 class ProtocolError(Exception):
@@ -54,34 +46,6 @@ def _json(payload):
     if not isinstance(value, dict):
         raise ProtocolError(F.E_PAYLOAD, "payload must be a JSON object")
     return value
-
-
-def largest_free_block(limit):
-    """The largest bytearray the heap can give now (up to `limit`), found by trying: MicroPython
-    has no call that tells, and what fragmentation leaves decides which buffers can exist. None on
-    the WebAssembly build, whose heap grows on demand and is collected only between calls."""
-    if sys.platform == "webassembly":
-        return None
-    low, high = 0, limit
-    while low <= high:
-        # the last try is a small block: the collector scans the stack conservatively, and a stale
-        # copy of the pointer to a large trial block, left where this same call runs, would keep it
-        size = (low + high + 1) // 2 if low < high else 16
-        try:
-            block = bytearray(size)
-            del block
-            if low == high:
-                break
-            low = size
-        except MemoryError:
-            high = size - 1
-    gc.collect()
-    return low
-
-
-def free_heap():
-    gc.collect()
-    return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
 def flash_free(path):
@@ -115,35 +79,6 @@ def _error_reply(e):
         return F.ERROR, F.error_payload(code, message)
     except Exception:  # even the message failed (out of memory?): a reply that cannot fail
         return F.ERROR, F.error_payload(F.E_INTERNAL, "error")
-
-
-def boot_arena():
-    """The arena a runtime gets at boot: on a board, its largest free block less GENERAL_HEAP, placed
-    above SMALL_OBJECTS of it."""
-    if not ON_BOARD:
-        return Arena(default_size())
-    largest = largest_free_block(free_heap())
-    general = max(MIN_GENERAL_HEAP, min(GENERAL_HEAP, largest // 4))
-    if largest <= general:  # a board too small for any job: an empty arena, and every job says so
-        return Arena(0)
-    # the probe's blocks are garbage now, but a stale pointer to one (the collector scans the stack
-    # conservatively) can keep part of the heap a while: every allocation here steps down on failure
-    try:
-        below = bytearray(min(SMALL_OBJECTS, general * 2 // 5))  # held while the arena is taken above it
-    except MemoryError:
-        below = b""
-    size = largest_free_block(largest) - (general - len(below))  # measured again: below is placed
-    while size > 0:
-        try:
-            arena = Arena(size)
-            break
-        except MemoryError:
-            size -= max(1024, size // 16)
-    else:
-        arena = Arena(0)
-    del below
-    gc.collect()
-    return arena
 
 
 def move_down(view, src, n):

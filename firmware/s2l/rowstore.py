@@ -10,7 +10,7 @@ import struct
 from array import array
 
 from s2l import kernels as K
-from s2l.tuning import CACHE_MODES as ENCODINGS
+from s2l.tunerbase import CACHE_MODES as ENCODINGS
 BLOCK_ROWS = 16
 
 

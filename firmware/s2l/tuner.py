@@ -10,7 +10,8 @@ from s2l import kernels as K
 from s2l.rng import XorShift32
 from s2l.rowstore import ENCODINGS, RowStore
 from s2l.skipcache import SkipCache
-from s2l.tuning import METHODS, ON_BOARD, SPILL_PATH, TunerError, check_sample, epoch_order, evaluate
+from s2l.arena import ON_BOARD
+from s2l.tunerbase import METHODS, SPILL_PATH, TunerBase, TunerError, softmax_top
 
 PHASES = ("frozen_forward", "adapter_forward", "backward", "update", "cache")
 # On a board (RP2040: ~190 KB free heap) samples and the skip-cache are stored compact (int8), and
@@ -42,14 +43,6 @@ def _relu(v):
             v[k] = 0.0
 
 
-def _argmax(z):
-    best = 0
-    for c in range(1, len(z)):
-        if z[c] > z[best]:
-            best = c
-    return best
-
-
 def _softmax_grad(z, label, scale, g):
     # g = scale * (softmax(z) - onehot(label)); returns the cross-entropy loss
     top = max(z)
@@ -63,7 +56,7 @@ def _softmax_grad(z, label, scale, g):
     return loss
 
 
-class Tuner:
+class Tuner(TunerBase):
     def __init__(self, model, method="skip2-lora", rank=4, lr=0.05, epochs=30, batch=1, seed=1,
                  cache_mode=DEFAULT_CACHE_MODE, cache_budget=DEFAULT_CACHE_BUDGET, spill_path=SPILL_PATH, arena=None):
         if method not in METHODS:
@@ -121,7 +114,8 @@ class Tuner:
         self.g = K.zeros(self.n_classes)
         self.macs = dict((p, 0) for p in PHASES)
         self.us = dict((p, 0) for p in PHASES)
-        self.epochs_done, self.loss = 0, None  # epochs trained, the last one's loss
+        # the method's training step for one sample
+        self._step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
         self.order = array("H")  # an epoch's sample order
         self.kernels = K.FLAVOUR
         self.peak_alloc = clock.mem_alloc()
@@ -137,9 +131,6 @@ class Tuner:
             ad.b[:] = b
 
     # -- samples ---------------------------------------------------------------------------------
-    def check_sample(self, x, label):
-        check_sample(x, label, self.model.dims[0], self.n_classes)
-
     def _int8(self, src, at):
         # an int8 sample in the wire's layout (f32 scale, then the values) as floats
         scale = struct.unpack_from("<f", src, at)[0]
@@ -391,8 +382,7 @@ class Tuner:
         return loss
 
     def _update(self):
-        if self.fused:  # already applied during backward
-            return
+        # the mini-batch's summed gradients, unfused (fused, each step applied its own)
         t0 = clock.ticks_us()
         for ad in self.adapters:
             if ad is not None:
@@ -405,35 +395,20 @@ class Tuner:
                 K.sub_scaled(self.bias[i], self.gbias[i], self.lr)
         self.us["update"] += clock.ticks_diff(clock.ticks_us(), t0)
 
-    def train_epoch(self, count=None, tick=None):
-        """One epoch over the stored samples (or the first `count` of the order the guard
-        arranged) in a shuffled order; returns the mean loss. tick(done, of), if given, is called
-        after each mini-batch."""
-        for _ in self.epoch_steps(count, tick):
-            pass
-        return self.loss
+    def epoch_order(self, count):
+        order = super().epoch_order(count)
+        self._reserve_cache()  # and room in the skip-cache for every stored sample
+        return order
 
-    def epoch_steps(self, count=None, tick=None):
-        """train_epoch as a generator that yields before each mini-batch (learner.py cuts epochs
-        into slices with it); self.loss is the epoch's loss once it ends."""
-        order, count = epoch_order(self, count)
-        self._reserve_cache()
-        step = {"ft": self._step_ft, "lora": self._step_lora}.get(self.family, self._step_skip)
+    def train(self, order, start, end):
+        """Train the mini-batch order[start:end] (the epoch loop's step, tunerbase.py); its summed loss."""
+        scale = -self.lr if self.fused else 1.0 / (end - start)
         total = 0.0
-        for start in range(0, count, self.batch):
-            yield
-            idx = order[start:min(count, start + self.batch)]
-            scale = -self.lr if self.fused else 1.0 / len(idx)
-            for index in idx:
-                total += step(index, scale)
+        for k in range(start, end):
+            total += self._step(order[k], scale)
+        if not self.fused:
             self._update()
-            if tick:
-                tick(start + len(idx), count)
-        # heap once an epoch (not per step: gc.mem_alloc walks the heap); the largest transient
-        # garbage is not seen here, only what an epoch leaves plus whatever has not been collected
-        self.peak_alloc = max(self.peak_alloc, clock.mem_alloc())
-        self.loss = total / count
-        self.epochs_done += 1
+        return total
 
     def set_lr(self, lr):
         self.lr = lr
@@ -448,11 +423,11 @@ class Tuner:
 
     def predict_input(self, x):
         # x: the network's input (normalised), e.g. a stored sample
-        return _argmax(self.logits(x))
+        return softmax_top(self.logits(x))[0]
 
     def predict_stored(self, index):
         """The prediction for stored sample `index` (a validation sample)."""
-        return _argmax(self.stored_logits(index))
+        return softmax_top(self.stored_logits(index))[0]
 
     def stored_logits(self, index):
         """The logits of stored sample `index`; Skip2-LoRA's from the skip-cache."""
@@ -460,7 +435,3 @@ class Tuner:
             return self.logits(self.sample(index))
         self._reserve_cache()
         return self._skip_logits(index)[1]
-
-    def evaluate(self, samples, labels):
-        return evaluate(self, samples, labels)
-

@@ -5,7 +5,7 @@ object). The integer path must not import the float path's tuner, row store or k
 import json
 import subprocess
 
-from s2l.protocol import GENERAL_HEAP
+from s2l.arena import GENERAL_HEAP
 from skip2lora.link.board import HOST_ARCH, build
 from skip2lora.runtimes.mpyrun import BOARD_HEAP, unix_command, unix_env
 
@@ -26,9 +26,9 @@ print(json.dumps({"imports": a1 - a0, "core": a2 - a1 - core.arena.size, "int_tu
 """
 # measured here (x64 unix port, objects twice a board's size): imports 90.1 KB (the protocol core and
 # the integer path's modules, all taken at boot, before the arena; 75.6 KB before the learner API and
-# the sliced epochs, 82.0 KB before the samples on flash, issue 24: their ~700 bytes of bytecode
-# moved the import's live heap by 8.2 KB, a step in how the port lays out what it loads (the qstr
-# pools did not grow: 5 before and after), not understood yet), the core's own heap beside its
+# the sliced epochs, 82.0 KB before the samples on flash, issue 24: their few new names filled the
+# port's fifth qstr pool, 620 names, and the sixth, twice the fifth's size, is ~7.3 KB on x64; a
+# board's pools step alike at its own counts), the core's own heap beside its
 # arena (the model's float arrays, decoder buffers) 4.6 KB, the integer tuner's Python objects 2.8 KB
 # (its buffers are the arena's); the bounds leave room to grow a little, not for a module the
 # integer path need not load, nor for a buffer taken from the heap instead of the arena

@@ -15,7 +15,7 @@ from . import reference
 # the firmware's imports (35.5 KB measured before the integer path's modules joined them at boot;
 # 57 KB scaled from the unix port's 75.6 KB by the 0.76 the old imports measured board/unix), less
 # the 15% of the free heap the imports' holes leave outside the largest block (the unix port's), less
-# the heap the board keeps beside the arena (protocol.GENERAL_HEAP). `export --port` reads a board's
+# the heap the board keeps beside the arena (arena.GENERAL_HEAP). `export --port` reads a board's
 # own arena from its HELLO instead.
 RP2040_ARENA_BYTES = 112 * 1024
 
