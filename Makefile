@@ -18,7 +18,7 @@ test: install
 # then whole runs over a faulty link (1% of bytes flipped, 0.5% dropped) against the emulator
 fuzz: install
 	FUZZ_EXAMPLES=5000 $(PY) -m pytest -s tests/firmware/test_fuzz.py
-	$(PY) -m skip2lora.relay --runs 3
+	$(PY) -m skip2lora.link.relay --runs 3
 
 bench: install
 	$(VENV)/bin/skip2lora bench --runtime numpy --json out/bench-numpy.json

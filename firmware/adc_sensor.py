@@ -1,6 +1,6 @@
 # An example sensor for the field loop (field.py): a vibration sensor on an analog input read by
 # machine.ADC at RATE Hz for N readings (one second), reduced to the features the fan models take
-# (host/skip2lora/fan.py) by spectrum.py: the magnitude spectrum in 1 Hz bins 1..512,
+# (host/skip2lora/data/fan.py) by spectrum.py: the magnitude spectrum in 1 Hz bins 1..512,
 # log(1 + magnitude), averaged over adjacent bins down to 128, by a fixed-point viper FFT: about
 # 90 ms a spectrum on an RP2040 (estimated: tests/firmware/test_spectrum.py), where the plain-Python
 # float FFT it replaced took about 1.8 s.

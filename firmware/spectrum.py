@@ -1,4 +1,4 @@
-# The fan models' features (host/skip2lora/fan.py) of N readings, for the example sensor
+# The fan models' features (host/skip2lora/data/fan.py) of N readings, for the example sensor
 # (adc_sensor.py): the magnitude spectrum in bins 1..N/2, log(1 + scale |X_k|), averaged over
 # adjacent bins down to BINS. The FFT is fixed point in viper (radix 2, in place, int32 arrays, Q15
 # twiddles, every stage halves); floats only for the logs of the N/2 integer magnitudes.

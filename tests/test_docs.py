@@ -49,17 +49,6 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 SHELL_FENCES = {"bash", "sh", "console"}
 QUICK_FLAGS = {"--help", "-h", "--version", "--dry-run"}
 
-# The docs name the host modules by their homes after issue 26's move into subpackages. Until that
-# move lands (there is no skip2lora.bench package yet), a new path not found resolves to today's
-# module here; once skip2lora.bench exists this table is ignored (and can be deleted).
-PENDING_MOVE = {
-    "skip2lora.bench.boardbench": "skip2lora.boardbench",
-    "skip2lora.bench.guardbench": "skip2lora.guardbench",
-    "skip2lora.bench.fleetbench": "skip2lora.fleetbench",
-    "skip2lora.bench.soak": "skip2lora.soak",
-    "skip2lora.link.relay": "skip2lora.relay",
-}
-
 
 def shell_blocks(path):
     """(first line number, info string, lines) of every fenced block in a markdown file."""
@@ -165,8 +154,6 @@ def _module(name):
             return importlib.util.find_spec(mod)
         except ModuleNotFoundError:
             return None
-    if find(name) is None and find("skip2lora.bench") is None and name in PENDING_MOVE:
-        name = PENDING_MOVE[name]
     assert find(name) is not None, "no module %s" % name
     return importlib.import_module(name)
 

@@ -8,7 +8,7 @@
 #   0x58d6 ldr r6,[r2,r3]     0x58d5 ldr r5,[r2,r3]
 #   0xb23f sxth r7,r7         0xb236 sxth r6,r6         0xb264 sxtb r4,r4
 # The CI reads these routines' machine code out of mpy-cross's .mpy and runs it in an emulator
-# against their specification (host/skip2lora/thumb_spec.py): tests/firmware/test_thumb.py.
+# against their specification (host/skip2lora/runtimes/thumb_spec.py): tests/firmware/test_thumb.py.
 import micropython
 
 

@@ -1,5 +1,5 @@
 # The on-device tuner: the seven fine-tuning methods over a frozen Model, step for step the host's
-# numpy reference (host/skip2lora/reference.py): same adapter init and sample order (XorShift32),
+# numpy reference (host/skip2lora/train/reference.py): same adapter init and sample order (XorShift32),
 # per-sample forward, gradients summed over a mini-batch, then one SGD update.
 import math
 import struct

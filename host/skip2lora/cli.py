@@ -6,20 +6,28 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 from s2l import frames as F
 from s2l import guard
 from s2l.configcheck import MAX_HOLDOUT
 from s2l.modelfile import SUPPORTED_BITS, VERSION
 
-from . import __version__, coaflow, provenance, reference
-from .client import BoardError, LinkError, Stopped
-from .emulator import RUNTIMES as EMULATOR_RUNTIMES
-from .mpyrun import BOARD_HEAP, ESP32_HEAP
-from .pipeline import (FAN_DATA, RUNTIMES, SCENARIOS, bench_record, check_bits, check_board_budget, compare_methods,
-                       describe_probe, format_table, load_scenario, plural, prepare, probe_lr)
-from .progress import bar
-from .scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
+from . import __version__
+from .bench.methods import RUNTIMES, compare_methods
+from .bench.results import bench_record, format_table
+from .coa import flow as coaflow
+from .data.catalog import FAN_DATA, SCENARIOS, load_scenario
+from .data.scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
+from .link import fleet
+from .link.client import BoardError, LinkError, Stopped
+from .link.emulator import RUNTIMES as EMULATOR_RUNTIMES
+from .progress import bar, plural
+from .runtimes.mpyrun import BOARD_HEAP, ESP32_HEAP
+from .train import provenance, reference
+from .train.budget import check_board_budget
+from .train.export import check_bits, prepare
+from .train.lrprobe import describe_probe, probe_lr
 
 MODELS = os.path.join("out", "models")  # exports: never into the tracked models/
 # the demo: epochs of every step; fine-tune samples of its short job under MicroPython (LoRA-All and
@@ -188,7 +196,7 @@ def _scenario(args, need_drift=True):
 
 def _model_shape(path, model_bytes):
     """(dims, bits) of a model file, validated on the host; a bad file is an error naming it."""
-    from .modelfile import ModelError, read_model
+    from .train.modelfile import ModelError, read_model
     try:
         layers = read_model(model_bytes)
     except ModelError as e:
@@ -209,7 +217,7 @@ def _print_export(path, report):
 def _export(args, scenario, model_path):
     """Check the board budget, pretrain, probe the lr (given drifted data) and write the model file
     with it (and, for a user's data, the input normalisation)."""
-    from .pretrain import DEFAULT_HIDDEN
+    from .train.pretrain import DEFAULT_HIDDEN
     bits = check_bits(args.bits)
     dims = [scenario.n_features, *DEFAULT_HIDDEN, len(scenario.classes)]
     print(check_board_budget(dims, bits, None if scenario.finetune is None else len(scenario.finetune[1])))
@@ -264,7 +272,7 @@ def cmd_export(args):
 def _model_for_bench(args, scenario):
     """The model bench fine-tunes, as `run` would upload it: --model FILE, else the default model
     when it was exported from this data, else one pretrained here (seed 0, not written)."""
-    from .pipeline import from_model
+    from .train.export import from_model
     path = args.model or default_model(scenario.name)
     if args.model or os.path.exists(path):
         model_bytes = _existing_model(args, scenario, path, instead="pretraining one here instead (not written)")
@@ -286,8 +294,8 @@ def cmd_bench(args):
 def cmd_demo(args):
     from dataclasses import replace
 
-    from . import report
-    from .emulator import Emulator
+    from .bench import report
+    from .link.emulator import Emulator
     print("skip2lora %s demo: pretrain on the clean source domain, export the model, fine-tune on the drifted "
           "domain; outputs in %s\n" % (__version__, args.out), flush=True)  # before the data loads: a second or two
     scenario = _scenario(args)
@@ -326,8 +334,8 @@ def cmd_demo(args):
 
 def _demo_summary(prepared, numpy_results, mpy_results, run, n):
     """The demo's headline numbers, each measured above, in a few lines at its end."""
-    from .pipeline import time_ratio
-    from .report import METHOD_NAMES
+    from .bench.report import METHOD_NAMES
+    from .bench.results import time_ratio
     before = prepared.report["drifted_accuracy_before"]
     skip2 = next(r for r in numpy_results if r["method"] == "skip2-lora")
     best = max(numpy_results, key=lambda r: r["accuracy"])
@@ -369,7 +377,7 @@ def _epoch_postfix(info):
 
 
 def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
-    from .board import format_run, run_job
+    from .link.board import format_run, run_job
     dims, bits = _model_shape(model_path, model_bytes)
     n = len(scenario.finetune[1]) if args.limit is None else min(args.limit, len(scenario.finetune[1]))
     print("model %s: dims %s, bits %s, %d bytes; method %s, path %s, lr %g (%s), %s; data %s: %s%d fine-tune "
@@ -463,7 +471,7 @@ def _model_for_run(args, scenario, model_path):
         if not os.path.exists(model_path):
             print("%s does not exist: exporting it first" % model_path)
         model_bytes = _export(args, scenario, model_path).model_bytes
-    from .modelfile import read_model_file
+    from .train.modelfile import read_model_file
     return (model_bytes, *_lr(args, read_model_file(model_bytes).lr))
 
 
@@ -501,7 +509,7 @@ def cmd_run(args):
 
 
 def cmd_reset(args):
-    from .client import Client
+    from .link.client import Client
     with Client(args.port, retries=args.retries) as board:
         board.hello()
         stopped = board.reset()["stopped"]
@@ -534,7 +542,7 @@ def _pct(v):
 
 
 def cmd_status(args):
-    from .client import Client
+    from .link.client import Client
     with Client(args.port, retries=args.retries) as board:
         board.hello()
         log = board.field_log()
@@ -548,7 +556,7 @@ def _busy_hint(port):
 
 
 def cmd_probe_lr(args):
-    from .pipeline import check_lr_probe
+    from .train.lrprobe import check_lr_probe
     scenario = _scenario(args)
     prepared = prepare(scenario, args.bits, progress=not args.quiet)
     result = check_lr_probe(prepared, reference.Config(), progress=not args.quiet)
@@ -580,7 +588,7 @@ def _heap_size(text):
 def _answered(emu, args):
     """The emulated board's HELLO, asked before its port is printed: an interpreter that died at
     start (a heap too small for the firmware's imports) is an error, not a port."""
-    from .client import Client
+    from .link.client import Client
     try:
         with Client(emu.port, retries=1) as client:
             return client.hello()
@@ -594,9 +602,7 @@ def _answered(emu, args):
 
 
 def cmd_emulate(args):
-    import time
-
-    from .emulator import Emulator
+    from .link.emulator import Emulator
     if args.heap is not None and args.runtime != "micropython-unix":
         raise ValueError("--heap is for --runtime micropython-unix: the %s runtime's heap grows on demand" %
                          args.runtime)
@@ -616,7 +622,7 @@ def cmd_flash(args):
     import shlex
     import subprocess
 
-    from .board import build, field_config, flash_steps, uart_config
+    from .link.board import build, field_config, flash_steps, uart_config
     uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
     if (args.sensor or args.label_pins) and not args.field:
         raise ValueError("--sensor and --label-pins set up the field loop: add --field")
@@ -650,13 +656,47 @@ def cmd_flash(args):
 
 
 def cmd_report(args):
-    from . import report
+    from .bench import report
     records = report.load(args.results)
     table = report.markdown_table(records)
     print(table)
     _write(os.path.join(args.out, "table.md"), table + "\n")
     for path in report.plots(records, args.out):
         print("wrote %s" % path)
+
+
+def cmd_fleet(args):
+    from .bench import report
+    from .coa.models import Models
+    ports = fleet.read_ports(args.port, args.ports_from)
+    names = [fleet.board_name(p) for p in ports]
+    scenario = load_scenario(args.scenario)
+    record = coaflow.load_record(args.coa, args.scenario)
+    # every board's data read before any board is driven: a bad folder stops the command
+    scenarios = {n: fleet.board_data(scenario, args.data_per_board, n) if args.data_per_board else scenario
+                 for n in names}
+    models = Models(record, args.coa, args.scenario, os.path.join(args.out, "models"), not args.quiet)
+    plan = fleet.Plan(scenarios, models, _board_config(args), args.limit, args.retries)
+    display = fleet.Display(names, not args.quiet)
+    t0 = time.monotonic()
+    try:
+        rows = fleet.run_fleet(ports, plan, display)
+    finally:
+        display.close()
+    path = os.path.join(args.out, "fleet.json")
+    _write(path, json.dumps(fleet.fleet_record(rows, plan, time.monotonic() - t0, args), indent=2))
+    records = report.load([path])
+    table = report.markdown_table(records)
+    print(table)
+    _write(os.path.join(args.out, "table.md"), table + "\n")
+    for written in [path] + report.plots(records, args.out):
+        print("wrote %s" % written)
+    if any(r["status"] == "stopped" for r in rows):
+        raise Stopped("stopped; every board the fleet drove is idle")
+    failed = sum(r["status"] != "ok" for r in rows)
+    print("%d of %d boards completed" % (len(rows) - failed, len(rows)))
+    if failed:
+        sys.exit(min(failed, fleet.MAX_STATUS))
 
 
 def build_parser():
@@ -754,8 +794,35 @@ def build_parser():
     p.set_defaults(func=cmd_report)
 
     coaflow.register(sub)
-    from . import fleet
-    fleet.register(sub)
+
+    p = sub.add_parser("fleet", help="drive many boards at once, each with the CoA configuration its arena allows; "
+                                     "one report",
+                       description="Exit status: 0 when every board completed, else the number of boards that did "
+                                   "not (at most %d); 130 after Ctrl-C (every busy board RESET); 1 with a one-line "
+                                   "error before any board was driven." % fleet.MAX_STATUS)
+    p.add_argument("--port", action="append", help="a board's pyserial URL; repeat it, one per board")
+    p.add_argument("--ports-from", metavar="FILE", help="more ports, one a line (# comments) (default: none)")
+    p.add_argument("--coa", default=coaflow.DEFAULT_RECORD,
+                   help="results of `skip2lora coa train`: its front and budget rule pick each board's "
+                        "configuration (default: %(default)s)")
+    p.add_argument("--scenario", default=DEFAULT_SCENARIO, choices=SCENARIOS,
+                   help="the built-in scenario the CoA record was trained on; its fine-tune and test sets go to "
+                        "every board (default: %(default)s)")
+    p.add_argument("--data-per-board", metavar="DIR",
+                   help="a folder per board, named by its port without /dev/ (ttyACM0, pts-3), holding "
+                        "finetune.csv|npz and test.csv|npz with the scenario's features and classes "
+                        "(default: the scenario's data to every board)")
+    _add_tuning(p, lr_help="learning rate (default: the board's)",
+                rank_help="adapter rank (default: the CoA adapter's, in the model file)")
+    _add_guard(p)
+    _add_retries(p)
+    p.add_argument("--limit", type=_positive,
+                   help="stream the first N fine-tune samples to each board (default: as many as its plan holds)")
+    p.add_argument("--out", default=os.path.join("out", "fleet"),
+                   help="folder for fleet.json, table.md, the plots and models/ (the cache of model files by "
+                        "configuration) (default: %(default)s)")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_fleet, method="skip2-lora", path=None)
 
     p = sub.add_parser("emulate", help="a board on a pseudo-terminal: prints the port path to open")
     p.add_argument("--runtime", default="micropython", choices=EMULATOR_RUNTIMES,

@@ -1,7 +1,8 @@
 """Progress for long host work: a tqdm bar on a terminal; elsewhere (a log, a pipe) plain lines, at
 most one every PLAIN_EVERY seconds and one at the end, with no escape codes and no redraws. A step
 longer than PLAIN_EVERY (an epoch under the WebAssembly MicroPython takes 2-4 s) repeats the line,
-marked "working", so a log is never silent longer than that while a bar is open."""
+marked "working", so a log is never silent longer than that while a bar is open. And the one
+wording helper every printed line shares (plural)."""
 import sys
 import threading
 import time
@@ -89,3 +90,7 @@ def bar(total, desc, enabled=True, unit="steps"):
     if interactive():
         return tqdm(total=total, desc=desc, unit=" " + unit, leave=False)
     return PlainProgress(total, desc, unit)
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")

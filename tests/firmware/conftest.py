@@ -8,7 +8,7 @@
         assert out == "...\\n"
 
 `run(script, heap=..., files=..., args=..., timeout=...)` forwards to
-skip2lora.mpyrun.run_firmware_script; a failing script raises skip2lora.mpyrun.ScriptError
+skip2lora.runtimes.mpyrun.run_firmware_script; a failing script raises skip2lora.runtimes.mpyrun.ScriptError
 (MicroPythonError under MicroPython). `heap` applies only under MicroPython.
 """
 import builtins
@@ -20,7 +20,7 @@ import types
 
 import pytest
 
-from skip2lora.mpyrun import RUNTIMES, run_firmware_script
+from skip2lora.runtimes.mpyrun import RUNTIMES, run_firmware_script
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -248,7 +248,7 @@ print(json.dumps({"hellos": hellos, "model": core.model is not None}))
 
 
 def test_a_fixed_corpus_under_both_runtimes(runtime):
-    from skip2lora.mpyrun import run_firmware_script
+    from skip2lora.runtimes.mpyrun import run_firmware_script
     model = PROBLEM[0]
     setup = [F.encode(F.MODEL_BEGIN, 1, json.dumps({"size": len(model), "crc": binascii.crc32(model)}).encode()),
              F.encode(F.MODEL_CHUNK, 2, struct.pack("<I", 0) + model), F.encode(F.MODEL_END, 3),

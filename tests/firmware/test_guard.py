@@ -10,7 +10,7 @@ from s2l import frames as F
 from s2l.guard import HOLDOUT, MAX_RESTORES, Guard, split
 from s2l.model import Model
 from s2l.tuning import new_tuner
-from skip2lora.pipeline import load_scenario
+from skip2lora.data.catalog import load_scenario
 
 from .test_protocol import Session, fixed_problem, samples_payload
 from .test_tuner import CONFIG

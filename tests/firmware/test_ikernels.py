@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from s2l import ikernels as portable
-from skip2lora.mpyrun import run_firmware_script
+from skip2lora.runtimes.mpyrun import run_firmware_script
 
 RUN = """
 import json

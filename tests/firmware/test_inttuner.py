@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from skip2lora.mpyrun import run_firmware_script
+from skip2lora.runtimes.mpyrun import run_firmware_script
 
 from .test_tuner import CONFIG, fixed_problem
 
@@ -120,7 +120,7 @@ def test_the_integer_path_reads_format_v2():
     # 3-bit layers, a starting adapter and a scale per tensor train on the integer path, the same
     # under the unix port's viper kernels as in portable Python; per tensor, as the float path does
     import numpy as np
-    from skip2lora.modelfile import quantize, write_model
+    from skip2lora.train.modelfile import quantize, write_model
     from .test_tuner import BITS, DIMS
     rng = np.random.default_rng(5)
     weights = [(rng.normal(0, 0.6, (o, i)), rng.normal(0, 0.1, o)) for i, o in zip(DIMS[:-1], DIMS[1:])]
@@ -149,7 +149,7 @@ def test_the_integer_path_takes_scales_per_group():
     # 8, 4 and 3 bits: the same integers under the unix port's viper kernels as in portable Python,
     # and the float path's losses and accuracy on the same model within the integer path's rounding
     import numpy as np
-    from skip2lora.modelfile import quantize, write_model
+    from skip2lora.train.modelfile import quantize, write_model
     rng = np.random.default_rng(11)
     dims = [40, 24, 16, 4]
     weights = [(rng.normal(0, 1.5 / np.sqrt(i), (o, i)) * rng.uniform(0.2, 2.0, i), rng.normal(0, 0.1, o))
@@ -171,8 +171,8 @@ def test_the_integer_path_takes_scales_per_group():
 
 PLAN_SCRIPT = """
 import json
-from s2l.model import load
 from s2l.arena import Arena
+from s2l.model import load
 from s2l.tuning import new_tuner, TunerError
 out = []
 for free, flash, fit in ((400000, None, False), (5000, 1000000, False), (5000, 1000, False), (5000, 1000, True)):

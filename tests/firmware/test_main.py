@@ -15,7 +15,7 @@ import tty
 import pytest
 
 from s2l import frames as F
-from skip2lora.mpyrun import FIRMWARE, unix_command, unix_env
+from skip2lora.runtimes.mpyrun import FIRMWARE, unix_command, unix_env
 
 from .test_protocol import samples_payload
 from .test_tuner import CONFIG, fixed_problem

@@ -5,9 +5,9 @@ object). The integer path must not import the float path's tuner, row store or k
 import json
 import subprocess
 
-from skip2lora.board import HOST_ARCH, build
 from s2l.arena import GENERAL_HEAP
-from skip2lora.mpyrun import BOARD_HEAP, unix_command, unix_env
+from skip2lora.link.board import HOST_ARCH, build
+from skip2lora.runtimes.mpyrun import BOARD_HEAP, unix_command, unix_env
 
 SCRIPT = """
 import gc, json, sys

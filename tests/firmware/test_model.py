@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from s2l import modelfile as fmt
-from skip2lora.modelfile import quantize, read_model_file, write_model
+from skip2lora.train.modelfile import quantize, read_model_file, write_model
 
 DIMS = [37, 9, 6, 4]
 CONFIGS = [  # (bits, granularity) per layer
@@ -141,8 +141,8 @@ def v1_file():
 def test_raw_readings_are_normalised_on_the_board_as_the_host_reference_does(run):
     # raw sensor units far from the network's input range (mean ~100, spread ~20 per feature): the
     # board's prediction of a raw reading equals the host reference's of the normalised reading
-    from skip2lora.modelfile import fit_norm, normalise
-    from skip2lora.reference import Network
+    from skip2lora.train.modelfile import fit_norm, normalise
+    from skip2lora.train.reference import Network
     rng = np.random.default_rng(7)
     centre, spread = rng.uniform(50, 150, DIMS[0]), rng.uniform(5, 30, DIMS[0])
     raw = (centre + spread * rng.normal(size=(200, DIMS[0]))).astype(np.float32)

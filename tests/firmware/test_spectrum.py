@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skip2lora.mpyrun import run_firmware_script
+from skip2lora.runtimes.mpyrun import run_firmware_script
 
 N, BINS, LIMIT = 1024, 128, 32767
 STAGES = 10
@@ -104,7 +104,7 @@ def test_sines_at_known_bins_match_numpy():
 
 def fan_windows():
     """One noisy fan-env test spectrum of each class (512 magnitudes) and its loader features."""
-    from skip2lora.fan import read_recording
+    from skip2lora.data.fan import read_recording
     out = []
     for cls in ("normal", "damage1", "damage2"):
         path = str(FAN / ("12cm_hmlo_%s_noisy_2.zip" % cls))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from unicorn import UcError
 
-from skip2lora import thumb_spec as spec
-from skip2lora.mpyrun import run_firmware_script
-from skip2lora.thumbemu import SOURCE, Thumb, assemble, cycles_of
+from skip2lora.runtimes import thumb_spec as spec
+from skip2lora.runtimes.mpyrun import run_firmware_script
+from skip2lora.runtimes.thumbemu import SOURCE, Thumb, assemble, cycles_of
 
 from .test_ikernels import RUN, frozen_cases, ingest_cases, pack, s8, step_cases
 

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from skip2lora import reference
-from skip2lora.mpyrun import run_firmware_script
-from skip2lora.modelfile import quantize, write_model
-from skip2lora.pipeline import network_from_model
+from skip2lora.runtimes.mpyrun import run_firmware_script
+from skip2lora.train import reference
+from skip2lora.train.export import network_from_model
+from skip2lora.train.modelfile import quantize, write_model
 
 DIMS = [12, 8, 6, 4]
 BITS = [8, 4, 2]  # mixed widths: every unpacking path is exercised

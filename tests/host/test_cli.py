@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from skip2lora import cli
-from skip2lora.modelfile import read_model_file
-from skip2lora.pipeline import LR_CHOICES
+from skip2lora.train.lrprobe import LR_CHOICES
+from skip2lora.train.modelfile import read_model_file
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKED_MODEL = str(REPO / "models" / "digits-rotate.s2lm")  # 8,8,8 bits, 64 features, 10 classes
@@ -47,7 +47,7 @@ def own(tmp_path_factory):
 
 
 def test_own_csv_through_export_bench_and_run_on_the_emulator(own, capsys):
-    from skip2lora.emulator import Emulator
+    from skip2lora.link.emulator import Emulator
     folder, (lab, drift) = own
     data = ["--data", lab, "--drift", drift, "--quiet"]
     model = folder / "sensor.s2lm"
@@ -154,7 +154,7 @@ def test_progress_without_a_terminal_is_plain_lines(capsys, tmp_path, monkeypatc
 
 
 def test_plural_epochs():
-    from skip2lora.pipeline import plural
+    from skip2lora.progress import plural
     assert (plural(1, "epoch"), plural(2, "epoch")) == ("1 epoch", "2 epochs")
 
 
@@ -208,8 +208,8 @@ def test_export_refuses_data_too_wide_for_the_board_before_pretraining(tmp_path)
 
 def test_ctrl_c_on_a_board_command_ends_with_one_line_and_no_traceback(monkeypatch, capsys):
     # the client turns Ctrl-C into RESET and raises Stopped once the board says it is idle
-    # (tests/host/test_reliable_link.py); the command line prints that one line and exits 130
-    from skip2lora.client import Stopped
+    # (tests/host/link/test_reliable_link.py); the command line prints that one line and exits 130
+    from skip2lora.link.client import Stopped
 
     def interrupted(args):
         raise Stopped("stopped; the board is idle")
@@ -235,7 +235,7 @@ def _kill_mid_training(argv):
 
 
 def test_a_board_a_killed_run_left_training_is_freed_by_reset_and_by_run_reset(tmp_path, capsys):
-    from skip2lora.emulator import Emulator
+    from skip2lora.link.emulator import Emulator
     with Emulator("cpython") as emu:
         job = ["run", "--port", emu.port, "--model", TRACKED_MODEL, "--path", "int", "--limit", "30", "--quiet"]
         _kill_mid_training(job + ["--epochs", "10000", "--holdout", "0"])  # unguarded: no early stop

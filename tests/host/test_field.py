@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from skip2lora import cli
-from skip2lora.board import build, field_config
-from skip2lora.client import Client
-from skip2lora.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
-from skip2lora.pipeline import FAN_DATA, prepare
+from skip2lora.data.catalog import FAN_DATA
+from skip2lora.link.board import build, field_config
+from skip2lora.link.client import Client
+from skip2lora.runtimes.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
+from skip2lora.train.export import prepare
 
 BUDGET_MS = 20
 # a slice is BUDGET_MS plus one sample's work (a frozen forward here: well under 1 ms); the rest is

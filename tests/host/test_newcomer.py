@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from skip2lora import cli
-from skip2lora.modelfile import read_model_file
-from skip2lora.pipeline import plural
+from skip2lora.progress import plural
+from skip2lora.train.modelfile import read_model_file
 
 from .test_cli import _refused
 
@@ -135,8 +135,8 @@ def test_bench_fine_tunes_the_exported_model_at_its_lr(tmp_path, monkeypatch, ca
 
 
 def test_report_headers_tell_runs_apart_and_count_what_ran(tmp_path, capsys):
-    from skip2lora import report
-    from skip2lora.emulator import Emulator
+    from skip2lora.bench import report
+    from skip2lora.link.emulator import Emulator
     lab, drift = small_data(tmp_path)
     model = str(tmp_path / "m.s2lm")
     cli.main(["export", "--data", lab, "--model", model, "--quiet"])

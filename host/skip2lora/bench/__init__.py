@@ -1,0 +1,1 @@
+"""Measurements: method comparisons, the board and guard benches, the fleet, the soak, reports."""

@@ -1,0 +1,1 @@
+"""CoA-LoRA: one adapter for many quantization configurations, its Pareto search and workflow."""

@@ -1,0 +1,1 @@
+"""Firmware code run on the host: CPython, MicroPython (WebAssembly, unix port), Thumb machine code."""

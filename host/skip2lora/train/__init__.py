@@ -1,0 +1,1 @@
+"""Host-side learning: the numpy reference of the methods, pretraining, quantized export, the lr probe."""
