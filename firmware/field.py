@@ -41,6 +41,7 @@ class Log:
         self.data["boots"] += 1
         self.data["restored"] = restored  # labelled readings this boot found on flash
         self.data.pop("error", None)
+        self.data.pop("ended", None)
         self.write()
 
     def adapted(self, result, kept, ms):
@@ -111,7 +112,8 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             server.serve(0)
         learner = core.learner  # a host's CONFIG or RESET replaces or drops it: learning waits
         x = read()
-        if x is None:
+        if x is None:  # a replay's end (a real sensor never ends)
+            d["ended"] = True
             break
         d["samples"] += 1
         since += 1

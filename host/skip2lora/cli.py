@@ -524,6 +524,8 @@ def format_field_log(log):
         lines.append("the field loop stopped: %s (fix it, then reset the board)" % log["error"])
     if "boots" not in log:
         return "\n".join(lines)
+    if log.get("ended"):  # a replay sensor's end (replay_sensor.py)
+        lines.append("the sensor's readings ended: the board serves the protocol alone")
     preds = ", ".join("%d" % n for n in log["predictions"])
     lines += ["boots %d (the last found %d labelled readings on flash); readings %d, labelled %d; "
               "predictions per class: %s (%d unreadable)" % (log["boots"], log.get("restored", 0), log["samples"],
