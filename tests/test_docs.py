@@ -294,3 +294,15 @@ def test_links_reach_files_and_headings():
             if anchor and dest.suffix == ".md":
                 slugs = {_slug(h) for h in _sections(dest)}
                 assert anchor in slugs, "%s: link to %s: no such heading in %s" % (path.name, target, dest.name)
+
+
+def test_named_source_files_exist():
+    """A test, module or tool file the prose names in backticks (`test_x.py`, `firmware/field.py`,
+    `tools/mip_package.py`) is in the tree: a moved file fails here, not a reader's search."""
+    files = {p.relative_to(ROOT).as_posix() for p in ROOT.glob("*/**/*.py") if ".venv" not in p.parts
+             and "node_modules" not in p.parts}
+    names = {f.rsplit("/", 1)[-1] for f in files}
+    for path in DOCS:
+        for named in re.findall(r"`([\w/.]+\.py)`", path.read_text()):
+            found = named in names if "/" not in named else any(f.endswith(named) for f in files)
+            assert found, "%s names %s: no such file in the tree" % (path.name, named)

@@ -19,6 +19,7 @@ from .bench.results import bench_record, format_table
 from .coa import flow as coaflow
 from .data.catalog import FAN_DATA, SCENARIOS, load_scenario
 from .data.scenarios import DEFAULT_SCENARIO, DRIFTS, own_data_scenario
+from .files import write_file
 from .link import fleet
 from .link.client import BoardError, LinkError, Stopped
 from .link.emulator import RUNTIMES as EMULATOR_RUNTIMES
@@ -160,14 +161,6 @@ def _config(args):
     return reference.Config(rank=args.rank, lr=args.lr, epochs=args.epochs, batch=args.batch, seed=args.seed)
 
 
-def _write(path, data, mode="w"):
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
-
-
 def _scenario(args, need_drift=True):
     """The data the options name, after refusing options that cannot act on it."""
     if args.data and not os.path.exists(args.data):
@@ -227,7 +220,7 @@ def _export(args, scenario, model_path):
     if scenario.finetune is not None:
         probe = probe_lr(prepared, reference.Config(), progress=not args.quiet)
         prepared = prepared.with_lr(probe["lr"])
-    _write(model_path, prepared.model_bytes, "wb")
+    write_file(model_path, prepared.model_bytes, "wb")
     _print_export(model_path, prepared.report)
     print("wrote %s: the data it was exported from (run and bench check it)" % provenance.write(
         model_path, prepared.model_bytes, scenario, probed=scenario.finetune is not None))
@@ -249,7 +242,7 @@ def _bench(args, prepared, config, methods, runtime, port=None, json_path=None, 
                               board_row=board_row)
     print(format_table(prepared, results))
     if json_path:
-        _write(json_path, json.dumps(bench_record(prepared, config, results), indent=2))
+        write_file(json_path, json.dumps(bench_record(prepared, config, results), indent=2))
         print("results written to %s" % json_path)
     return results
 
@@ -326,7 +319,7 @@ def cmd_demo(args):
     print("\nrendering the report of the three runs ...", flush=True)
     records = report.load(results)
     folder = os.path.join(args.out, "report")
-    _write(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
+    write_file(os.path.join(folder, "table.md"), report.markdown_table(records) + "\n")
     for path in [os.path.join(folder, "table.md")] + report.plots(records, folder):
         print("wrote %s" % path)
     print("\n" + "\n".join(_demo_summary(prepared, numpy_results, mpy_results, run, n)))
@@ -417,7 +410,7 @@ def _run_on_board(args, port, model_path, model_bytes, scenario, lr, lr_source):
     result["model"] = {"path": model_path, "dims": dims, "bits": bits}
     print(format_run(result))
     if args.json:
-        _write(args.json, json.dumps(result, indent=2))
+        write_file(args.json, json.dumps(result, indent=2))
         print("results written to %s" % args.json)
     return result
 
@@ -575,7 +568,7 @@ def cmd_probe_lr(args):
         result["lr"], result["pick_below_best_points"], seeds, result["pick_below_best_points_first_seed"],
         result["seeds"][0]))
     if args.json:
-        _write(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
+        write_file(args.json, json.dumps(dict(result, scenario=scenario.name), indent=2))
         print("results written to %s" % args.json)
 
 
@@ -645,11 +638,11 @@ def cmd_flash(args):
     uart_path = None
     if uart:
         uart_path = os.path.join(args.out, "uart.json")
-        _write(uart_path, json.dumps(uart))
+        write_file(uart_path, json.dumps(uart))
     field_path = None
     if field:
         field_path = os.path.join(args.out, "field_config.json")
-        _write(field_path, json.dumps(field))
+        write_file(field_path, json.dumps(field))
     print("built the firmware for %s into %s" % (args.arch, args.out))
     for step in flash_steps(args.port, lib, model, uart_path, field_path, args.sensor):
         print(shlex.join(step) if args.dry_run else "$ " + shlex.join(step), flush=True)
@@ -662,7 +655,7 @@ def cmd_report(args):
     records = report.load(args.results)
     table = report.markdown_table(records)
     print(table)
-    _write(os.path.join(args.out, "table.md"), table + "\n")
+    write_file(os.path.join(args.out, "table.md"), table + "\n")
     for path in report.plots(records, args.out):
         print("wrote %s" % path)
 
@@ -686,11 +679,11 @@ def cmd_fleet(args):
     finally:
         display.close()
     path = os.path.join(args.out, "fleet.json")
-    _write(path, json.dumps(fleet.fleet_record(rows, plan, time.monotonic() - t0, args), indent=2))
+    write_file(path, json.dumps(fleet.fleet_record(rows, plan, time.monotonic() - t0, args), indent=2))
     records = report.load([path])
     table = report.markdown_table(records)
     print(table)
-    _write(os.path.join(args.out, "table.md"), table + "\n")
+    write_file(os.path.join(args.out, "table.md"), table + "\n")
     for written in [path] + report.plots(records, args.out):
         print("wrote %s" % written)
     if any(r["status"] == "stopped" for r in rows):

@@ -14,6 +14,7 @@ board restarts with a soft reset. Unplugging it instead is the real thing: the c
 Scoring runs on the target (a script that builds a learner from the files on flash, writing none).
 It prints what it measured and each check, and exits non-zero when one fails."""
 import argparse
+import ast
 import json
 import os
 import random
@@ -29,14 +30,26 @@ import serial
 
 from s2l.protocol import FIELD_CONFIG, FIELD_LOG
 
+from ..files import write_file
 from ..link.board import HOST_ARCH, build, field_config, flash_steps
 from ..link.client import Client, LinkError
 from ..runtimes.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
 from ..train.export import prepare
 
+
+
+def firmware_constants(module):
+    """The upper-case constants of a firmware module beside main.py (field.py, replay_sensor.py),
+    read from its source: they run on a board (machine, files on flash), not here."""
+    tree = ast.parse((FIRMWARE / (module + ".py")).read_text())
+    return {target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name) and target.id.isupper()}
+
+
 SCENARIO = "fan-env"
-SENSOR = "replay_sensor"  # firmware/replay_sensor.py: its files and constants below
-READINGS, LABELS, POSITION, NO_LABEL = "replay.bin", "replay_labels.bin", "replay_pos", 255
+SENSOR = "replay_sensor"
+_replay = firmware_constants(SENSOR)
+READINGS, LABELS, POSITION, NO_LABEL = (_replay[k] for k in ("READINGS", "LABELS", "POSITION", "NO_LABEL"))
 TEST, TEST_LABELS = "test.bin", "test_labels.bin"
 LABEL_EVERY = 10
 CUT_RANGE = (200, 600)
@@ -45,9 +58,9 @@ BUDGET_MS = 20
 # is room for a shared machine that pauses the process
 SLICE_BOUND_MS = BUDGET_MS + 30
 MIN_GAIN = 0.20
-# labelled readings the loop may still hold at a cut (field.PENDING + 1 while an adaptation runs,
-# and the one the cut interrupted): not yet on flash
-HELD = 6
+# labelled readings the loop may still hold at a cut, not yet on flash: field.py's PENDING, one
+# more that ends an adaptation, and the one the cut interrupted
+HELD = firmware_constants("field")["PENDING"] + 2
 # what a target's flash must not keep from an earlier day (and each one's atomic-write copies)
 STATE = (POSITION, FIELD_LOG, "adapter.s2la", "samples.s2ls", FIELD_CONFIG)
 CLEAN = "from s2l import storage\nfor n in %r:\n    for s in ('', storage.NEW, storage.OLD):\n        storage.remove(n + s)\n"
@@ -316,9 +329,7 @@ def main(argv=None):
         print("%s  %s: %s" % ("ok  " if held else "FAIL", what, detail))
         failed += not held
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(day, f, indent=1)
+        write_file(args.json, json.dumps(day, indent=1))
     sys.exit(1 if failed else 0)
 
 

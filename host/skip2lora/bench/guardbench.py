@@ -18,6 +18,7 @@ from s2l.model import Model
 from s2l.tuning import new_tuner
 
 from ..data.catalog import SCENARIOS
+from ..files import write_file
 from ..progress import bar
 from ..train import reference
 from ..train.export import prepare
@@ -121,8 +122,7 @@ def main(argv=None):
     print("(* the lr export writes into the model file: the probe's pick; holdout %g, patience %d; firmware tuners under CPython on this machine; the time ratios are measured "
           "inside each guarded run)" % (HOLDOUT, PATIENCE))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_file(args.json, json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from s2l.inttuner import MAX_LAYERS_X_RANK
 
 from ..data.catalog import FAN_DATA, SCENARIOS, load_scenario
 from ..data.scenarios import DEFAULT_SCENARIO
+from ..files import write_file
 from ..train import reference
 from ..train.pretrain import pretrain
 from ..train.quantconfig import QuantConfig, model_bytes, random_configs
@@ -474,19 +475,11 @@ def cmd_export_budget(args):
               "`skip2lora run --path float`" % (rank, MAX_LAYERS_X_RANK))
 
 
-def _write_json(path, data):
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f)
-
-
 def cmd_train(args):
     record = train(args.scenario, rank=args.rank, steps=args.steps, lr=args.lr, per_step=args.per_step,
                    rounds=args.rounds, seeds=tuple(range(args.seeds)), gains=args.gains,
                    temperature=args.temperature, data_path=args.data, progress=not args.quiet)
-    _write_json(args.out, record)
+    write_file(args.out, json.dumps(record))
     front = record["front"]
     print("CoA-LoRA on %s: %d configurations evaluated, %d on the front (per bytes bin), CoA trained on %d in %.1f s" % (
         record["scenario"], len(record["evaluated"]), len(front), len(record["training_configs"]),
@@ -506,7 +499,7 @@ def cmd_bench(args):
     if args.plot:
         print("\nplot written to %s" % args.plot)
     if args.json:
-        _write_json(args.json, result)
+        write_file(args.json, json.dumps(result))
         print("results written to %s" % args.json)
 
 
