@@ -10,7 +10,7 @@ test spectra with what it learned, against the frozen model.
 
 On the unix port the cut is a power cut (the process is killed). On a board it is a Ctrl-C on the
 link at that moment (the loop stops between two bytecodes, wherever it was, a flash write too); the
-board restarts with a soft reset. Unplugging it instead is the real thing: the checks hold the same.
+board restarts with a hard reset (machine.reset(), as `mpremote reset` does). Unplugging it instead is the real thing: the checks hold the same.
 Scoring runs on the target (a script that builds a learner from the files on flash, writing none).
 It prints what it measured and each check, and exits non-zero when one fails."""
 import argparse
@@ -201,7 +201,9 @@ class SerialTarget:
         return self._mpremote("run", str(path), capture=True)
 
     def start(self):
-        self._mpremote("soft-reset")  # main.py runs, as after power on
+        """A hard reset: main.py runs as at power on, once the USB port is back."""
+        self._mpremote("reset")
+        time.sleep(1)
         return self.port
 
     def cut(self):
@@ -216,7 +218,15 @@ def _last_json(text):
 def _watch(port, until, timeout, progress):
     """LOG polled over the protocol until until(log, seconds since start) says so; the last log."""
     t0, shown = time.monotonic(), None
-    with Client(port, retries=10) as board:
+    while True:  # a board's USB port comes back a moment after a reset
+        try:
+            board = Client(port, retries=10)
+            break
+        except LinkError:
+            if time.monotonic() - t0 > 30:
+                raise
+            time.sleep(0.5)
+    with board:
         board.hello()
         while True:
             try:

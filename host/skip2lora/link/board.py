@@ -75,7 +75,9 @@ def flash_steps(port, lib, model_path, uart_path=None, field_path=None, sensor_p
         steps.append(mpremote + ["fs", "cp", str(field_path), ":" + FIELD_CONFIG])
     else:
         steps.append(mpremote + ["exec", "import os; %r in os.listdir() and os.remove(%r)" % (FIELD_CONFIG, FIELD_CONFIG)])
-    steps.append(mpremote + ["soft-reset"])
+    # a hard reset (machine.reset()): main.py runs as at power on. mpremote's soft-reset would not
+    # start it: it resets in raw REPL mode, where a board runs boot.py only
+    steps.append(mpremote + ["reset"])
     return steps
 
 

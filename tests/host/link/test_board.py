@@ -19,7 +19,7 @@ def test_flash_dry_run_builds_into_a_kept_folder_and_prints_runnable_steps(capsy
     assert lines[0] == "built the firmware for xtensawin into %s" % out
     steps = [shlex.split(line) for line in lines[1:]]
     mpremote = [sys.executable, "-m", "mpremote", "connect", "/dev/ttyACM7"]
-    assert [s[:6] for s in steps] == [mpremote + ["fs"]] * 3 + [mpremote + ["exec"], mpremote + ["soft-reset"]]
+    assert [s[:6] for s in steps] == [mpremote + ["fs"]] * 3 + [mpremote + ["exec"], mpremote + ["reset"]]
     assert steps[0][-2:] == [str(out / "lib"), ":"] and steps[1][-1] == ":main.py" and steps[2][-2:] == [MODEL, ":model.s2lm"]
     assert "os.remove('field_config.json')" in steps[3][-1]  # a field loop a previous flash set up goes
     assert (out / "lib" / "s2l" / "tuner.mpy").is_file()  # still there: the steps run as printed
