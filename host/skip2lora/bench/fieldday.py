@@ -1,8 +1,8 @@
 """A day in the field, on a real board or the unix port: the board's own main.py runs the field loop
 (firmware/field.py) as `flash --field` sets it up, with the scripted sensor firmware/replay_sensor.py
 replaying fan-env's noisy fine-tune spectra in a shuffled order and a label for one reading in ten;
-the host watches the log over the serial protocol (LOG), cuts the board at a random reading in
-200..600, scores the adapters it saved, starts it again, lets it finish the day and scores the
+the host watches the log over the serial protocol (LOG), cuts the board near a random reading in
+200..600 (the log gives the pace), scores the adapters it saved, starts it again, lets it finish the day and scores the
 test spectra with what it learned, against the frozen model.
 
     python -m skip2lora.bench.fieldday --port /dev/ttyACM0     # an RP2040 (--arch xtensawin: an ESP32)
@@ -215,8 +215,9 @@ def _last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 
 
-def _watch(port, until, timeout, progress):
-    """LOG polled over the protocol until until(log, seconds since start) says so; the last log."""
+def _watch(port, until, stall, progress):
+    """LOG polled over the protocol until until(log, seconds since start) says so; the last log.
+    Fails when the log's readings stay the same for `stall` seconds."""
     t0, shown = time.monotonic(), None
     while True:  # a board's USB port comes back a moment after a reset
         try:
@@ -228,25 +229,23 @@ def _watch(port, until, timeout, progress):
             time.sleep(0.5)
     with board:
         board.hello()
+        moved = time.monotonic()
         while True:
-            try:
-                log = board.field_log()
-            except LinkError:
-                log = {}
+            log = board.field_log()
             if "error" in log:
                 raise RuntimeError("the field loop stopped: %s" % log["error"])
-            elapsed = time.monotonic() - t0
+            now = time.monotonic()
             if log.get("samples") != shown:
-                shown = log.get("samples")
-                progress("readings %s after %.1f s" % (shown, elapsed))
-            if until(log, elapsed):
+                shown, moved = log.get("samples"), now
+                progress("readings %s after %.1f s" % (shown, now - t0))
+            if until(log, now - t0):
                 return log
-            if elapsed > timeout:
-                raise RuntimeError("no progress in %.0f s (the log: %s)" % (timeout, json.dumps(log)))
+            if now - moved > stall:
+                raise RuntimeError("no new reading in %.0f s (the log: %s)" % (stall, json.dumps(log)))
             time.sleep(0.05)
 
 
-def field_day(target, prepared, seed=24, rng=None, timeout=600, progress=lambda text: None):
+def field_day(target, prepared, seed=24, rng=None, stall=120, progress=lambda text: None):
     """The day on `target` (UnixTarget or SerialTarget): returns what was measured."""
     rng = rng or random.Random()
     s = prepared.scenario
@@ -277,13 +276,13 @@ def field_day(target, prepared, seed=24, rng=None, timeout=600, progress=lambda 
         (t1, k1), (t2, k2) = seen[0], seen[-1]
         return k2 + (k2 - k1) / (t2 - t1) * (elapsed - t2) >= cut_at
 
-    _watch(port, near_cut, timeout, progress)
+    _watch(port, near_cut, stall, progress)
     time.sleep(rng.uniform(0, 0.05))
     target.cut()
     at_cut = _last_json(target.script(score))
     progress("cut at reading %d; the day goes on" % at_cut["position"])
     port = target.start()
-    end = _watch(port, lambda log, _: log.get("ended"), timeout, progress)
+    end = _watch(port, lambda log, _: log.get("ended"), stall, progress)
     target.cut()
     after = _last_json(target.script(score))
     labels = np.frombuffer(files[LABELS], np.uint8)
