@@ -2,8 +2,8 @@
 (firmware/field.py) as `flash --field` sets it up, with the scripted sensor firmware/replay_sensor.py
 replaying fan-env's noisy fine-tune spectra in a shuffled order and a label for one reading in ten;
 the host watches the log over the serial protocol (LOG), cuts the board near a random reading in
-200..600 (the log gives the pace), scores the adapters it saved, starts it again, lets it finish the day and scores the
-test spectra with what it learned, against the frozen model.
+200..600 (the log gives the pace), scores the adapters it saved, starts it again, lets it finish
+the day and scores the test spectra with what it learned, against the frozen model.
 
     python -m skip2lora.bench.fieldday --port /dev/ttyACM0     # an RP2040 (--arch xtensawin: an ESP32)
     python -m skip2lora.bench.fieldday                         # the unix port, an RP2040's 241 KB heap
