@@ -617,7 +617,7 @@ def cmd_flash(args):
     import shlex
     import subprocess
 
-    from .link.board import build, field_config, flash_steps, uart_config
+    from .link.board import build, field_config, flash_steps, uart_config, wait_for_port
     uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
     if (args.sensor or args.label_pins) and not args.field:
         raise ValueError("--sensor and --label-pins set up the field loop: add --field")
@@ -648,6 +648,9 @@ def cmd_flash(args):
         print(shlex.join(step) if args.dry_run else "$ " + shlex.join(step), flush=True)
         if not args.dry_run and subprocess.run(step).returncode:
             sys.exit("error: mpremote step failed: %s" % shlex.join(step))
+    if not args.dry_run:
+        wait_for_port(args.port)
+        print("the board restarted: main.py %s" % ("runs the field loop" if field else "serves the link"))
 
 
 def cmd_report(args):

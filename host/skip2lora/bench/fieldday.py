@@ -31,8 +31,8 @@ import serial
 from s2l.protocol import FIELD_CONFIG, FIELD_LOG
 
 from ..files import write_file
-from ..link.board import HOST_ARCH, build, field_config, flash_steps
-from ..link.client import Client, LinkError
+from ..link.board import HOST_ARCH, build, field_config, flash_steps, wait_for_port
+from ..link.client import Client
 from ..runtimes.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
 from ..train.export import prepare
 
@@ -180,9 +180,10 @@ class SerialTarget:
         """The firmware and the model as `skip2lora flash` installs them (no field config)."""
         model = self.work / "model.s2lm"
         model.write_bytes(model_bytes)
-        for step in flash_steps(self.port, self.lib, model):
+        for step in flash_steps(self.port, self.lib, model):  # the last one resets the board
             if subprocess.run(step).returncode:
                 raise RuntimeError("mpremote step failed: %s" % " ".join(step))
+        wait_for_port(self.port)
 
     def put(self, files):
         """`files` ({name: bytes}) on the board's flash, when they fit."""
@@ -201,9 +202,9 @@ class SerialTarget:
         return self._mpremote("run", str(path), capture=True)
 
     def start(self):
-        """A hard reset: main.py runs as at power on, once the USB port is back."""
+        """A hard reset: main.py runs as at power on."""
         self._mpremote("reset")
-        time.sleep(1)
+        wait_for_port(self.port)
         return self.port
 
     def cut(self):
@@ -219,15 +220,7 @@ def _watch(port, until, stall, progress):
     """LOG polled over the protocol until until(log, seconds since start) says so; the last log.
     Fails when the log's readings stay the same for `stall` seconds."""
     t0, shown = time.monotonic(), None
-    while True:  # a board's USB port comes back a moment after a reset
-        try:
-            board = Client(port, retries=10)
-            break
-        except LinkError:
-            if time.monotonic() - t0 > 30:
-                raise
-            time.sleep(0.5)
-    with board:
+    with Client(port, retries=10) as board:
         board.hello()
         moved = time.monotonic()
         while True:

@@ -1,5 +1,6 @@
 """Working with a board (real, or the emulator) from the host: flashing the firmware with mpremote,
 and the main job: stream a scenario's samples, fine-tune on the board, read accuracy and timing."""
+import os
 import subprocess
 import sys
 import time
@@ -79,6 +80,19 @@ def flash_steps(port, lib, model_path, uart_path=None, field_path=None, sensor_p
     # start it: it resets in raw REPL mode, where a board runs boot.py only
     steps.append(mpremote + ["reset"])
     return steps
+
+
+def wait_for_port(port, wait_s=30, gone_s=1.5):
+    """After flash_steps' reset: a board's USB port goes (within gone_s), then comes back with
+    main.py running."""
+    time.sleep(gone_s)
+    t0 = time.monotonic()
+    while not os.path.exists(port) and "://" not in port:
+        if time.monotonic() - t0 > wait_s:
+            raise RuntimeError("%s did not come back within %d s of the reset: is the board still plugged in?"
+                               % (port, wait_s))
+        time.sleep(0.2)
+    time.sleep(0.5)
 
 
 def field_config(sensor, label_pins=None):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from skip2lora import cli
+from skip2lora.link import board
 
 
 MODEL = "models/digits-rotate.s2lm"  # the tracked model: read, never written
@@ -46,9 +47,12 @@ def test_flash_with_a_uart_installs_uart_json(capsys, monkeypatch, tmp_path):
             written["uart"] = json.loads(open(step[-2]).read())
         return real_run(["true"])
     monkeypatch.setattr(subprocess, "run", fake_run)
+    waited = []
+    monkeypatch.setattr(board, "wait_for_port", waited.append)  # no board to come back here
     cli.main(["flash", "--port", "/dev/ttyACM7", "--uart", "tx=4,rx=5,baudrate=921600", "--model", MODEL,
               "--out", str(tmp_path)])
     assert written["uart"] == {"id": 0, "baudrate": 921600, "tx": 4, "rx": 5}
+    assert waited == ["/dev/ttyACM7"]  # after the steps' reset, for the port to come back
     assert "fs cp" in capsys.readouterr().out
     for bad in ("tx=4", "tx=4,rx=five", "pin=3,tx=1,rx=2"):
         with pytest.raises(SystemExit, match="error: --uart"):
@@ -65,6 +69,8 @@ def test_flash_field_installs_the_field_config_and_sensor(capsys, monkeypatch, t
             copied[step[-1]] = step[-2]
         return real_run(["true"])
     monkeypatch.setattr(subprocess, "run", fake_run)
+    waited = []
+    monkeypatch.setattr(board, "wait_for_port", waited.append)  # no board to come back here
     sensor = tmp_path / "vibration.py"
     sensor.write_text("def read():\n    return None\n")
     cli.main(["flash", "--port", "/dev/ttyACM7", "--field", "--sensor", str(sensor), "--label-pins", "14,15",
@@ -168,3 +174,12 @@ def test_run_at_a_diverging_rate_is_caught_by_the_boards_guard_and_the_json_says
     assert result["accuracy"] > result["accuracy_before"]
     assert "guard: %d validation samples" % guard["val_samples"] in printed
     assert "%d restore" % len(restored) in printed
+
+
+def test_waiting_for_a_reset_board_ends_when_its_port_is_back_or_says_why(tmp_path):
+    import threading
+    port = tmp_path / "ttyACM9"
+    threading.Timer(0.3, port.touch).start()  # the USB port re-enumerates
+    board.wait_for_port(str(port), wait_s=5, gone_s=0)
+    with pytest.raises(RuntimeError, match="did not come back within 0 s of the reset"):
+        board.wait_for_port(str(tmp_path / "gone"), wait_s=0, gone_s=0)
