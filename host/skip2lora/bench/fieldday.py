@@ -37,7 +37,6 @@ from ..runtimes.mpyrun import BOARD_HEAP, FIRMWARE, unix_command, unix_env
 from ..train.export import prepare
 
 
-
 def firmware_constants(module):
     """The upper-case constants of a firmware module beside main.py (field.py, replay_sensor.py),
     read from its source: they run on a board (machine, files on flash), not here."""
