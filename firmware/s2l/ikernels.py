@@ -1,6 +1,7 @@
 # Integer kernels of the board's fast path (integer Skip2-LoRA), portable flavour. The viper twins
 # in ikernels_viper.py, and the Thumb flavour (ikernels_thumb.py: viper around assembler, RP2040),
-# compute the same integers; on boards they replace these at import time.
+# compute the same integers; on boards they replace these at import time (below: Thumb, else viper,
+# else these). The softmax's tables are exp2.py's, which every flavour imports.
 # A board pays for every call into a kernel and for every line of Python between calls, so the
 # work is cut into few, large kernels: a sample arrives in one call (ingest8), a frozen layer is
 # one call (frozen_layer), and a whole training step from the skip-cache, or the adapters' part of
@@ -15,9 +16,8 @@
 # 32767 * 127 (int8 inputs) need n <= 512, of 32767 * 2047 (int12 activations) n <= 32.
 # Rounding: rshift(v, s) = floor((v + 2^(s-1)) / 2^s), half up, as an arithmetic shift does it.
 
-from array import array
-
 from s2l.arena import typed
+from s2l.exp2 import EXP2_COARSE, EXP2_FINE, LOG2E_Q12
 
 INT8 = 127
 INT12 = 2047
@@ -30,17 +30,6 @@ META_LAYER = 5
 # frozen_layer's per-layer parameters (array('i')): row_bytes, bits, n_out, n_in, the scales'
 # exponent, the bias's exponent, x offset, y offset, y is int16 (the logits), clamp limit, the
 # inputs a scale covers (n_in: per output channel; 16 or 32: per group)
-# 2^-x for the softmax, x in 1/1024 steps: 2^(-k/32) * 32767 and 2^(-k/1024) * 32768, k = 0..31;
-# written out, not computed, so that a board's single-precision floats cannot round them apart
-EXP2_COARSE = array("H", (32767, 32065, 31378, 30705, 30047, 29404, 28774, 28157, 27554, 26963,
-                          26385, 25820, 25267, 24725, 24196, 23677, 23170, 22673, 22187, 21712,
-                          21247, 20791, 20346, 19910, 19483, 19066, 18657, 18258, 17866, 17483,
-                          17109, 16742))
-EXP2_FINE = array("H", (32768, 32746, 32724, 32702, 32679, 32657, 32635, 32613, 32591, 32569,
-                        32547, 32525, 32503, 32481, 32459, 32437, 32415, 32393, 32371, 32349,
-                        32327, 32306, 32284, 32262, 32240, 32218, 32196, 32175, 32153, 32131,
-                        32109, 32088))
-LOG2E_Q12 = 5909  # round(log2(e) * 2^12)
 
 
 def scratch_size(n_layers, rank, n_classes):

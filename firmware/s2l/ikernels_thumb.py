@@ -7,7 +7,7 @@
 import micropython
 from array import array
 
-from s2l.ikernels import EXP2_COARSE, EXP2_FINE
+from s2l.exp2 import EXP2_COARSE, EXP2_FINE
 from s2l.ikernels_viper import ingest8  # noqa: F401 (re-exported: this flavour's ingest8)
 from s2l.thumb_asm import outer, rowsums, wsum
 

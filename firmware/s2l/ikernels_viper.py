@@ -11,7 +11,7 @@
 # Imported by ikernels.py on boards; elsewhere (no native emitter) the import fails.
 import micropython
 
-from s2l.ikernels import EXP2_COARSE, EXP2_FINE
+from s2l.exp2 import EXP2_COARSE, EXP2_FINE
 
 
 @micropython.viper

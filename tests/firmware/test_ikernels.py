@@ -9,6 +9,7 @@ from array import array
 import numpy as np
 import pytest
 
+from s2l import exp2
 from s2l import ikernels as portable
 from skip2lora.runtimes.mpyrun import run_firmware_script
 
@@ -233,5 +234,5 @@ def test_a_grouped_frozen_layer_equals_the_float_layer_within_its_rounding(n_in,
 def test_the_softmax_tables():
     coarse = np.round(32767 * 2.0 ** (-np.arange(32) / 32)).astype(int)
     fine = np.round(32768 * 2.0 ** (-np.arange(32) / 1024)).astype(int)
-    assert list(portable.EXP2_COARSE) == coarse.tolist() and list(portable.EXP2_FINE) == fine.tolist()
-    assert portable.LOG2E_Q12 == round(np.log2(np.e) * 4096)
+    assert list(exp2.EXP2_COARSE) == coarse.tolist() and list(exp2.EXP2_FINE) == fine.tolist()
+    assert exp2.LOG2E_Q12 == round(np.log2(np.e) * 4096)

@@ -24,8 +24,9 @@ print(json.dumps({"imports": a1 - a0, "core": a2 - a1 - core.arena.size, "int_tu
                   "float_modules": [m for m in ("s2l.tuner", "s2l.rowstore", "s2l.skipcache", "s2l.kernels")
                                     if m in sys.modules]}))
 """
-# measured here (x64 unix port, objects twice a board's size): imports 90.1 KB (the protocol core and
-# the integer path's modules, all taken at boot, before the arena; 75.6 KB before the learner API and
+# measured here (x64 unix port, objects twice a board's size): imports 91.8 KB (the protocol core and
+# the integer path's modules, all taken at boot, before the arena; 91.4 KB before the softmax tables
+# left ikernels.py for a module of their own, exp2.py, issue 26; 75.6 KB before the learner API and
 # the sliced epochs, 82.0 KB before the samples on flash, issue 24: their few new names filled the
 # port's fifth qstr pool, 620 names, and the sixth, twice the fifth's size, is ~7.3 KB on x64; a
 # board's pools step alike at its own counts), the core's own heap beside its

@@ -1,24 +1,28 @@
-"""No import cycle in the host package: every module's imports (at module level and inside
-functions, absolute and relative) form a graph without a loop. A lazy import inside a function
-hides a cycle from Python, not from a reader, so those count too. The walker takes any package
-folder, so the firmware's package can be held to the same rule."""
+"""No import cycle in the host package, nor in the firmware (its `s2l` package with the modules
+beside it, main.py and the rest, walked as one folder): every module's imports (at module level and
+inside functions, absolute and relative) form a graph without a loop. A lazy import inside a
+function hides a cycle from Python, not from a reader, so those count too; so does a `try: import`
+that picks a kernel flavour (ikernels.py)."""
 import ast
 from pathlib import Path
 
 import pytest
 
-HOST = Path(__file__).resolve().parents[2] / "host" / "skip2lora"
+ROOT = Path(__file__).resolve().parents[2]
+HOST = ROOT / "host" / "skip2lora"
+FIRMWARE = ROOT / "firmware"  # top-level modules (main, field, ...) and the s2l package
 
 
 def module_names(root_dir, package_name):
-    """{dotted module name: its file} for every .py file under root_dir (package_name's folder)."""
+    """{dotted module name: its file} for every .py file under root_dir (package_name's folder; with
+    package_name "", root_dir is a folder on the import path, its files top-level modules)."""
     root = Path(root_dir)
     names = {}
     for path in sorted(root.rglob("*.py")):
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
-        names[".".join([package_name] + parts)] = path
+        names[".".join(([package_name] if package_name else []) + parts)] = path
     return names
 
 
@@ -82,7 +86,7 @@ def find_cycle(graph):
     return None
 
 
-@pytest.mark.parametrize("root_dir, package_name", [(HOST, "skip2lora")], ids=["skip2lora"])
+@pytest.mark.parametrize("root_dir, package_name", [(HOST, "skip2lora"), (FIRMWARE, "")], ids=["skip2lora", "firmware"])
 def test_no_import_cycle(root_dir, package_name):
     cycle = find_cycle(import_graph(root_dir, package_name))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
@@ -101,3 +105,7 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]
     (pkg / "c.py").write_text("")
     assert find_cycle(import_graph(pkg, "pkg")) is None
+    # a folder on the import path (package name ""): its files are top-level modules beside the package
+    (tmp_path / "top.py").write_text("import pkg.a\n")
+    graph = import_graph(tmp_path, "")
+    assert graph["top"] == {"pkg.a"} and graph["pkg.a"] == {"pkg.sub.b"}
