@@ -21,11 +21,14 @@ from skip2lora.link.emulator import Emulator
 
 from ..coa.test_flow import record_path  # noqa: F401 (the small CoA record, a fixture)
 
-# HEAPS: arenas of ~74, 77, 78.6 and 360 KB on the 64-bit unix port leave budgets on four steps of the
-# small record's front (the windows are 1.5-3.5 KB of arena wide: a change to the firmware's imports
-# moves the arenas, and these heaps with them); past ~80 KB every board gets the largest file, so the
-# issue's 241k and 520k would pick alike, and 160k or 110k leave no room beside the fine-tune's
-# reserve (at 110k the 64-bit port cannot import the firmware; 125k boots with no arena)
+# HEAPS: arenas of ~72.2, 75.2, 76.7 and 355 KB on the 64-bit unix port (after exp2.py joined the
+# boot imports) leave budgets of ~6.7, 9.6, 11.2 and >14.2 KB for the small record's front. Each
+# board's expected pick is computed from its own HELLO, so only the four being distinct depends on
+# the heaps: the front is dense (a probe of 212k..239k in 1k steps picked a new entry at almost every
+# step; 215k-221k fit none, below 215k no budget at all), so the four stay distinct while a firmware
+# change moves the arenas by a KB or two. Past ~80 KB every board gets the largest file, so the issue's
+# 241k and 520k would pick alike, and 160k or 110k leave no room beside the fine-tune's reserve (at
+# 110k the 64-bit port cannot import the firmware; 125k boots with no arena)
 JOB = ["--limit", str(LIMIT), "--epochs", str(EPOCHS)]
 
 
