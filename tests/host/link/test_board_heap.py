@@ -111,7 +111,11 @@ def hello(port):
 def test_ten_jobs_in_a_row_keep_the_boards_memory(tmp_path, own_models, capsys):
     # one emulated board, no reset: ten jobs of three models (and a refused CONFIG, a RESET, a job cut
     # off mid-stream) between them; every job completes, the arena is the same size throughout and
-    # the heap beside it keeps its largest free block within 5% of the first HELLO's
+    # the heap beside it keeps its largest free block within 5% of the first HELLO's. The free heap
+    # falls over the first jobs and then stays: what a job keeps there is bounded (the model's
+    # object, the job's learner, the last KEPT_EVENTS events: 56.2 KB at boot, 43.4-44.3 KB from the
+    # sixth job on the unix port), so from the eighth a job leaves what the job three before it (the
+    # same model; the fourth had the extras below) left, a leak of a few hundred bytes a job shows
     jobs = [((), MODEL), (("--limit", "200", "--epochs", "10", "--holdout", "0"), MODEL)]
     for name in ("f128", "f30", "f64") * 2 + ("f128", "f30"):
         jobs.append((tuple(own_models[name]["data"]) + ("--epochs", "4"), own_models[name]["model"]))
@@ -130,11 +134,14 @@ def test_ten_jobs_in_a_row_keep_the_boards_memory(tmp_path, own_models, capsys):
                     n_in = board.hello()["model"]["dims"][0]
                     board.send_samples(np.ones((20, n_in)), np.zeros(20, int), F.KIND_FINETUNE, F.ENC_INT8)
             h = hello(emu.port)
-            seen.append((h["largest_free"], h["arena"]["size"]))
+            seen.append((h["largest_free"], h["arena"]["size"], h["free_heap"]))
     capsys.readouterr()
     print("largest free block at HELLO: first %d, after each job %s" % (first["largest_free"], [s[0] for s in seen]))
-    assert all(size == first["arena"]["size"] for _, size in seen)
-    assert all(abs(largest - first["largest_free"]) <= 0.05 * first["largest_free"] for largest, _ in seen), seen
+    free = [s[2] for s in seen]
+    print("free heap at HELLO: first %d, after each job %s" % (first["free_heap"], free))
+    assert all(size == first["arena"]["size"] for _, size, _ in seen)
+    assert all(abs(largest - first["largest_free"]) <= 0.05 * first["largest_free"] for largest, _, _ in seen), seen
+    assert all(abs(free[k] - free[k - 3]) <= 1024 for k in range(7, len(jobs))), free
 
 
 def test_what_export_promises_the_board_plans(tmp_path, own_models):
