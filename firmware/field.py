@@ -6,7 +6,8 @@
 # A board runs it at boot when it has a field_config.json (`skip2lora flash --field` writes one):
 #     {"sensor": "adc_sensor", "label_pins": [14, 15, 16], "labels": 10, "budget_ms": 20}
 # sensor: a module whose read() returns a reading (a sequence of floats in the sensor's units; None:
-# no more, a replay's end) and, optionally, label(x, predicted) returning its class when one is
+# no more, a replay's end; one the model cannot take, e.g. a NaN, is counted in the log and skipped,
+# unlabelled) and, optionally, label(x, predicted) returning its class when one is
 # known, else None; label_pins: buttons instead, one GPIO pin a class (pin_label.py); the rest are
 # run()'s and s2l.open()'s settings. Or a user's own main.py calls run() itself:
 #     import field, sensor
@@ -120,7 +121,12 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
         if learner is None or core.busy:  # a host's TRAIN runs on the link's turns
             adapting = False
             continue
-        guess, _ = learner.predict(x)
+        try:
+            guess, _ = learner.predict(x)
+        except TunerError as e:  # a glitch (a NaN, a short read): counted and skipped, the loop goes on
+            d["bad"] = d.get("bad", 0) + 1
+            d["bad_reason"] = str(e)[:80]
+            continue
         if guess < 0:
             d["unknown"] += 1
         else:

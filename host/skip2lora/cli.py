@@ -525,6 +525,11 @@ def format_field_log(log):
                                                              log["labels"], preds, log["unknown"]),
               "adaptations %d (%d improved validation); longest slice %d ms" % (
                   log["adaptations"], log["improved"], log["slice_ms_max"])]
+    if log.get("bad"):  # field.py: readings the model could not take, skipped
+        lines.append("%s skipped, the last because: %s" % (plural(log["bad"], "reading"), log["bad_reason"]))
+    if log.get("refused"):
+        lines.append("%s not kept (a label outside the model's classes, or a reading the integer path "
+                     "cannot hold)" % plural(log["refused"], "labelled reading"))
     for a in log["last"]:
         lines.append("  %d samples, %d epochs in %d ms: validation %s -> %s%s" % (
             a["samples"], a["epochs"], a["ms"], _pct(a["val_before"]), _pct(a["val_after"]),

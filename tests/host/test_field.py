@@ -87,3 +87,7 @@ def test_status_shows_the_field_log():
     assert "found 31 labelled readings on flash); readings 705, labelled 70" in text and "300, 200, 205" in text
     assert "adaptations 7 (6 improved validation)" in text and "validation 50.0% -> 90.0%" in text
     assert "ended" not in text  # a sensor that goes on
+    assert "skipped" not in text and "not kept" not in text
+    glitches = dict(log, bad=2, bad_reason="sample has 127 features, the model takes 128", refused=1)
+    text = cli.format_field_log(glitches)
+    assert "2 readings skipped, the last because: sample has 127 features" in text and "1 labelled reading not kept" in text
