@@ -7,9 +7,10 @@
 #     {"sensor": "adc_sensor", "label_pins": [14, 15, 16], "labels": 10, "budget_ms": 20}
 # sensor: a module whose read() returns a reading (a sequence of floats in the sensor's units; None:
 # no more, a replay's end; one the model cannot take, e.g. a NaN, is counted in the log and skipped,
-# unlabelled) and, optionally, label(x, predicted) returning its class when one is
-# known, else None; label_pins: buttons instead, one GPIO pin a class (pin_label.py); the rest are
-# run()'s and s2l.open()'s settings. Or a user's own main.py calls run() itself:
+# unlabelled; an OSError from read() is counted and read() asked again a second later) and,
+# optionally, label(x, predicted) returning its class when one is known, else None; label_pins:
+# buttons instead, one GPIO pin a class (pin_label.py); the rest are run()'s and s2l.open()'s
+# settings. Or a user's own main.py calls run() itself:
 #     import field, sensor
 #     field.run(sensor.read, label=sensor.label)
 import gc
@@ -27,6 +28,7 @@ BUDGET_MS = 20  # an adaptation slice: this long plus one sample's work, then th
 PENDING = 4  # labelled readings held while an adaptation runs (more: it ends, keeping its best)
 HISTORY = 4  # adaptations the log keeps in full (it stays far below a frame's 1 KB)
 LOG_EVERY = 100  # readings between log writes besides those after each adaptation (flash wear)
+RETRY_MS = 1000  # the pause after read() raised OSError, before it is asked again
 # what a config may set besides sensor and label_pins: run()'s settings, then s2l.open()'s
 SETTINGS = ("model", "labels", "period_s", "budget_ms", "samples", "holdout", "patience", "epochs", "lr", "rank")
 
@@ -112,7 +114,18 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
         if server is not None:
             server.serve(0)
         learner = core.learner  # a host's CONFIG or RESET replaces or drops it: learning waits
-        x = read()
+        try:
+            x = read()
+        except OSError as e:  # the sensor did not answer (a bus error, a loose wire): again after a pause
+            d["sensor_errors"] = d.get("sensor_errors", 0) + 1
+            d["sensor_error"] = str(e)[:80]
+            if d["sensor_errors"] % LOG_EVERY == 1:  # the first of a run, then as readings are logged
+                log.write()
+            if server is not None:
+                server.serve(RETRY_MS)  # the pause still answers a host
+            else:
+                clock.sleep_ms(RETRY_MS)
+            continue
         if x is None:  # a replay's end (a real sensor never ends)
             d["ended"] = True
             break

@@ -6,7 +6,11 @@ try:
     ticks_us = time.ticks_us
     ticks_ms = time.ticks_ms  # for spans past ticks_us's (half its period: 9 minutes on a board)
     ticks_diff = time.ticks_diff
+    sleep_ms = time.sleep_ms
 except AttributeError:  # CPython
+    def sleep_ms(ms):
+        time.sleep(ms / 1000)
+
     def ticks_us():
         return time.perf_counter_ns() // 1000
 

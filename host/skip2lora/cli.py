@@ -527,6 +527,9 @@ def format_field_log(log):
                   log["adaptations"], log["improved"], log["slice_ms_max"])]
     if log.get("bad"):  # field.py: readings the model could not take, skipped
         lines.append("%s skipped, the last because: %s" % (plural(log["bad"], "reading"), log["bad_reason"]))
+    if log.get("sensor_errors"):  # read() raised OSError: asked again after a pause
+        lines.append("the sensor failed %s, the last with: %s" % (plural(log["sensor_errors"], "time"),
+                                                                  log["sensor_error"]))
     if log.get("refused"):
         lines.append("%s not kept (a label outside the model's classes, or a reading the integer path "
                      "cannot hold)" % plural(log["refused"], "labelled reading"))

@@ -88,6 +88,8 @@ def test_status_shows_the_field_log():
     assert "adaptations 7 (6 improved validation)" in text and "validation 50.0% -> 90.0%" in text
     assert "ended" not in text  # a sensor that goes on
     assert "skipped" not in text and "not kept" not in text
-    glitches = dict(log, bad=2, bad_reason="sample has 127 features, the model takes 128", refused=1)
+    glitches = dict(log, bad=2, bad_reason="sample has 127 features, the model takes 128", refused=1,
+                    sensor_errors=3, sensor_error="[Errno 5] EIO")
     text = cli.format_field_log(glitches)
+    assert "the sensor failed 3 times, the last with: [Errno 5] EIO" in text
     assert "2 readings skipped, the last because: sample has 127 features" in text and "1 labelled reading not kept" in text
