@@ -13,11 +13,11 @@
 # settings. Or a user's own main.py calls run() itself:
 #     import field, sensor
 #     field.run(sensor.read, label=sensor.label)
-import gc
 import json
 
 import s2l
 from s2l import clock, storage
+from s2l import frames as F
 from s2l.link import Server, collect_often
 from s2l.protocol import FIELD_CONFIG, FIELD_LOG, Core
 from s2l.tuning import TunerError
@@ -26,9 +26,10 @@ LABELS = 10  # new labels that start an adaptation
 PERIOD_S = 3600  # or this long since the last one, with any new label
 BUDGET_MS = 20  # an adaptation slice: this long plus one sample's work, then the loop reads on
 PENDING = 4  # labelled readings held while an adaptation runs (more: it ends, keeping its best)
-HISTORY = 4  # adaptations the log keeps in full (it stays far below a frame's 1 KB)
+HISTORY = 4  # adaptations the log keeps in full (fewer when the log would pass a frame's 1 KB)
 LOG_EVERY = 100  # readings between log writes besides those after each adaptation (flash wear)
 RETRY_MS = 1000  # the pause after read() raised OSError, before it is asked again
+REASON = 60  # characters the log keeps of a skipped reading's or a sensor error's reason
 # what a config may set besides sensor and label_pins: run()'s settings, then s2l.open()'s
 SETTINGS = ("model", "labels", "period_s", "budget_ms", "samples", "holdout", "patience", "epochs", "lr", "rank")
 
@@ -45,18 +46,42 @@ class Log:
         self.data["restored"] = restored  # labelled readings this boot found on flash
         self.data.pop("error", None)
         self.data.pop("ended", None)
+        self.data.pop("heap", None)
         self.write()
 
-    def adapted(self, result, kept, ms):
+    def adapted(self, result, kept, ms, free):
         d = self.data
+        if free is not None:  # this boot's free heap after its adaptations (collected): a leak shows
+            heap = d.setdefault("heap", {"first": free, "low": free})
+            heap["last"] = free
+            heap["low"] = min(heap["low"], free)
         d["adaptations"] += 1
         d["improved"] += bool(result.get("trained"))
-        d["last"] = (d["last"] + [{"samples": kept, "epochs": result["epochs"], "val_before": result.get("val_start"),
-                                   "val_after": result.get("val"), "trained": result.get("trained"),
-                                   "ms": ms}])[-HISTORY:]
+        d["last"] = (d["last"] + [{"samples": kept, "epochs": result["epochs"],
+                                   "val_before": _short(result.get("val_start")), "val_after": _short(result.get("val")),
+                                   "trained": result.get("trained"), "ms": ms}])[-HISTORY:]
 
     def write(self):
-        storage.write_atomic(self.path, json.dumps(self.data).encode())
+        write_log(self.path, self.data)
+
+
+def _short(score):
+    return None if score is None else round(score, 4)
+
+
+def write_log(path, data):
+    """The log on flash, atomically, within one LOG reply's frame: past it, the oldest adaptations
+    go first, then the reasons' texts (only a model of many classes with years of counts gets there)."""
+    body = json.dumps(data, separators=(",", ":"))
+    while len(body) > F.MAX_PAYLOAD and data.get("last"):
+        data["last"].pop(0)
+        body = json.dumps(data, separators=(",", ":"))
+    for key in ("sensor_error", "bad_reason", "error"):
+        if len(body) <= F.MAX_PAYLOAD:
+            break
+        data.pop(key, None)
+        body = json.dumps(data, separators=(",", ":"))
+    storage.write_atomic(path, body.encode())
 
 
 def read_log(path):
@@ -67,8 +92,8 @@ def read_log(path):
 def failed(message, path=FIELD_LOG):
     """The field loop could not run: the reason, in the log a host reads (LOG), counts kept."""
     log = read_log(path) or {}
-    log["error"] = message
-    storage.write_atomic(path, json.dumps(log).encode())
+    log["error"] = message[:F.MAX_ERROR_MESSAGE]
+    write_log(path, log)
 
 
 def main(path=FIELD_CONFIG):
@@ -118,7 +143,7 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             x = read()
         except OSError as e:  # the sensor did not answer (a bus error, a loose wire): again after a pause
             d["sensor_errors"] = d.get("sensor_errors", 0) + 1
-            d["sensor_error"] = str(e)[:80]
+            d["sensor_error"] = str(e)[:REASON]
             if d["sensor_errors"] % LOG_EVERY == 1:  # the first of a run, then as readings are logged
                 log.write()
             if server is not None:
@@ -138,7 +163,7 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             guess, _ = learner.predict(x)
         except TunerError as e:  # a glitch (a NaN, a short read): counted and skipped, the loop goes on
             d["bad"] = d.get("bad", 0) + 1
-            d["bad_reason"] = str(e)[:80]
+            d["bad_reason"] = str(e)[:REASON]
             continue
         if guess < 0:
             d["unknown"] += 1
@@ -166,10 +191,10 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
         if adapting and not learner.busy:  # over: whole, or ended by a new sample
             adapting = False
             learner.save()
-            log.adapted(learner.result, learner.tuner.n_samples, clock.ticks_diff(clock.ticks_ms(), t_adapt))
+            log.adapted(learner.result, learner.tuner.n_samples, clock.ticks_diff(clock.ticks_ms(), t_adapt),
+                        clock.mem_free())
             log.write()
             since = 0
-            gc.collect()
         if since >= LOG_EVERY:
             log.write()
             since = 0

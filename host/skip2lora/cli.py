@@ -525,6 +525,10 @@ def format_field_log(log):
                                                              log["labels"], preds, log["unknown"]),
               "adaptations %d (%d improved validation); longest slice %d ms" % (
                   log["adaptations"], log["improved"], log["slice_ms_max"])]
+    if log.get("heap"):  # this boot's free heap after its adaptations
+        h = log["heap"]
+        lines.append("free heap after this boot's adaptations: first %.1f KB, last %.1f KB, lowest %.1f KB" % (
+            h["first"] / 1024, h["last"] / 1024, h["low"] / 1024))
     if log.get("bad"):  # field.py: readings the model could not take, skipped
         lines.append("%s skipped, the last because: %s" % (plural(log["bad"], "reading"), log["bad_reason"]))
     if log.get("sensor_errors"):  # read() raised OSError: asked again after a pause

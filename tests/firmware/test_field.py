@@ -41,3 +41,37 @@ def test_glitching_readings_are_skipped_and_the_loop_goes_on(run):
     assert log["sensor_errors"] == 2 and "5" in log["sensor_error"]
     assert log["labels"] == 10 and log["refused"] == 1  # the two skipped readings were never labelled
     assert log["adaptations"] >= 2 and log["ended"]
+
+
+BOUND = """
+import json
+import field
+from s2l import frames as F
+
+def largest(n_classes):  # the largest log a loop writes: counts of 3 years at a reading a second
+    log = field.Log("log.json", n_classes, 10 ** 6)
+    d = log.data
+    for key in ("samples", "labels", "adaptations", "improved", "unknown", "bad", "refused", "sensor_errors"):
+        d[key] = 10 ** 8
+    d["predictions"] = [10 ** 8] * n_classes
+    d["bad_reason"] = d["sensor_error"] = "x" * field.REASON  # the longest field.run keeps
+    for k in range(field.HISTORY + 2):
+        log.adapted({"epochs": 10 ** 4, "val_start": 1 / 3, "val": 2 / 3, "trained": True}, 10 ** 4, 10 ** 6, 10 ** 6)
+    log.write()
+    field.failed("E" * 5000, "log.json")
+    data = open("log.json").read()
+    kept = json.loads(data)
+    return [len(data), len(kept["last"]), kept["last"][-1]["val_after"] if kept["last"] else None, sorted(kept)]
+
+print(json.dumps([F.MAX_PAYLOAD, largest(10), largest(32)]))
+"""
+
+
+def test_the_log_always_fits_one_reply(run):
+    # LOG answers in one frame: a 10-class model's largest log (every count at 10^8, both reasons and
+    # an error) gives its oldest adaptations way and keeps the newest; a 32-class one's, every one
+    limit, ten, many = json.loads(run(BOUND).strip().splitlines()[-1])
+    assert ten[0] <= limit and ten[1] >= 1 and ten[2] == 0.6667 and "error" in ten[3] and "bad_reason" in ten[3]
+    assert many[0] <= limit and "error" in many[3] and "predictions" in many[3]
+    print("largest logs: 10 classes %d bytes, 32 classes %d bytes (%d adaptations kept); limit %d" % (
+        ten[0], many[0], many[1], limit))

@@ -96,13 +96,13 @@ print(json.dumps({"accuracy": correct / len(labels), "adapters": adapters,
 """
 
 
-def day_files(scenario, seed):
+def day_files(scenario, seed, label_every=LABEL_EVERY):
     """{name on flash: bytes}: the day's readings in a shuffled order (the fan's condition changes
-    through the day) with a label for one in LABEL_EVERY, and the test spectra."""
+    through the day) with a label for one in label_every, and the test spectra."""
     X, y = scenario.finetune
     order = np.random.default_rng(seed).permutation(len(y))
     labels = np.full(len(y), NO_LABEL, np.uint8)
-    labels[LABEL_EVERY - 1::LABEL_EVERY] = y[order][LABEL_EVERY - 1::LABEL_EVERY]
+    labels[label_every - 1::label_every] = y[order][label_every - 1::label_every]
     Xt, yt = scenario.test
     return {READINGS: X[order].astype("<f4").tobytes(), LABELS: labels.tobytes(),
             TEST: test_rows(Xt), TEST_LABELS: yt.astype(np.uint8).tobytes()}
@@ -225,7 +225,7 @@ def _last_json(text):
     return json.loads(text.strip().splitlines()[-1])
 
 
-def _watch(port, until, stall, progress):
+def watch_log(port, until, stall, progress):
     """LOG polled over the protocol until until(log, seconds since start) says so; the last log.
     Fails when the log's readings stay the same for `stall` seconds."""
     t0, shown = time.monotonic(), None
@@ -278,13 +278,13 @@ def field_day(target, prepared, seed=24, rng=None, stall=120, progress=lambda te
         (t1, k1), (t2, k2) = seen[0], seen[-1]
         return k2 + (k2 - k1) / (t2 - t1) * (elapsed - t2) >= cut_at
 
-    _watch(port, near_cut, stall, progress)
+    watch_log(port, near_cut, stall, progress)
     time.sleep(rng.uniform(0, 0.05))
     target.cut()
     at_cut = _last_json(target.script(score))
     progress("cut at reading %d; the day goes on" % at_cut["position"])
     port = target.start()
-    end = _watch(port, lambda log, _: log.get("ended"), stall, progress)
+    end = watch_log(port, lambda log, _: log.get("ended"), stall, progress)
     target.cut()
     after = _last_json(target.script(score))
     labels = np.frombuffer(files[LABELS], np.uint8)
