@@ -5,6 +5,7 @@ replaying fan-env's noisy fine-tune spectra in a shuffled order with a label for
 ten, the log read over the serial protocol mid-day, the process killed at a random reading and
 started again from what it saved, then the test part scored with the adapters the day left
 against the frozen model. And a field config that cannot run: the board keeps serving."""
+import dataclasses
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import subprocess
 import tty
 from pathlib import Path
 
+import numpy as np
 import pytest
 from s2l.protocol import FIELD_CONFIG
 
@@ -99,17 +101,18 @@ def test_status_shows_the_field_log():
     assert "2 readings skipped, the last because: sample has 127 features" in text and "1 labelled reading not kept" in text
 
 
-@pytest.mark.skipif(not Path(FAN_DATA).is_dir(), reason="the cooling-fan dataset is not at ../shared/data")
 def test_a_small_ring_labelled_at_every_reading_keeps_the_heap(tmp_path):
-    """The field loop's memory over a day of work on an RP2040's heap: a ring of 16 labelled at every
-    reading wraps 44 times and its samples file is rewritten as often, with an adaptation every 10
-    readings. The log's free heap after the latest adaptation (collected) settles within the first
-    hundred readings (the log's history fills) and is the same at reading 300 and at the day's end:
-    a leak of 2 bytes a reading would show."""
-    prepared = prepare("fan-env", progress=False)
+    """The field loop's memory over a day of work on an RP2040's heap: the shipped rotate data's 250
+    readings replayed three times, labelled at every reading, into a ring of 16 (46 wraps, its
+    samples file rewritten as often) with an adaptation every 10 readings. The log's free heap after
+    the latest adaptation (collected) settles within the first hundred readings (the log's history
+    fills) and is the same at reading 300 and at the day's end: a leak of 2 bytes a reading shows."""
+    prepared = prepare("rotate", progress=False)
+    X, y = prepared.scenario.finetune
+    day = dataclasses.replace(prepared.scenario, finetune=(np.tile(X, (3, 1)), np.tile(y, 3)))
     target = UnixTarget(tmp_path)
     target.install(prepared.model_bytes)
-    target.put(day_files(prepared.scenario, 24, label_every=1))
+    target.put(day_files(day, 24, label_every=1))
     target.put({FIELD_CONFIG: json.dumps(dict(field_config(SENSOR), samples=16, budget_ms=BUDGET_MS)).encode()})
     try:
         port = target.start()
@@ -117,8 +120,8 @@ def test_a_small_ring_labelled_at_every_reading_keeps_the_heap(tmp_path):
         end = watch_log(port, lambda log, _: log.get("ended"), 120, lambda text: None)
     finally:
         target.cut()
-    n = len(prepared.scenario.finetune[1])
+    n = len(day.finetune[1])
     print("%d adaptations; free heap after them: at reading %d %s, at the end %s" % (
         end["adaptations"], mid["samples"], mid["heap"], end["heap"]))
     assert end["samples"] == end["labels"] == n and end["adaptations"] >= n // 10 - 2
-    assert mid["samples"] < n - 200 and abs(end["heap"]["last"] - mid["heap"]["last"]) <= 512
+    assert mid["samples"] < n - 300 and abs(end["heap"]["last"] - mid["heap"]["last"]) <= 512
