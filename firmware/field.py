@@ -9,8 +9,9 @@
 # no more, a replay's end; one the model cannot take, e.g. a NaN, is counted in the log and skipped,
 # unlabelled; an OSError from read() is counted and read() asked again a second later) and,
 # optionally, label(x, predicted) returning its class when one is known, else None; label_pins:
-# buttons instead, one GPIO pin a class (pin_label.py); the rest are run()'s and s2l.open()'s
-# settings. Or a user's own main.py calls run() itself:
+# buttons instead, one GPIO pin a class (pin_label.py), or label_uart: a class number a line on a
+# UART, {"tx": 4, "rx": 5, "id": 1, "baudrate": 9600} (uart_label.py); the rest are run()'s and
+# s2l.open()'s settings. Or a user's own main.py calls run() itself:
 #     import field, sensor
 #     field.run(sensor.read, label=sensor.label)
 import json
@@ -30,7 +31,8 @@ HISTORY = 4  # adaptations the log keeps in full (fewer when the log would pass 
 LOG_EVERY = 100  # readings between log writes besides those after each adaptation (flash wear)
 RETRY_MS = 1000  # the pause after read() raised OSError, before it is asked again
 REASON = 60  # characters the log keeps of a skipped reading's or a sensor error's reason
-# what a config may set besides sensor and label_pins: run()'s settings, then s2l.open()'s
+# what a config may set: where readings and labels come from, then run()'s settings and s2l.open()'s
+SOURCES = ("sensor", "label_pins", "label_uart")
 SETTINGS = ("model", "labels", "period_s", "budget_ms", "samples", "holdout", "patience", "epochs", "lr", "rank")
 
 
@@ -103,15 +105,20 @@ def main(path=FIELD_CONFIG):
     try:
         with open(path) as f:
             config = json.loads(f.read())
-        unknown = [key for key in config if key not in ("sensor", "label_pins") + SETTINGS]
+        unknown = [key for key in config if key not in SOURCES + SETTINGS]
         if unknown:
-            raise ValueError("%s: unknown setting %s (it takes sensor, label_pins, %s)" % (
-                path, ", ".join(unknown), ", ".join(SETTINGS)))
+            raise ValueError("%s: unknown setting %s (it takes %s)" % (
+                path, ", ".join(unknown), ", ".join(SOURCES + SETTINGS)))
         sensor = __import__(config.pop("sensor", "sensor"))
-        pins = config.pop("label_pins", None)
+        pins, uart = config.pop("label_pins", None), config.pop("label_uart", None)
+        if pins and uart:
+            raise ValueError("%s: label_pins or label_uart, not both" % path)
         if pins:
             from pin_label import PinLabels
             label = PinLabels(pins)
+        elif uart:
+            from uart_label import UartLabels
+            label = UartLabels(uart)
         else:
             label = getattr(sensor, "label", None)
         run(sensor.read, label=label, **config)

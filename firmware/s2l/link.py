@@ -32,12 +32,18 @@ def open_link():
         return getattr(stdin, "raw", stdin), sys.stdout.buffer, sys.stdin  # CPython buffers ahead of poll()
     except ValueError as e:
         raise ValueError("%s is not JSON: %s" % (UART_CONFIG, e))
+    uart = open_uart(cfg, UART_CONFIG)
+    return uart, uart, uart
+
+
+def open_uart(cfg, source):
+    """The UART that cfg ({"id", "baudrate", "tx", "rx"}: pin numbers) describes; `source` names
+    where cfg came from in the error about a missing pin."""
     from machine import UART, Pin
     try:
-        uart = UART(cfg.get("id", 0), baudrate=cfg.get("baudrate", 115200), tx=Pin(cfg["tx"]), rx=Pin(cfg["rx"]))
+        return UART(cfg.get("id", 0), baudrate=cfg.get("baudrate", 115200), tx=Pin(cfg["tx"]), rx=Pin(cfg["rx"]))
     except KeyError as e:
-        raise ValueError("%s needs %s (a pin number)" % (UART_CONFIG, e))
-    return uart, uart, uart
+        raise ValueError("%s needs %s (a pin number)" % (source, e))
 
 
 def waiting_bytes(stream, poll):

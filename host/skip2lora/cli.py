@@ -631,13 +631,13 @@ def cmd_flash(args):
 
     from .link.board import build, field_config, flash_steps, uart_config, wait_for_port
     uart = uart_config(args.uart) if args.uart else None  # a bad --uart fails before the build
-    if (args.sensor or args.label_pins) and not args.field:
-        raise ValueError("--sensor and --label-pins set up the field loop: add --field")
+    if (args.sensor or args.label_pins or args.label_uart) and not args.field:
+        raise ValueError("--sensor, --label-pins and --label-uart set up the field loop: add --field")
     sensor = args.sensor or "adc_sensor.py"
     if args.sensor and not (os.path.isfile(args.sensor) and args.sensor.endswith(".py")):
         raise ValueError("--sensor: %s is not a Python file (a module with read(), see firmware/adc_sensor.py)"
                          % args.sensor)
-    field = field_config(os.path.basename(sensor)[:-3], args.label_pins) if args.field else None
+    field = field_config(os.path.basename(sensor)[:-3], args.label_pins, args.label_uart) if args.field else None
     model = args.model
     if model:
         with open(model, "rb") as f:  # a missing file: the error names it
@@ -861,6 +861,9 @@ def build_parser():
     p.add_argument("--label-pins", metavar="PIN,PIN,...",
                    help="with --field: buttons to ground on these GPIO pins, one a class in order, label the "
                         "next reading (default: the sensor's label(), or none)")
+    p.add_argument("--label-uart", metavar="tx=PIN,rx=PIN[,id=N,baudrate=BAUD]",
+                   help="with --field: a class number a line on this UART (e.g. from a machine's controller) "
+                        "labels the next reading (default: the sensor's label(), or none)")
     p.add_argument("--out", default=os.path.join("out", "flash"),
                    help="folder the firmware is built into and kept (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="print the mpremote steps only (default: run them)")

@@ -50,8 +50,10 @@ def start(flash, lib, port_fd):
 
 
 FAILING = {"sensor": {"sensor": "no_such_sensor"}, "label_pins": {"sensor": "sensor", "label_pins": [14, 15]},
-           "unknown": {"sensor": "sensor", "budget": 20}}
-ERRORS = {"sensor": "no_such_sensor", "label_pins": "Pin", "unknown": "unknown setting budget"}
+           "unknown": {"sensor": "sensor", "budget": 20},
+           "both": {"sensor": "sensor", "label_pins": [14, 15], "label_uart": {"tx": 4, "rx": 5}}}
+ERRORS = {"sensor": "no_such_sensor", "label_pins": "Pin", "unknown": "unknown setting budget",
+          "both": "label_pins or label_uart, not both"}
 
 
 @pytest.mark.parametrize("case", sorted(FAILING))

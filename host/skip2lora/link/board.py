@@ -45,17 +45,18 @@ def build(arch, out_dir):
     return lib
 
 
-def uart_config(text):
-    """--uart "tx=0,rx=1[,id=0,baudrate=115200]" as the dict main.py reads from uart.json."""
+def uart_config(text, option="--uart"):
+    """`option`'s "tx=0,rx=1[,id=0,baudrate=115200]" as the dict the firmware's s2l.link.open_uart
+    takes (main.py reads it from uart.json; the field loop's labels from field_config.json)."""
     cfg = {"id": 0, "baudrate": 115200}
     for item in text.split(","):
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in ("id", "baudrate", "tx", "rx") or not value.strip().isdigit():
-            raise ValueError("--uart takes tx=PIN,rx=PIN[,id=N,baudrate=BAUD], got %r" % text)
+            raise ValueError("%s takes tx=PIN,rx=PIN[,id=N,baudrate=BAUD], got %r" % (option, text))
         cfg[key] = int(value)
     if "tx" not in cfg or "rx" not in cfg:
-        raise ValueError("--uart needs both tx=PIN and rx=PIN, got %r" % text)
+        raise ValueError("%s needs both tx=PIN and rx=PIN, got %r" % (option, text))
     return cfg
 
 
@@ -95,10 +96,14 @@ def wait_for_port(port, wait_s=30, gone_s=1.5):
     time.sleep(0.5)
 
 
-def field_config(sensor, label_pins=None):
-    """field_config.json's settings: the sensor module (a file's stem, or the example's name) and the
-    label buttons' pins ("14,15,16": one a class)."""
+def field_config(sensor, label_pins=None, label_uart=None):
+    """field_config.json's settings: the sensor module (a file's stem, or the example's name), and the
+    label buttons' pins ("14,15,16": one a class) or the UART that labels come on ("tx=4,rx=5,...")."""
     config = {"sensor": sensor}
+    if label_pins and label_uart:
+        raise ValueError("--label-pins or --label-uart: labels come from one of them")
+    if label_uart:
+        config["label_uart"] = uart_config(label_uart, "--label-uart")
     if label_pins:
         try:
             config["label_pins"] = [int(p) for p in label_pins.split(",")]

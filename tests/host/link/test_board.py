@@ -79,7 +79,13 @@ def test_flash_field_installs_the_field_config_and_sensor(capsys, monkeypatch, t
     assert copied[":vibration.py"] == str(sensor)
     cli.main(["flash", "--port", "/dev/ttyACM7", "--field", "--model", MODEL, "--out", str(tmp_path / "out")])
     assert json.loads(open(copied[":field_config.json"]).read()) == {"sensor": "adc_sensor"}  # compiled in lib
+    cli.main(["flash", "--port", "/dev/ttyACM7", "--field", "--label-uart", "tx=4,rx=5,id=1,baudrate=9600",
+              "--model", MODEL, "--out", str(tmp_path / "out")])
+    assert json.loads(open(copied[":field_config.json"]).read()) == {
+        "sensor": "adc_sensor", "label_uart": {"id": 1, "baudrate": 9600, "tx": 4, "rx": 5}}
     for bad, reason in ((["--label-pins", "14"], "add --field"), (["--field", "--label-pins", "14,a"], "--label-pins"),
+                        (["--label-uart", "tx=4,rx=5"], "add --field"), (["--field", "--label-uart", "tx=4"], "--label-uart needs"),
+                        (["--field", "--label-uart", "tx=4,rx=5", "--label-pins", "2,3"], "one of them"),
                         (["--field", "--sensor", str(tmp_path / "none.py")], "is not a Python file")):
         with pytest.raises(SystemExit, match=reason):
             cli.main(["flash", "--port", "/dev/ttyACM7", "--dry-run", "--out", str(tmp_path / "f")] + bad)
