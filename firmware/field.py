@@ -126,6 +126,21 @@ def main(path=FIELD_CONFIG):
         failed("%s: %s" % (type(e).__name__, e))
 
 
+def _add(learner, pending, d):
+    for x, y in pending:
+        try:
+            learner.add(x, y)
+        except TunerError:  # a label outside the model's classes, a reading the integer path cannot hold
+            d["refused"] = d.get("refused", 0) + 1
+
+
+def _adapted(learner, log, t_adapt):
+    """An adaptation is over: its adapters saved, and logged with the free heap after it."""
+    learner.save()
+    log.adapted(learner.result, learner.tuner.n_samples, clock.ticks_diff(clock.ticks_ms(), t_adapt), clock.mem_free())
+    log.write()
+
+
 def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, budget_ms=BUDGET_MS,
         serve=True, **settings):
     """The field loop, until read() returns None (a real sensor never does). settings: s2l.open's
@@ -158,8 +173,12 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             else:
                 clock.sleep_ms(RETRY_MS)
             continue
-        if x is None:  # a replay's end (a real sensor never ends)
+        if x is None:  # a replay's end (a real sensor never ends): what runs ends, kept
             d["ended"] = True
+            if adapting and learner is not None and not core.busy:
+                learner.finish()  # with the best adapters it reached
+                _add(learner, pending, d)
+                _adapted(learner, log, t_adapt)
             break
         d["samples"] += 1
         since += 1
@@ -182,11 +201,7 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             new += 1
             pending.append((x, y))
         if pending and (not learner.busy or len(pending) > PENDING):
-            for x, y in pending:  # an adaptation in progress ends first (its best adapters kept)
-                try:
-                    learner.add(x, y)
-                except TunerError:  # a reading the integer path cannot hold
-                    d["refused"] = d.get("refused", 0) + 1
+            _add(learner, pending, d)  # an adaptation in progress ends first (its best adapters kept)
             pending = []
         if not learner.busy and new and (new >= labels or clock.ticks_diff(clock.ticks_ms(), t_adapt) >= 1000 * period_s):
             learner.start()
@@ -197,10 +212,7 @@ def run(read, label=None, model="model.s2lm", labels=LABELS, period_s=PERIOD_S, 
             d["slice_ms_max"] = max(d["slice_ms_max"], clock.ticks_diff(clock.ticks_us(), t0) // 1000)
         if adapting and not learner.busy:  # over: whole, or ended by a new sample
             adapting = False
-            learner.save()
-            log.adapted(learner.result, learner.tuner.n_samples, clock.ticks_diff(clock.ticks_ms(), t_adapt),
-                        clock.mem_free())
-            log.write()
+            _adapted(learner, log, t_adapt)
             since = 0
         if since >= LOG_EVERY:
             log.write()

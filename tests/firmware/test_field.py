@@ -75,3 +75,26 @@ def test_the_log_always_fits_one_reply(run):
     assert many[0] <= limit and "error" in many[3] and "predictions" in many[3]
     print("largest logs: 10 classes %d bytes, 32 classes %d bytes (%d adaptations kept); limit %d" % (
         ten[0], many[0], many[1], limit))
+
+
+END = """
+import json, os
+import field
+from s2l.arena import Arena
+data = json.loads(open("data.json").read())
+stream = iter(data["X"][:6])
+feed = iter(data["y"][:6])
+learner = field.run(lambda: next(stream, None), label=lambda x, guess: next(feed), labels=4, serve=False,
+                    budget_ms=0, arena=Arena(64 * 1024), samples=8, holdout=0)
+log = field.read_log(field.FIELD_LOG)
+print(json.dumps([log["adaptations"], learner.busy, learner.tuner.n_samples, "adapter.s2la" in os.listdir()]))
+"""
+
+
+def test_the_recordings_end_ends_the_adaptation_and_keeps_it(run):
+    # six labelled readings: an adaptation starts at the 4th in slices of one sample, the 5th and 6th
+    # wait for it, and the recording ends while it runs: it ends with its best, saved and logged, and
+    # the two waiting readings are kept
+    model, _, (X, y), _ = fixed_problem()
+    files = {"model.s2lm": model, "data.json": json.dumps({"X": X.tolist(), "y": y.tolist()}).encode()}
+    assert json.loads(run(END, files=files).strip().splitlines()[-1]) == [1, False, 6, True]
